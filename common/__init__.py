@@ -1,0 +1,1 @@
+"""Plain types shared by the coordinator, the agent and the SDK (no torch, no gRPC state)."""

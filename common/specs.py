@@ -1,0 +1,149 @@
+"""Job specifications: the typed, validated shape of what a user submits.
+
+The SDK validates a spec before sending it (a fast, local error) and the coordinator validates it
+again (the authority: INVALID_ARGUMENT naming the field). Both use these models, so the two sides
+cannot disagree. This module must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Backbones the finetune task can build (torchvision constructors of the same name).
+KNOWN_MODELS: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
+
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_MAX_ATTEMPTS = 100
+
+
+class SpecError(ValueError):
+    """A spec field is invalid. `field` is a dotted path such as ``config.epochs``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class FinetuneConfig(BaseModel):
+    """Fine-tune a torchvision classifier on an ImageFolder dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset_path: str = Field(
+        description="ImageFolder root: either train/ and val/ folders of class folders, "
+        "or class folders directly (then val_fraction of each class is held out)."
+    )
+    model: str = Field(default="resnet18", description="Backbone: " + ", ".join(KNOWN_MODELS))
+    pretrained_path: str | None = Field(
+        default=None,
+        description="Local weights to start from: a matrec checkpoint or a torchvision state_dict.",
+    )
+    epochs: int = Field(default=5, ge=1, le=10_000)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    image_size: int = Field(default=224, ge=16, le=4096)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    freeze_backbone: bool = Field(default=False, description="Train only the new head.")
+    seed: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
+    log_every_steps: int = Field(default=10, ge=1, description="Report train loss every N steps.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in KNOWN_MODELS:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(KNOWN_MODELS)}")
+        return value
+
+
+#: Job kinds and the config model of each.
+JOB_KINDS: dict[str, type[BaseModel]] = {"finetune": FinetuneConfig}
+
+
+class ResourceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: int = Field(default=0, ge=0, le=64)
+    cpus: float = Field(default=1.0, ge=0.0, le=4096)
+    memory_bytes: int = Field(default=0, ge=0)
+
+
+class JobSpecModel(BaseModel):
+    """A whole job: what to run (kind + config), what it needs, how often to retry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="", max_length=200)
+    kind: str = "finetune"
+    config: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_MAX_ATTEMPTS)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def _first_error(exc: ValidationError, prefix: str) -> SpecError:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"])
+    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown field; remove it or check its spelling"
+    elif "input" in err and err["type"] not in ("missing", "value_error"):
+        message = f"{message} (got {err['input']!r})"
+    message = message.removeprefix("Value error, ")
+    return SpecError(field, message)
+
+
+def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
+    """Validate a whole job spec; return it and its typed config. Raises SpecError."""
+    try:
+        spec = JobSpecModel.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, "") from None
+    config_model = JOB_KINDS.get(spec.kind)
+    if config_model is None:
+        raise SpecError("kind", f"unknown job kind {spec.kind!r}; known kinds: {', '.join(JOB_KINDS)}")
+    try:
+        config = config_model.model_validate(spec.config)
+    except ValidationError as exc:
+        raise _first_error(exc, "config") from None
+    return spec, config
+
+
+def check_dataset_path(config: BaseModel) -> None:
+    """Check that a finetune dataset exists where the spec says. Raises SpecError."""
+    if not isinstance(config, FinetuneConfig):
+        return
+    root = Path(config.dataset_path).expanduser()
+    if not root.is_dir():
+        raise SpecError(
+            "config.dataset_path",
+            f"{config.dataset_path!r} is not a directory; create a dataset there "
+            "(e.g. `matrec-ctl dataset demo PATH`) or fix the path",
+        )
+    train_root = root / "train" if (root / "train").is_dir() else root
+    classes = [p for p in train_root.iterdir() if p.is_dir() and p.name != "val"]
+    if len(classes) < 2:
+        raise SpecError(
+            "config.dataset_path",
+            f"{str(train_root)!r} needs at least two class folders (ImageFolder layout); "
+            f"found {len(classes)}",
+        )
+    if config.pretrained_path is not None and not Path(config.pretrained_path).expanduser().is_file():
+        raise SpecError(
+            "config.pretrained_path", f"{config.pretrained_path!r} is not a file; fix the path"
+        )

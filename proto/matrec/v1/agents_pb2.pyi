@@ -1,0 +1,184 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from matrec.v1 import common_pb2 as _common_pb2
+from matrec.v1 import jobs_pb2 as _jobs_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_OUTCOME_UNSPECIFIED: _ClassVar[TaskOutcome]
+    TASK_OUTCOME_SUCCEEDED: _ClassVar[TaskOutcome]
+    TASK_OUTCOME_FAILED: _ClassVar[TaskOutcome]
+    TASK_OUTCOME_CANCELLED: _ClassVar[TaskOutcome]
+    TASK_OUTCOME_PREEMPTED: _ClassVar[TaskOutcome]
+TASK_OUTCOME_UNSPECIFIED: TaskOutcome
+TASK_OUTCOME_SUCCEEDED: TaskOutcome
+TASK_OUTCOME_FAILED: TaskOutcome
+TASK_OUTCOME_CANCELLED: TaskOutcome
+TASK_OUTCOME_PREEMPTED: TaskOutcome
+
+class RegisterAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "name", "hostname", "resources", "gpus", "version")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    hostname: str
+    resources: _common_pb2.Resources
+    gpus: _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GpuInfo]
+    version: str
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[_jobs_pb2.GpuInfo, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RegisterAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "heartbeat_interval", "lease_ttl")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    heartbeat_interval: _duration_pb2.Duration
+    lease_ttl: _duration_pb2.Duration
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class TaskRef(_message.Message):
+    __slots__ = ("task_id", "attempt")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("agent_id", "running")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    running: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, agent_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class ResourceUsage(_message.Message):
+    __slots__ = ("cpu_percent", "memory_used_bytes", "gpu_utilization", "gpu_memory_used_bytes")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_used_bytes: int
+    gpu_utilization: _containers.RepeatedScalarFieldContainer[float]
+    gpu_memory_used_bytes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., gpu_utilization: _Optional[_Iterable[float]] = ..., gpu_memory_used_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("running", "draining", "usage")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    running: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    draining: bool
+    usage: ResourceUsage
+    def __init__(self, running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., draining: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ...) -> None: ...
+
+class TaskStarted(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task", "outcome", "error", "result", "checkpoint_path")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PATH_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    outcome: TaskOutcome
+    error: str
+    result: _struct_pb2.Struct
+    checkpoint_path: str
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., outcome: _Optional[_Union[TaskOutcome, str]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., checkpoint_path: _Optional[str] = ...) -> None: ...
+
+class TaskCheckpoint(_message.Message):
+    __slots__ = ("task", "path")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    path: str
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., path: _Optional[str] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("seq", "hello", "heartbeat", "task_started", "metrics", "logs", "result", "checkpoint")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    TASK_STARTED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hello: Hello
+    heartbeat: Heartbeat
+    task_started: TaskStarted
+    metrics: _common_pb2.MetricBatch
+    logs: _common_pb2.LogBatch
+    result: TaskResult
+    checkpoint: TaskCheckpoint
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.MetricBatch, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogBatch, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., checkpoint: _Optional[_Union[TaskCheckpoint, _Mapping]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("task", "job_id", "kind", "config", "resources", "artifact_dir", "resume_from", "lease_expires_at")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIR_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    job_id: str
+    kind: str
+    config: _struct_pb2.Struct
+    resources: _common_pb2.Resources
+    artifact_dir: str
+    resume_from: str
+    lease_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., artifact_dir: _Optional[str] = ..., resume_from: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CancelTask(_message.Message):
+    __slots__ = ("task", "reason")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    reason: str
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class CoordinatorMessage(_message.Message):
+    __slots__ = ("assignment", "cancel", "ack")
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    cancel: CancelTask
+    ack: Ack
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...

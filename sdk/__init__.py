@@ -1,0 +1,76 @@
+"""matrec SDK: submit, watch and inspect training jobs on a matrec coordinator.
+
+>>> from matrec.sdk import Client
+>>> with Client() as client:
+...     job = client.submit_job({"name": "wood", "config": {"dataset_path": "/data/wood"}})
+...     print(client.wait(job.id).result["val_accuracy"])
+
+Names are loaded on first use, so that importing a submodule (the CLI does) does not pull in
+grpc and protobuf before they are needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matrec.sdk.client import Client
+    from matrec.sdk.errors import (
+        CoordinatorUnavailableError,
+        InvalidSpecError,
+        JobNotFoundError,
+        JobStateError,
+        MatrecError,
+    )
+    from matrec.sdk.types import (
+        Agent,
+        GpuInfo,
+        HistoryEntry,
+        Job,
+        JobEvent,
+        JobSpec,
+        JobUpdate,
+        LogLine,
+        LogsEvent,
+        Metric,
+        MetricsEvent,
+        Resources,
+        Task,
+        WatchEvent,
+    )
+
+__all__ = [
+    "Agent",
+    "Client",
+    "CoordinatorUnavailableError",
+    "GpuInfo",
+    "HistoryEntry",
+    "InvalidSpecError",
+    "Job",
+    "JobEvent",
+    "JobNotFoundError",
+    "JobSpec",
+    "JobStateError",
+    "JobUpdate",
+    "LogLine",
+    "LogsEvent",
+    "MatrecError",
+    "Metric",
+    "MetricsEvent",
+    "Resources",
+    "Task",
+    "WatchEvent",
+]
+
+# Cheapest first: types and errors need neither grpc nor protobuf.
+_MODULES = ("matrec.sdk.types", "matrec.sdk.errors", "matrec.sdk.client")
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        for module_name in _MODULES:
+            module = importlib.import_module(module_name)
+            if hasattr(module, name):
+                return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

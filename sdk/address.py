@@ -1,0 +1,13 @@
+"""Where the coordinator is, unless a caller says otherwise (kept free of grpc imports)."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ADDRESS_ENV = "MATREC_COORDINATOR"
+
+
+def default_address() -> str:
+    """$MATREC_COORDINATOR, else 127.0.0.1:50051."""
+    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS

@@ -1,0 +1,147 @@
+"""Synchronous client for the coordinator's JobService."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
+from matrec.sdk.address import default_address
+from matrec.sdk.convert import (
+    agent_from_proto,
+    job_from_proto,
+    job_state_to_proto,
+    metric_from_proto,
+    spec_to_proto,
+    watch_event_from_proto,
+)
+from matrec.sdk.errors import InvalidSpecError, MatrecError, from_rpc_error
+from matrec.sdk.types import Agent, Job, Metric, WatchEvent
+from matrec.v1 import jobs_pb2, jobs_pb2_grpc
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# Keepalive pings only while a call is open (a long WatchJob); a coordinator must allow pings this
+# often (grpc.http2.min_ping_interval_without_data_ms <= 60 s) or it answers with GOAWAY.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class Client:
+    """A connection to one coordinator.
+
+    `address` defaults to $MATREC_COORDINATOR, else 127.0.0.1:50051. `timeout` bounds every
+    single request; watching a job has no deadline of its own.
+
+    >>> with Client("127.0.0.1:50051") as client:
+    ...     job = client.submit_job({"config": {"dataset_path": "/data/materials"}})
+    ...     job = client.wait(job.id)
+    """
+
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+        self.address = address or default_address()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, address=self.address) from None
+
+    def submit_job(self, spec: JobSpecModel | Mapping[str, Any]) -> Job:
+        """Validate `spec` locally, then submit it. Raises InvalidSpecError naming the field."""
+        raw = spec.model_dump() if isinstance(spec, JobSpecModel) else dict(spec)
+        try:
+            model, config = parse_job_spec(raw)
+        except SpecError as exc:
+            raise InvalidSpecError(exc.field, exc.message) from None
+        message = spec_to_proto(model, config.model_dump(mode="json", exclude_none=True))
+        response = self._call("SubmitJob", jobs_pb2.SubmitJobRequest(spec=message))
+        return job_from_proto(response.job)
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with its tasks and full history. Raises JobNotFoundError."""
+        response = self._call("GetJob", jobs_pb2.GetJobRequest(job_id=job_id))
+        return job_from_proto(response.job, list(response.history))
+
+    def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs, optionally only those in `states` (e.g. ``["running", "queued"]``)."""
+        request = jobs_pb2.ListJobsRequest(
+            states=[job_state_to_proto(state) for state in states or ()], limit=limit
+        )
+        response = self._call("ListJobs", request)
+        return [job_from_proto(job) for job in response.jobs]
+
+    def cancel_job(self, job_id: str, reason: str = "") -> Job:
+        """Cancel queued and running tasks. Raises JobStateError if the job already finished."""
+        response = self._call("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason))
+        return job_from_proto(response.job)
+
+    def job_metrics(self, job_id: str) -> list[Metric]:
+        """Every stored metric of the job, ordered by (task, step, key)."""
+        response = self._call("ListJobMetrics", jobs_pb2.ListJobMetricsRequest(job_id=job_id))
+        return [metric_from_proto(metric) for metric in response.metrics]
+
+    def list_agents(self) -> list[Agent]:
+        response = self._call("ListAgents", jobs_pb2.ListAgentsRequest())
+        return [agent_from_proto(agent) for agent in response.agents]
+
+    def watch(self, job_id: str, include_logs: bool = False) -> Iterator[WatchEvent]:
+        """Follow a job: its history so far, then state changes, metrics (and log lines).
+
+        The first event is a JobUpdate. Iteration ends when the coordinator ends the stream, which
+        it does once the job is final. Leaving the loop early cancels the stream.
+        """
+        return self._watch(job_id, include_logs, timeout=None)
+
+    def _watch(
+        self, job_id: str, include_logs: bool, timeout: float | None
+    ) -> Iterator[WatchEvent]:
+        request = jobs_pb2.WatchJobRequest(job_id=job_id, include_logs=include_logs)
+        stream = self._stub.WatchJob(request, timeout=timeout)
+        try:
+            for message in stream:
+                event = watch_event_from_proto(message)
+                if event is not None:
+                    yield event
+        except grpc.RpcError as exc:
+            if timeout is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s") from None
+            raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job is final and return it (with history). Raises TimeoutError."""
+        for _ in self._watch(job_id, include_logs=False, timeout=timeout):
+            pass
+        job = self.get_job(job_id)
+        if not job.finished:
+            raise MatrecError(
+                f"the coordinator ended the watch of job {job_id} while it is still {job.state}"
+            )
+        return job

@@ -1,0 +1,181 @@
+"""Conversion between protobuf messages of matrec.v1 and the SDK's plain types."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from matrec.common.specs import JobSpecModel
+from matrec.sdk.errors import InvalidSpecError
+from matrec.sdk.types import (
+    JOB_STATES,
+    Agent,
+    GpuInfo,
+    HistoryEntry,
+    Job,
+    JobEvent,
+    JobSpec,
+    JobUpdate,
+    LogLine,
+    LogsEvent,
+    Metric,
+    MetricsEvent,
+    Resources,
+    Task,
+    WatchEvent,
+)
+from matrec.v1 import common_pb2, jobs_pb2
+
+
+def _state_name(enum: EnumTypeWrapper, prefix: str, value: int) -> str:
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:  # a state added to the protocol after this SDK was built
+        return f"unknown({value})"
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+def resources_from_proto(msg: common_pb2.Resources) -> Resources:
+    return Resources(gpus=msg.gpus, cpus=msg.cpus, memory_bytes=msg.memory_bytes)
+
+
+def task_from_proto(msg: jobs_pb2.Task) -> Task:
+    return Task(
+        id=msg.id,
+        job_id=msg.job_id,
+        index=msg.index,
+        state=_state_name(common_pb2.TaskState, "TASK_STATE_", msg.state),
+        attempt=msg.attempt,
+        max_attempts=msg.max_attempts,
+        agent_id=msg.agent_id,
+        error=msg.error,
+        lease_expires_at=_time(msg, "lease_expires_at"),
+        artifact_dir=msg.artifact_dir,
+        checkpoint_path=msg.checkpoint_path,
+    )
+
+
+def job_event_from_proto(msg: jobs_pb2.JobEvent) -> JobEvent:
+    return JobEvent(
+        seq=msg.seq,
+        time=_time(msg, "time"),
+        task_id=msg.task_id,
+        attempt=msg.attempt,
+        kind=msg.kind,
+        message=msg.message,
+    )
+
+
+def job_from_proto(msg: jobs_pb2.Job, history: list[jobs_pb2.JobEvent] | None = None) -> Job:
+    spec = msg.spec
+    return Job(
+        id=msg.id,
+        spec=JobSpec(
+            name=spec.name,
+            kind=spec.kind,
+            config=struct_to_dict(spec.config),
+            resources=resources_from_proto(spec.resources),
+            max_attempts=spec.max_attempts,
+            labels=dict(spec.labels),
+        ),
+        state=_state_name(common_pb2.JobState, "JOB_STATE_", msg.state),
+        created_at=_time(msg, "created_at"),
+        started_at=_time(msg, "started_at"),
+        finished_at=_time(msg, "finished_at"),
+        error=msg.error,
+        tasks=[task_from_proto(task) for task in msg.tasks],
+        result=struct_to_dict(msg.result),
+        cancel_requested=msg.cancel_requested,
+        history=[job_event_from_proto(event) for event in history or ()],
+    )
+
+
+def metric_from_proto(msg: common_pb2.Metric) -> Metric:
+    return Metric(
+        task_id=msg.task_id,
+        attempt=msg.attempt,
+        step=msg.step,
+        key=msg.key,
+        value=msg.value,
+        time=_time(msg, "time"),
+    )
+
+
+def log_line_from_proto(msg: common_pb2.LogLine) -> LogLine:
+    return LogLine(
+        task_id=msg.task_id,
+        attempt=msg.attempt,
+        seq=msg.seq,
+        time=_time(msg, "time"),
+        text=msg.text,
+    )
+
+
+def agent_from_proto(msg: jobs_pb2.Agent) -> Agent:
+    return Agent(
+        id=msg.id,
+        name=msg.name,
+        hostname=msg.hostname,
+        state=_state_name(jobs_pb2.AgentState, "AGENT_STATE_", msg.state),
+        total=resources_from_proto(msg.total),
+        free=resources_from_proto(msg.free),
+        gpus=[
+            GpuInfo(index=gpu.index, name=gpu.name, memory_bytes=gpu.memory_bytes, uuid=gpu.uuid)
+            for gpu in msg.gpus
+        ],
+        last_seen=_time(msg, "last_seen"),
+        running_task_ids=list(msg.running_task_ids),
+        version=msg.version,
+    )
+
+
+def watch_event_from_proto(msg: jobs_pb2.WatchJobResponse) -> WatchEvent | None:
+    """The typed event of one WatchJob message; None for an event kind this SDK does not know."""
+    which = msg.WhichOneof("event")
+    if which == "job":
+        return JobUpdate(job_from_proto(msg.job))
+    if which == "history":
+        return HistoryEntry(job_event_from_proto(msg.history))
+    if which == "metrics":
+        return MetricsEvent([metric_from_proto(m) for m in msg.metrics.metrics])
+    if which == "logs":
+        return LogsEvent([log_line_from_proto(line) for line in msg.logs.lines])
+    return None
+
+
+def spec_to_proto(spec: JobSpecModel, config: dict[str, Any]) -> jobs_pb2.JobSpec:
+    """The wire form of a validated spec; `config` is its validated, normalised config."""
+    message = jobs_pb2.JobSpec(
+        name=spec.name,
+        kind=spec.kind,
+        resources=common_pb2.Resources(
+            gpus=spec.resources.gpus,
+            cpus=spec.resources.cpus,
+            memory_bytes=spec.resources.memory_bytes,
+        ),
+        max_attempts=spec.max_attempts,
+        labels=spec.labels,
+    )
+    message.config.update(config)
+    return message
+
+
+def job_state_to_proto(state: str) -> common_pb2.JobState:
+    """Map "running" to JOB_STATE_RUNNING; raises InvalidSpecError for an unknown state."""
+    if state.lower() not in JOB_STATES:
+        raise InvalidSpecError(
+            "states", f"unknown job state {state!r}; choose from {', '.join(JOB_STATES)}"
+        )
+    return common_pb2.JobState.Value(f"JOB_STATE_{state.upper()}")

@@ -1,0 +1,90 @@
+"""Errors raised by the SDK, and how gRPC status codes map onto them.
+
+grpc is imported only inside `from_rpc_error`, so that `matrec-ctl` can catch these exceptions
+without loading grpc before a command needs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+#: Trailing metadata key in which the coordinator names the offending field of INVALID_ARGUMENT.
+FIELD_METADATA_KEY = "matrec-field"
+
+START_HINT = "start one with `matrec-ctl server` (or try everything at once with `matrec-ctl demo`)"
+
+
+class MatrecError(Exception):
+    """Base of every error the SDK raises. `code` is the gRPC status name, if one caused it."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class InvalidSpecError(MatrecError, ValueError):
+    """A request (usually a job spec) is invalid. `field` is a dotted path like ``config.epochs``.
+
+    Raised locally before any RPC when the spec fails validation, and for the coordinator's
+    INVALID_ARGUMENT (for example a dataset path that does not exist on the coordinator's host).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message, code="INVALID_ARGUMENT")
+        self.field = field
+        self.message = message
+
+
+class JobNotFoundError(MatrecError):
+    """No job has the given id."""
+
+
+class JobStateError(MatrecError):
+    """The job is not in a state that allows the operation (e.g. cancelling a finished job)."""
+
+
+class CoordinatorUnavailableError(MatrecError, ConnectionError):
+    """The coordinator cannot be reached."""
+
+    def __init__(self, address: str, detail: str = "") -> None:
+        message = f"cannot reach the coordinator at {address}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(f"{message}; {START_HINT}", code="UNAVAILABLE")
+        self.address = address
+
+
+def from_rpc_error(exc: grpc.RpcError, *, address: str) -> MatrecError:
+    """Translate a failed call into the matching SDK error."""
+    import grpc
+
+    # Every RpcError raised by a call is also a grpc.Call, which carries code and details.
+    call: grpc.Call = exc  # type: ignore[assignment]
+    code = call.code()
+    details = call.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field = _trailing_field(call)
+        message = details.removeprefix(f"{field}: ") if field else details
+        return InvalidSpecError(field, message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return JobNotFoundError(details or "not found", code=code.name)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return JobStateError(details or "failed precondition", code=code.name)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
+        # the innermost one is what a person needs beside the address.
+        return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return MatrecError(f"the coordinator at {address} did not answer in time", code=code.name)
+    return MatrecError(f"{details or 'request failed'} ({code.name})", code=code.name)
+
+
+def _trailing_field(call: grpc.Call) -> str:
+    for key, value in call.trailing_metadata() or ():
+        if key == FIELD_METADATA_KEY:
+            return value.decode() if isinstance(value, bytes) else value
+    return ""

@@ -1,0 +1,162 @@
+"""Plain Python views of the coordinator's messages, as the SDK returns them.
+
+States are lower-case strings: jobs are "queued", "running", "succeeded", "failed" or
+"cancelled"; tasks additionally "assigned"; agents "connected", "draining" or "disconnected".
+Times are timezone-aware UTC datetimes, or None when not set.
+
+`Job.result` and `JobSpec.config` are plain dicts decoded from a protobuf Struct. A Struct has only
+one number type, so every number comes back as a float (``"epochs": 5.0``); the values are left as
+sent rather than guessed back into ints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_JOB_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus: int = 0
+    cpus: float = 0.0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    kind: str
+    config: dict[str, Any]
+    resources: Resources
+    max_attempts: int
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    job_id: str
+    index: int
+    state: str
+    attempt: int
+    max_attempts: int
+    agent_id: str
+    error: str
+    lease_expires_at: datetime | None
+    artifact_dir: str
+    checkpoint_path: str
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's history (submitted, assigned, started, requeued, finished, ...)."""
+
+    seq: int
+    time: datetime | None
+    task_id: str
+    attempt: int
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    spec: JobSpec
+    state: str
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+    tasks: list[Task]
+    result: dict[str, Any]
+    cancel_requested: bool
+    #: Filled by `Client.get_job`; empty where the coordinator sends the job alone.
+    history: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+    @property
+    def attempts(self) -> int:
+        """Attempts started so far, over all tasks."""
+        return sum(task.attempt for task in self.tasks)
+
+
+@dataclass(frozen=True)
+class Metric:
+    task_id: str
+    attempt: int
+    step: int
+    key: str
+    value: float
+    time: datetime | None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    task_id: str
+    attempt: int
+    seq: int
+    time: datetime | None
+    text: str
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    memory_bytes: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    name: str
+    hostname: str
+    state: str
+    total: Resources
+    free: Resources
+    gpus: list[GpuInfo]
+    last_seen: datetime | None
+    running_task_ids: list[str]
+    version: str
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """The job or one of its tasks changed state (also the first event of every watch)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    event: JobEvent
+
+
+@dataclass(frozen=True)
+class MetricsEvent:
+    metrics: list[Metric]
+
+
+@dataclass(frozen=True)
+class LogsEvent:
+    lines: list[LogLine]
+
+
+WatchEvent = JobUpdate | HistoryEntry | MetricsEvent | LogsEvent

@@ -1,0 +1,372 @@
+"""`matrec-ctl`: submit, watch and inspect training jobs; run a coordinator, an agent or a demo.
+
+Commands import the SDK (grpc, protobuf, pydantic) only when they run, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS
+from matrec.sdk.ctl.demo import DEMO_EPOCHS
+from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from matrec.sdk.client import Client
+
+app = typer.Typer(
+    name="matrec-ctl",
+    cls=ReportingGroup,
+    help="Train material-recognition models on a matrec cluster.\n\n"
+    "Try it all on this machine: [bold]matrec-ctl demo[/]",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(dataset_app, name="dataset")
+
+console = Console()
+
+# Forwarding commands hand every argument, --help included, to the program they start.
+FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"matrec-ctl {metadata.version('matrec')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    coordinator: Annotated[
+        str,
+        typer.Option(
+            "--coordinator",
+            "-c",
+            envvar=ADDRESS_ENV,
+            metavar="HOST:PORT",
+            help="Coordinator to talk to.",
+        ),
+    ] = DEFAULT_ADDRESS,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    ctx.obj = coordinator
+
+
+def _client(ctx: typer.Context) -> Client:
+    from matrec.sdk.client import Client
+
+    return Client(ctx.obj)
+
+
+def _print_json(text: str) -> None:
+    typer.echo(text)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@app.command(context_settings=FORWARD)
+def server(ctx: typer.Context) -> None:
+    """Run a coordinator in the foreground (arguments go to matrec-coordinator).
+
+    [dim]$ matrec-ctl server --port 50051 --data-dir ~/.matrec/coordinator
+    $ matrec-ctl server --help[/]
+    """
+    try:
+        from matrec.coordinator.main import main as coordinator_main
+    except ImportError as exc:
+        print_error(f"the coordinator cannot be loaded: {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    coordinator_main(list(ctx.args))
+
+
+@app.command(context_settings=FORWARD)
+def agent(ctx: typer.Context) -> None:
+    """Run an agent in the foreground (arguments go to matrec-agent).
+
+    [dim]$ matrec-ctl agent --coordinator 10.0.0.5:50051 --name gpu-host-1 --gpus 8
+    $ matrec-ctl agent --help[/]
+    """
+    try:
+        from matrec.agent.main import main as agent_main
+    except ImportError as exc:
+        print_error(f"the agent cannot be loaded: {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    agent_main(list(ctx.args))
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="Job spec, JSON (or YAML with PyYAML); flags override it."
+        ),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="ImageFolder dataset (train/ and val/, or class folders)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone, e.g. resnet18, resnet50.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="Local weights to start from (checkpoint or state_dict).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Display name of the job.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Attempts per task before the job fails.")
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPUs each task needs.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs each task needs.")] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any other config setting, value parsed as JSON when it can be (repeatable).",
+        ),
+    ] = None,
+    watch_job: Annotated[
+        bool, typer.Option("--watch", "-w", help="Follow the job live after submitting.")
+    ] = False,
+) -> None:
+    """Submit a fine-tune job; print its id.
+
+    The spec is checked here first, then by the coordinator (which also checks that the dataset
+    exists). Relative paths are made absolute: flags against the current directory, paths in a
+    spec file against that file's folder.
+
+    [dim]$ matrec-ctl submit --dataset ./demo-output/dataset --epochs 5 --watch
+    $ matrec-ctl submit --file spec.json --set freeze_backbone=true --gpus 1[/]
+    """
+    from matrec.sdk.ctl.spec_input import SubmitFlags, build_spec
+
+    flags = SubmitFlags(
+        dataset=dataset,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        image_size=image_size,
+        pretrained=pretrained,
+        name=name,
+        max_attempts=max_attempts,
+        cpus=cpus,
+        gpus=gpus,
+        assignments=assignments or [],
+    )
+    spec = build_spec(file, flags)
+    with _client(ctx) as client:
+        job = client.submit_job(spec)
+        if not watch_job:
+            typer.echo(job.id)
+            return
+        console.print(f"submitted job [bold]{job.id}[/]")
+        _follow(client, job.id, logs=False)
+
+
+@app.command()
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Only jobs in this state: queued, running, succeeded, failed, cancelled "
+            "(repeatable).",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List jobs, newest first.
+
+    [dim]$ matrec-ctl jobs --state running --state queued[/]
+    """
+    from matrec.sdk.ctl.render import jobs_table, to_json
+
+    with _client(ctx) as client:
+        found = client.list_jobs(state, limit=limit)
+    if as_json:
+        _print_json(to_json(found))
+    elif not found:
+        console.print("no jobs", style="dim")
+    else:
+        console.print(jobs_table(found))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a job: its spec, tasks, history and result.
+
+    [dim]$ matrec-ctl show 0f3c9a...[/]
+    """
+    from matrec.sdk.ctl.render import job_detail, to_json
+
+    with _client(ctx) as client:
+        job = client.get_job(job_id)
+    if as_json:
+        _print_json(to_json(job))
+    else:
+        console.print(job_detail(job))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the job's history.")] = "",
+) -> None:
+    """Cancel a job's queued and running tasks.
+
+    [dim]$ matrec-ctl cancel 0f3c9a... --reason "wrong dataset"[/]
+    """
+    from matrec.sdk.ctl.render import state_text
+
+    with _client(ctx) as client:
+        job = client.cancel_job(job_id, reason)
+    if job.finished:
+        console.print("job", job.id, state_text(job.state))
+    else:
+        console.print(f"job {job.id}: cancel requested; its running tasks are being stopped")
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    logs: Annotated[bool, typer.Option("--logs", "-l", help="Also show worker log lines.")] = False,
+) -> None:
+    """Follow a job live until it ends: exit code 0 if it succeeded, 1 otherwise.
+
+    On a terminal this is a live view (tasks, epoch progress with ETA, latest metrics); in a pipe
+    it prints one line per change.
+
+    [dim]$ matrec-ctl watch 0f3c9a... --logs[/]
+    """
+    with _client(ctx) as client:
+        _follow(client, job_id, logs=logs)
+
+
+def _follow(client: Client, job_id: str, *, logs: bool) -> None:
+    from matrec.sdk.ctl.watch_view import follow, summary
+
+    try:
+        follow(client.watch(job_id, include_logs=logs), console, show_logs=logs)
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped watching; job {job_id} keeps running (matrec-ctl cancel {job_id} stops it)",
+            style="dim",
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    job = client.get_job(job_id)
+    console.print(summary(job))
+    if job.state != "succeeded":
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def agents(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the agents the coordinator knows, with their free and total resources."""
+    from matrec.sdk.ctl.render import agents_table, to_json
+
+    with _client(ctx) as client:
+        found = client.list_agents()
+    if as_json:
+        _print_json(to_json(found))
+    elif not found:
+        console.print("no agents; start one with `matrec-ctl agent`", style="dim")
+    else:
+        console.print(agents_table(found))
+
+
+# -- datasets and the demo ---------------------------------------------------------------------
+
+
+@dataset_app.command("demo")
+def dataset_demo(
+    path: Annotated[Path, typer.Argument(help="Where to write it (created; replaced if a demo).")],
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    patch_size: Annotated[int, typer.Option(min=8, help="Image side in pixels.")] = 64,
+    train_per_class: Annotated[int, typer.Option(min=1, help="Training images per class.")] = 80,
+    val_per_class: Annotated[int, typer.Option(min=1, help="Validation images per class.")] = 20,
+) -> None:
+    """Write the built-in material dataset (brick, grass, gravel, fur, wood, metal).
+
+    Cut from the photographs that ship with scikit-image: no download needed.
+
+    [dim]$ matrec-ctl dataset demo ./materials --patch-size 96[/]
+    """
+    from matrec.sdk.ctl.demo import make_dataset
+
+    make_dataset(
+        path,
+        console,
+        seed=seed,
+        patch_size=patch_size,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+    )
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the dataset, databases, artifacts and logs go.")
+    ] = Path("demo-output"),
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tune epochs.")] = DEMO_EPOCHS,
+    agents: Annotated[int, typer.Option(min=1, help="Agents to start.")] = 2,
+    keep_running: Annotated[
+        bool, typer.Option(help="Leave the coordinator and agents up afterwards, until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Run everything on this machine: demo dataset, coordinator, agents and one fine-tune.
+
+    Starts a coordinator and agents as local processes, submits a resnet18 fine-tune on the demo
+    dataset, shows it live, prints the validation accuracy and where the model is, then shuts
+    everything down.
+
+    [dim]$ matrec-ctl demo --workdir /tmp/matrec-demo --epochs 3[/]
+    """
+    from matrec.sdk.ctl.demo import run_demo
+
+    code = run_demo(
+        workdir,
+        epochs=epochs,
+        agents=agents,
+        keep_running=keep_running,
+        console=console,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

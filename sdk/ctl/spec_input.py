@@ -1,0 +1,122 @@
+"""Turn `matrec-ctl submit` input (a spec file and/or flags) into a raw job spec dict.
+
+The dict is validated afterwards by `Client.submit_job`, so these functions only assemble it.
+Relative paths become absolute here, because the coordinator and agents resolve them elsewhere:
+paths given as flags are relative to the current directory, paths in a spec file to that file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matrec.sdk.errors import InvalidSpecError
+
+_PATH_KEYS = ("dataset_path", "pretrained_path")
+
+
+@dataclass(frozen=True)
+class SubmitFlags:
+    """The `submit` options; None means "not given" (the file's value or the default stays)."""
+
+    dataset: Path | None = None
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    image_size: int | None = None
+    pretrained: Path | None = None
+    name: str | None = None
+    max_attempts: int | None = None
+    cpus: float | None = None
+    gpus: int | None = None
+    assignments: list[str] = field(default_factory=list)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"epochs=3"`` -> ("epochs", 3). The value is JSON if it parses as JSON, else a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise InvalidSpecError("--set", f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read a JSON (or, with PyYAML installed, YAML) spec; resolve its paths against its folder."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidSpecError("--file", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = _parse_yaml(path, text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidSpecError("--file", f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpecError("--file", f"{path}: a spec must be a mapping at the top level")
+    config = data.get("config")
+    if isinstance(config, dict):
+        for key in _PATH_KEYS:
+            if isinstance(config.get(key), str):
+                config[key] = _absolute(Path(config[key]), base=path.parent)
+    return data
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidSpecError(
+            "--file", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidSpecError("--file", f"{path}: invalid YAML: {exc}") from None
+
+
+def _absolute(path: Path, base: Path) -> str:
+    path = path.expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
+    """The spec from `file` (if any), overridden by the flags that were given, then by --set."""
+    spec: dict[str, Any] = load_spec_file(file) if file is not None else {}
+    spec.setdefault("kind", "finetune")
+    config: dict[str, Any] = spec.setdefault("config", {})
+    if not isinstance(config, dict):
+        raise InvalidSpecError("config", "must be a mapping of settings")
+    cwd = Path.cwd()
+    config_flags = {
+        "dataset_path": None if flags.dataset is None else _absolute(flags.dataset, cwd),
+        "model": flags.model,
+        "epochs": flags.epochs,
+        "batch_size": flags.batch_size,
+        "learning_rate": flags.learning_rate,
+        "image_size": flags.image_size,
+        "pretrained_path": None if flags.pretrained is None else _absolute(flags.pretrained, cwd),
+    }
+    config.update({key: value for key, value in config_flags.items() if value is not None})
+    config.update(parse_assignment(text) for text in flags.assignments)
+    if flags.name is not None:
+        spec["name"] = flags.name
+    if flags.max_attempts is not None:
+        spec["max_attempts"] = flags.max_attempts
+    resources_flags = {"cpus": flags.cpus, "gpus": flags.gpus}
+    if any(value is not None for value in resources_flags.values()):
+        resources = spec.setdefault("resources", {})
+        if not isinstance(resources, dict):
+            raise InvalidSpecError("resources", "must be a mapping of gpus, cpus, memory_bytes")
+        resources.update(
+            {key: value for key, value in resources_flags.items() if value is not None}
+        )
+    return spec

@@ -1,0 +1,125 @@
+"""`matrec-ctl submit` flags and spec files become a raw job spec."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from matrec.common.specs import parse_job_spec
+from matrec.sdk.ctl.spec_input import SubmitFlags, build_spec, parse_assignment
+from matrec.sdk.errors import InvalidSpecError
+
+
+def test_flags_make_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    flags = SubmitFlags(
+        dataset=Path("data"),
+        model="resnet50",
+        epochs=3,
+        batch_size=16,
+        learning_rate=0.01,
+        image_size=96,
+        pretrained=Path("~/weights.pt"),
+        name="wood",
+        max_attempts=5,
+        cpus=2.0,
+        gpus=1,
+        assignments=["freeze_backbone=true", "weight_decay=0"],
+    )
+    spec = build_spec(None, flags)
+    assert spec == {
+        "kind": "finetune",
+        "name": "wood",
+        "max_attempts": 5,
+        "resources": {"cpus": 2.0, "gpus": 1},
+        "config": {
+            "dataset_path": str(tmp_path / "data"),
+            "model": "resnet50",
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 0.01,
+            "image_size": 96,
+            "pretrained_path": os.path.expanduser("~/weights.pt"),
+            "freeze_backbone": True,
+            "weight_decay": 0,
+        },
+    }
+    parse_job_spec(spec)  # valid as a whole
+
+
+def test_only_given_flags_appear() -> None:
+    spec = build_spec(None, SubmitFlags(dataset=Path("/data")))
+    assert spec == {"kind": "finetune", "config": {"dataset_path": "/data"}}
+
+
+def test_file_then_flags_then_set(tmp_path: Path) -> None:
+    spec_file = tmp_path / "specs" / "job.json"
+    spec_file.parent.mkdir()
+    spec_file.write_text(
+        json.dumps(
+            {
+                "name": "from-file",
+                "config": {"dataset_path": "../data", "epochs": 10, "model": "resnet34"},
+                "resources": {"gpus": 2},
+            }
+        )
+    )
+    flags = SubmitFlags(epochs=4, cpus=3.0, assignments=["model=resnet18"])
+    spec = build_spec(spec_file, flags)
+    # A relative path in a file is relative to that file.
+    assert spec["config"]["dataset_path"] == str(tmp_path / "data")
+    assert spec["config"]["epochs"] == 4
+    assert spec["config"]["model"] == "resnet18"
+    assert spec["resources"] == {"gpus": 2, "cpus": 3.0}
+    assert spec["name"] == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("epochs=3", ("epochs", 3)),
+        ("learning_rate=1e-3", ("learning_rate", 0.001)),
+        ("freeze_backbone=false", ("freeze_backbone", False)),
+        ("model=resnet18", ("model", "resnet18")),
+        ("device=", ("device", "")),
+        ("name=a=b", ("name", "a=b")),
+        (' model = "x"', ("model", "x")),
+    ],
+)
+def test_parse_assignment(text: str, expected: tuple[str, object]) -> None:
+    assert parse_assignment(text) == expected
+
+
+@pytest.mark.parametrize("text", ["epochs", "=3", ""])
+def test_parse_assignment_rejects(text: str) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_assignment(text)
+    assert caught.value.field == "--set"
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpecError, match="cannot read"):
+        build_spec(tmp_path / "missing.json", SubmitFlags())
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(InvalidSpecError, match="invalid JSON"):
+        build_spec(broken, SubmitFlags())
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    with pytest.raises(InvalidSpecError, match="mapping"):
+        build_spec(listing, SubmitFlags())
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("config:\n  dataset_path: data\n  epochs: 2\n")
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidSpecError, match="PyYAML"):
+            build_spec(spec_file, SubmitFlags())
+    else:
+        spec = build_spec(spec_file, SubmitFlags())
+        assert spec["config"] == {"dataset_path": str(tmp_path / "data"), "epochs": 2}

@@ -66,9 +66,9 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: Any, request: Any) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, address=self.address) from None
 
@@ -80,12 +80,12 @@ class Client:
         except SpecError as exc:
             raise InvalidSpecError(exc.field, exc.message) from None
         message = spec_to_proto(model, config.model_dump(mode="json", exclude_none=True))
-        response = self._call("SubmitJob", jobs_pb2.SubmitJobRequest(spec=message))
+        response = self._call(self._stub.SubmitJob, jobs_pb2.SubmitJobRequest(spec=message))
         return job_from_proto(response.job)
 
     def get_job(self, job_id: str) -> Job:
         """The job with its tasks and full history. Raises JobNotFoundError."""
-        response = self._call("GetJob", jobs_pb2.GetJobRequest(job_id=job_id))
+        response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return job_from_proto(response.job, list(response.history))
 
     def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Job]:
@@ -93,21 +93,25 @@ class Client:
         request = jobs_pb2.ListJobsRequest(
             states=[job_state_to_proto(state) for state in states or ()], limit=limit
         )
-        response = self._call("ListJobs", request)
+        response = self._call(self._stub.ListJobs, request)
         return [job_from_proto(job) for job in response.jobs]
 
     def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Cancel queued and running tasks. Raises JobStateError if the job already finished."""
-        response = self._call("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason))
+        response = self._call(
+            self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        )
         return job_from_proto(response.job)
 
     def job_metrics(self, job_id: str) -> list[Metric]:
         """Every stored metric of the job, ordered by (task, step, key)."""
-        response = self._call("ListJobMetrics", jobs_pb2.ListJobMetricsRequest(job_id=job_id))
+        response = self._call(
+            self._stub.ListJobMetrics, jobs_pb2.ListJobMetricsRequest(job_id=job_id)
+        )
         return [metric_from_proto(metric) for metric in response.metrics]
 
     def list_agents(self) -> list[Agent]:
-        response = self._call("ListAgents", jobs_pb2.ListAgentsRequest())
+        response = self._call(self._stub.ListAgents, jobs_pb2.ListAgentsRequest())
         return [agent_from_proto(agent) for agent in response.agents]
 
     def watch(self, job_id: str, include_logs: bool = False) -> Iterator[WatchEvent]:

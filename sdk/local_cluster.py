@@ -84,8 +84,8 @@ class _Process:
             self.popen.wait()
         self.log.close()
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        self.signal_group(sig)
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
         self.popen.wait()
         self.log.close()
 
@@ -264,9 +264,9 @@ class LocalCluster:
         args += self.agent_args
         self._agents[index] = self._spawn(self.agent_name(index), AGENT_MODULE, args)
 
-    def kill_agent(self, index: int, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to agent `index` and its workers, as if its host vanished; wait for it."""
-        self._agents.pop(index).kill(sig)
+    def kill_agent(self, index: int) -> None:
+        """SIGKILL agent `index` and its workers, as if its host vanished; wait for it to die."""
+        self._agents.pop(index).kill()
 
     def stop_agent(self, index: int) -> None:
         """Stop agent `index` gracefully (SIGTERM; SIGKILL after `stop_timeout`)."""
@@ -301,8 +301,8 @@ class LocalCluster:
                     missing = [name for name in names if name not in {a.name for a in connected}]
                     raise ClusterStartError(
                         f"{len(connected)} of {wanted} agents connected within the timeout; "
-                        f"missing: {', '.join(missing)}",
-                        self.agent_log(names[missing[0]]),
+                        f"not connected: {', '.join(missing) or '-'}",
+                        self.agent_log(names[missing[0]]) if missing else self.coordinator_log,
                     )
                 time.sleep(0.2)
 

@@ -110,6 +110,7 @@ def test_submit_cancel_watch(tmp_path: Path, dataset: Path) -> None:
         assert client.wait(job_id, timeout=30).state == "cancelled"
         with pytest.raises(JobStateError):
             client.cancel_job(job_id)
+        assert client.job_metrics(job_id) == []
 
         # The stream of a finished job ends at once; a cancelled job is exit code 1.
         watched = ctl(cluster.address, "watch", job_id)

@@ -31,7 +31,8 @@ app = typer.Typer(
 dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(dataset_app, name="dataset")
 
-console = Console()
+# soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
+console = Console(soft_wrap=True)
 
 # Forwarding commands hand every argument, --help included, to the program they start.
 FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -151,9 +152,9 @@ def submit(
 ) -> None:
     """Submit a fine-tune job; print its id.
 
-    The spec is checked here first, then by the coordinator (which also checks that the dataset
-    exists). Relative paths are made absolute: flags against the current directory, paths in a
-    spec file against that file's folder.
+    The spec is checked here, then by the coordinator, which also checks the dataset exists.
+
+    Relative paths become absolute: flags against this directory, spec files against their own.
 
     [dim]$ matrec-ctl submit --dataset ./demo-output/dataset --epochs 5 --watch
     $ matrec-ctl submit --file spec.json --set freeze_backbone=true --gpus 1[/]
@@ -263,8 +264,7 @@ def watch(
 ) -> None:
     """Follow a job live until it ends: exit code 0 if it succeeded, 1 otherwise.
 
-    On a terminal this is a live view (tasks, epoch progress with ETA, latest metrics); in a pipe
-    it prints one line per change.
+    A live view on a terminal (tasks, epoch progress with ETA, metrics); lines in a pipe.
 
     [dim]$ matrec-ctl watch 0f3c9a... --logs[/]
     """
@@ -312,7 +312,10 @@ def agents(
 
 @dataset_app.command("demo")
 def dataset_demo(
-    path: Annotated[Path, typer.Argument(help="Where to write it (created; replaced if a demo).")],
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="PATH", help="Where to write it (created; replaced if a demo)."),
+    ],
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     patch_size: Annotated[int, typer.Option(min=8, help="Image side in pixels.")] = 64,
     train_per_class: Annotated[int, typer.Option(min=1, help="Training images per class.")] = 80,
@@ -349,9 +352,9 @@ def demo(
 ) -> None:
     """Run everything on this machine: demo dataset, coordinator, agents and one fine-tune.
 
-    Starts a coordinator and agents as local processes, submits a resnet18 fine-tune on the demo
-    dataset, shows it live, prints the validation accuracy and where the model is, then shuts
-    everything down.
+    Starts them as local processes and fine-tunes resnet18 on the demo dataset, shown live.
+
+    Then prints the validation accuracy and the model's path, and stops everything again.
 
     [dim]$ matrec-ctl demo --workdir /tmp/matrec-demo --epochs 3[/]
     """

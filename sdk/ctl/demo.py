@@ -51,6 +51,7 @@ def make_dataset(
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     ) as progress:
         bar = progress.add_task("images", total=None)
         info = make_demo_dataset(

@@ -165,7 +165,9 @@ def render(state: WatchState, show_logs: bool) -> RenderableType:
         if job is None:
             return Text("waiting for the coordinator…", style="dim")
         now = time.monotonic()
-        parts: list[RenderableType] = [_header(job), _tasks(state, job, now), _metrics(state, job)]
+        parts: list[RenderableType] = [_header(job), _tasks(state, job, now)]
+        if state.tasks:
+            parts.append(_metrics(state, job))
         if state.history:
             parts.append(_history(state))
         if show_logs:

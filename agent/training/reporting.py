@@ -1,0 +1,17 @@
+"""How a training task tells the outside world what it is doing (metrics, checkpoints, logs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    """Receives a task's progress. `step` is the global optimizer step, 1-based, and continues
+    across a resume; a resumed attempt may report a step again, always with the same values."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+
+    def checkpoint(self, path: Path, epoch: int, step: int) -> None: ...
+
+    def log(self, text: str) -> None: ...

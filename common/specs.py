@@ -116,7 +116,9 @@ def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
         raise _first_error(exc, "") from None
     config_model = JOB_KINDS.get(spec.kind)
     if config_model is None:
-        raise SpecError("kind", f"unknown job kind {spec.kind!r}; known kinds: {', '.join(JOB_KINDS)}")
+        raise SpecError(
+            "kind", f"unknown job kind {spec.kind!r}; known kinds: {', '.join(JOB_KINDS)}"
+        )
     try:
         config = config_model.model_validate(spec.config)
     except ValidationError as exc:
@@ -143,7 +145,10 @@ def check_dataset_path(config: BaseModel) -> None:
             f"{str(train_root)!r} needs at least two class folders (ImageFolder layout); "
             f"found {len(classes)}",
         )
-    if config.pretrained_path is not None and not Path(config.pretrained_path).expanduser().is_file():
+    if (
+        config.pretrained_path is not None
+        and not Path(config.pretrained_path).expanduser().is_file()
+    ):
         raise SpecError(
             "config.pretrained_path", f"{config.pretrained_path!r} is not a file; fix the path"
         )

@@ -1,0 +1,250 @@
+"""The agent-facing gRPC service: registration and the one bidirectional stream per agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC
+
+import grpc
+from google.protobuf import duration_pb2
+from matrec.coordinator import convert
+from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.scheduler import Scheduler
+from matrec.coordinator.sessions import AgentSession, AgentSessions
+from matrec.coordinator.states import AgentState, TaskOutcome
+from matrec.coordinator.store import Store, new_id
+from matrec.coordinator.telemetry import CoordinatorTelemetry
+from matrec.v1 import agents_pb2, agents_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OUTCOME_FROM_PB = {
+    agents_pb2.TASK_OUTCOME_SUCCEEDED: TaskOutcome.SUCCEEDED,
+    agents_pb2.TASK_OUTCOME_FAILED: TaskOutcome.FAILED,
+    agents_pb2.TASK_OUTCOME_CANCELLED: TaskOutcome.CANCELLED,
+    agents_pb2.TASK_OUTCOME_PREEMPTED: TaskOutcome.PREEMPTED,
+}
+
+
+def _cancel(task_id: str, attempt: int, reason: str) -> agents_pb2.CoordinatorMessage:
+    return agents_pb2.CoordinatorMessage(
+        cancel=agents_pb2.CancelTask(
+            task=agents_pb2.TaskRef(task_id=task_id, attempt=attempt), reason=reason
+        )
+    )
+
+
+class AgentService(agents_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        sessions: AgentSessions,
+        scheduler: Scheduler,
+        notifier: JobNotifier,
+        telemetry: CoordinatorTelemetry,
+        *,
+        heartbeat_interval: float,
+        lease_ttl: float,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.scheduler = scheduler
+        self.notifier = notifier
+        self.telemetry = telemetry
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_ttl = lease_ttl
+
+    async def RegisterAgent(
+        self, request: agents_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agents_pb2.RegisterAgentResponse:
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: an agent needs a name")
+        agent_id = request.agent_id or new_id("agent")
+        self.store.upsert_agent(
+            agent_id,
+            name=request.name,
+            hostname=request.hostname,
+            version=request.version,
+            resources={
+                "gpus": request.resources.gpus,
+                "cpus": request.resources.cpus,
+                "memory_bytes": request.resources.memory_bytes,
+            },
+            gpus=[
+                {"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes, "uuid": g.uuid}
+                for g in request.gpus
+            ],
+        )
+        log.info("agent %s (%s) registered", request.name, agent_id)
+        heartbeat = duration_pb2.Duration()
+        heartbeat.FromMilliseconds(int(self.heartbeat_interval * 1000))
+        lease = duration_pb2.Duration()
+        lease.FromMilliseconds(int(self.lease_ttl * 1000))
+        return agents_pb2.RegisterAgentResponse(
+            agent_id=agent_id, heartbeat_interval=heartbeat, lease_ttl=lease
+        )
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agents_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[agents_pb2.CoordinatorMessage]:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if not first.HasField("hello"):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the first message on Connect must be hello"
+            )
+        agent_id = first.hello.agent_id
+        if self.store.get_agent(agent_id) is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"agent {agent_id!r} is not registered; call RegisterAgent first",
+            )
+        session = self.sessions.open(agent_id)
+        self.store.set_agent_state(agent_id, AgentState.CONNECTED)
+        log.info("agent %s connected (%d tasks running)", agent_id, len(first.hello.running))
+        self._renew(session, [(r.task_id, r.attempt) for r in first.hello.running])
+        self.scheduler.wake()
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            if self.sessions.discard(session):
+                self.store.set_agent_state(agent_id, AgentState.DISCONNECTED)
+                log.info("agent %s disconnected; its leases run out unless it comes back", agent_id)
+
+    async def _read(
+        self, session: AgentSession, request_iterator: AsyncIterator[agents_pb2.AgentMessage]
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                try:
+                    self._handle(session, message)
+                except Exception:
+                    # Not acknowledged: the agent re-sends it after the next reconnect.
+                    log.exception("could not handle a message from agent %s", session.agent_id)
+                    continue
+                if message.seq:
+                    session.send(agents_pb2.CoordinatorMessage(ack=agents_pb2.Ack(seq=message.seq)))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            session.close()
+
+    def _handle(self, session: AgentSession, message: agents_pb2.AgentMessage) -> None:
+        agent_id = session.agent_id
+        body = message.WhichOneof("body")
+        if body == "heartbeat":
+            hb = message.heartbeat
+            session.draining = hb.draining
+            state = AgentState.DRAINING if hb.draining else AgentState.CONNECTED
+            self.store.set_agent_state(agent_id, state)
+            self._renew(session, [(r.task_id, r.attempt) for r in hb.running])
+        elif body == "task_started":
+            ref = message.task_started.task
+            change = self.store.mark_running(ref.task_id, ref.attempt, agent_id)
+            if change is not None:
+                self.notifier.notify(change.task.job_id)
+        elif body == "metrics":
+            self._store_metrics(agent_id, message)
+        elif body == "logs":
+            self._store_logs(message)
+        elif body == "checkpoint":
+            ref = message.checkpoint.task
+            self.store.record_checkpoint(
+                ref.task_id, ref.attempt, agent_id, message.checkpoint.path
+            )
+        elif body == "result":
+            self._finish(session, message.result)
+        elif body == "hello":
+            log.warning("agent %s sent a second hello; ignored", agent_id)
+
+    def _renew(self, session: AgentSession, running: list[tuple[str, int]]) -> None:
+        stale, cancelled = self.store.renew_leases(session.agent_id, running, self.lease_ttl)
+        for task_id, attempt in stale:
+            session.send(_cancel(task_id, attempt, "this attempt is no longer assigned to you"))
+        for task_id, attempt in cancelled:
+            session.send(_cancel(task_id, attempt, "the job was cancelled"))
+
+    def _store_metrics(self, agent_id: str, message: agents_pb2.AgentMessage) -> None:
+        by_job: dict[str, list[dict[str, object]]] = {}
+        for m in message.metrics.metrics:
+            job_id = self.store.job_of_task(m.task_id)
+            if job_id is None:
+                continue
+            by_job.setdefault(job_id, []).append(
+                {
+                    "task_id": m.task_id,
+                    "attempt": m.attempt,
+                    "step": m.step,
+                    "key": m.key,
+                    "value": m.value,
+                    "time": m.time.ToDatetime(tzinfo=UTC),
+                }
+            )
+        for job_id, rows in by_job.items():
+            self.store.add_metrics(job_id, rows)
+            self.notifier.notify(job_id)
+
+    def _store_logs(self, message: agents_pb2.AgentMessage) -> None:
+        by_job: dict[str, list[dict[str, object]]] = {}
+        for line in message.logs.lines:
+            job_id = self.store.job_of_task(line.task_id)
+            if job_id is None:
+                continue
+            by_job.setdefault(job_id, []).append(
+                {
+                    "task_id": line.task_id,
+                    "attempt": line.attempt,
+                    "seq": line.seq,
+                    "time": line.time.ToDatetime(tzinfo=UTC),
+                    "text": line.text,
+                }
+            )
+        for job_id, rows in by_job.items():
+            self.store.add_logs(job_id, rows)
+            self.notifier.notify(job_id)
+
+    def _finish(self, session: AgentSession, result: agents_pb2.TaskResult) -> None:
+        outcome = OUTCOME_FROM_PB.get(result.outcome)
+        if outcome is None:
+            log.warning("agent %s sent a result without an outcome; ignored", session.agent_id)
+            return
+        change = self.store.finish_task(
+            result.task.task_id,
+            result.task.attempt,
+            session.agent_id,
+            outcome,
+            error=result.error,
+            result=convert.struct_to_dict(result.result) if result.HasField("result") else None,
+            checkpoint_path=result.checkpoint_path,
+        )
+        if change is None:
+            log.info(
+                "ignored a stale result for %s attempt %d from agent %s",
+                result.task.task_id,
+                result.task.attempt,
+                session.agent_id,
+            )
+            return
+        self.telemetry.task_outcomes.labels(outcome.value).inc()
+        log.info(
+            "%s attempt %d %s on agent %s; task is now %s",
+            change.task.id,
+            result.task.attempt,
+            outcome.value,
+            session.agent_id,
+            change.task.state.value,
+        )
+        self.notifier.notify(change.task.job_id)
+        self.scheduler.wake()

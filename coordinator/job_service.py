@@ -1,0 +1,241 @@
+"""The user-facing gRPC service: submit, inspect, cancel and watch jobs; list agents."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
+from matrec.coordinator import convert
+from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
+from matrec.coordinator.sessions import AgentSessions
+from matrec.coordinator.states import FINAL_JOB_STATES, AgentState
+from matrec.coordinator.store import JobRecord, MetricRecord, Store
+from matrec.v1 import agents_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+WATCH_POLL_SECONDS = 1.0
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 1000
+
+
+@dataclass(frozen=True)
+class SubmitPolicy:
+    artifact_root: Path
+    # Dataset paths must be visible to the coordinator (shared storage); turn off otherwise.
+    check_paths: bool = True
+
+
+def spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind or "finetune",
+        "config": json_format.MessageToDict(spec.config),
+        "labels": dict(spec.labels),
+    }
+    if spec.max_attempts:
+        raw["max_attempts"] = spec.max_attempts
+    if spec.HasField("resources"):
+        raw["resources"] = {
+            "gpus": spec.resources.gpus,
+            "cpus": spec.resources.cpus,
+            "memory_bytes": spec.resources.memory_bytes,
+        }
+    return raw
+
+
+def _state_signature(job: jobs_pb2.Job) -> bytes:
+    """What watchers care about; lease renewals alone do not make a new snapshot."""
+    copy = jobs_pb2.Job()
+    copy.CopyFrom(job)
+    for task in copy.tasks:
+        task.ClearField("lease_expires_at")
+    return copy.SerializeToString(deterministic=True)
+
+
+def effective_metrics(records: list[MetricRecord]) -> list[MetricRecord]:
+    """One point per (task, step, key): a retried attempt's value replaces the earlier one's."""
+    latest: dict[tuple[str, int, str], MetricRecord] = {}
+    for record in records:
+        key = (record.task_id, record.step, record.key)
+        current = latest.get(key)
+        if current is None or record.attempt >= current.attempt:
+            latest[key] = record
+    return sorted(latest.values(), key=lambda r: (r.task_id, r.step, r.key))
+
+
+async def _invalid(context: grpc.aio.ServicerContext, error: SpecError) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        str(error),
+        trailing_metadata=(("matrec-field", error.field),),
+    )
+    raise AssertionError("unreachable")
+
+
+class JobService(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        sessions: AgentSessions,
+        scheduler: Scheduler,
+        notifier: JobNotifier,
+        policy: SubmitPolicy,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.scheduler = scheduler
+        self.notifier = notifier
+        self.policy = policy
+
+    async def _job_or_abort(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRecord:
+        if not job_id:
+            await _invalid(context, SpecError("job_id", "required"))
+        job = self.store.get_job(job_id)
+        if job is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"job {job_id!r} not found; `matrec-ctl jobs` lists the known jobs",
+            )
+        assert job is not None
+        return job
+
+    async def SubmitJob(
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitJobResponse:
+        try:
+            spec, config = parse_job_spec(spec_to_dict(request.spec))
+            if self.policy.check_paths:
+                check_dataset_path(config)
+        except SpecError as error:
+            # Strictly before anything is stored: a rejected job leaves no trace.
+            await _invalid(context, error)
+        stored_spec = spec.model_dump()
+        stored_spec["config"] = config.model_dump()
+        job = self.store.create_job(
+            name=spec.name or f"{spec.kind}",
+            kind=spec.kind,
+            spec=stored_spec,
+            resources=spec.resources.model_dump(),
+            max_attempts=spec.max_attempts,
+            artifact_root=self.policy.artifact_root,
+        )
+        log.info("job %s submitted (%s)", job.id, job.kind)
+        self.scheduler.wake()
+        return jobs_pb2.SubmitJobResponse(job=convert.job(job))
+
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetJobResponse:
+        job = await self._job_or_abort(request.job_id, context)
+        history = [convert.event(e) for e in self.store.history(job.id)]
+        return jobs_pb2.GetJobResponse(job=convert.job(job), history=history)
+
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        states = []
+        for value in request.states:
+            state = convert.JOB_STATE_FROM_PB.get(value)
+            if state is None:
+                await _invalid(context, SpecError("states", f"unknown job state {value}"))
+            states.append(state)
+        if request.limit < 0:
+            await _invalid(context, SpecError("limit", "must be >= 0"))
+        limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
+        jobs = self.store.list_jobs([s for s in states if s is not None], limit)
+        return jobs_pb2.ListJobsResponse(jobs=[convert.job(j) for j in jobs])
+
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        job = await self._job_or_abort(request.job_id, context)
+        if job.state in FINAL_JOB_STATES:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job.id} already {job.state.value}; there is nothing to cancel",
+            )
+        active = self.store.request_cancel(job.id, request.reason or "cancelled by user")
+        for task in active:
+            if task.agent_id:
+                self.sessions.send(
+                    task.agent_id,
+                    agents_pb2.CoordinatorMessage(
+                        cancel=agents_pb2.CancelTask(
+                            task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
+                            reason=request.reason or "cancelled by user",
+                        )
+                    ),
+                )
+        self.notifier.notify(job.id)
+        updated = self.store.get_job(job.id)
+        assert updated is not None
+        return jobs_pb2.CancelJobResponse(job=convert.job(updated))
+
+    async def ListJobMetrics(
+        self, request: jobs_pb2.ListJobMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobMetricsResponse:
+        job = await self._job_or_abort(request.job_id, context)
+        points = effective_metrics(self.store.metrics(job.id))
+        return jobs_pb2.ListJobMetricsResponse(metrics=[convert.metric(m) for m in points])
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+        job = await self._job_or_abort(request.job_id, context)
+        snapshot = convert.job(job)
+        last_signature = _state_signature(snapshot)
+        yield jobs_pb2.WatchJobResponse(job=snapshot)
+        event_seq = metric_id = log_id = 0
+        while True:
+            events = self.store.history(job.id, event_seq)
+            for event in events:
+                event_seq = event.seq
+                yield jobs_pb2.WatchJobResponse(history=convert.event(event))
+            metrics = self.store.metrics(job.id, metric_id)
+            if metrics:
+                metric_id = metrics[-1].id
+                yield jobs_pb2.WatchJobResponse(
+                    metrics=common_pb2.MetricBatch(metrics=[convert.metric(m) for m in metrics])
+                )
+            logs = self.store.logs(job.id, log_id) if request.include_logs else []
+            if logs:
+                log_id = logs[-1].id
+                yield jobs_pb2.WatchJobResponse(
+                    logs=common_pb2.LogBatch(lines=[convert.log_line(r) for r in logs])
+                )
+            current = self.store.get_job(job.id)
+            if current is None:
+                return
+            snapshot = convert.job(current)
+            signature = _state_signature(snapshot)
+            if signature != last_signature:
+                last_signature = signature
+                yield jobs_pb2.WatchJobResponse(job=snapshot)
+            if current.state in FINAL_JOB_STATES and not (events or metrics or logs):
+                return
+            await self.notifier.wait(job.id, WATCH_POLL_SECONDS)
+
+    async def ListAgents(
+        self, request: jobs_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListAgentsResponse:
+        active = self.store.active_tasks()
+        used = used_by_agent(active)
+        agents = []
+        for record in self.store.list_agents():
+            session = self.sessions.get(record.id)
+            if session is None:
+                state = AgentState.DISCONNECTED
+            else:
+                state = AgentState.DRAINING if session.draining else AgentState.CONNECTED
+            running = [t.id for t in active if t.agent_id == record.id]
+            free = free_resources(record.resources, used[record.id])
+            agents.append(convert.agent(record, state, free, running))
+        return jobs_pb2.ListAgentsResponse(agents=agents)

@@ -1,0 +1,56 @@
+"""`matrec-coordinator`: run the coordinator until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from matrec.coordinator.server import Coordinator
+from matrec.coordinator.settings import CoordinatorSettings, parse_settings
+
+log = logging.getLogger("matrec.coordinator")
+
+
+async def serve(settings: CoordinatorSettings) -> None:
+    coordinator = Coordinator(settings)
+    port = await coordinator.start()
+    address = f"{settings.host}:{port}"
+    metrics = (
+        f", metrics on :{coordinator.metrics_port}/metrics" if coordinator.metrics_port else ""
+    )
+    log.info(
+        "matrec coordinator listening on %s (database %s%s)",
+        address,
+        settings.effective_database_url.split("@")[-1],
+        metrics,
+    )
+    if settings.ready_file is not None:
+        tmp = settings.ready_file.with_suffix(".tmp")
+        tmp.write_text(address)
+        tmp.replace(settings.ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await coordinator.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

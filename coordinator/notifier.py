@@ -1,0 +1,28 @@
+"""Wakes the watchers of a job when something about it was stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class JobNotifier:
+    def __init__(self) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def notify(self, job_id: str) -> None:
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        """Return when the job is notified or after `timeout` seconds, whichever comes first."""
+        event = asyncio.Event()
+        self._waiters[job_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters[job_id].discard(event)
+            if not self._waiters[job_id]:
+                del self._waiters[job_id]

@@ -1,0 +1,169 @@
+"""Places queued tasks on connected agents whose free resources fit, and reaps expired leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from matrec.coordinator import convert
+from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.sessions import AgentSessions
+from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
+from matrec.coordinator.telemetry import CoordinatorTelemetry
+from matrec.v1 import agents_pb2
+
+log = logging.getLogger(__name__)
+
+RESOURCE_KEYS = ("gpus", "cpus", "memory_bytes")
+
+
+def free_resources(total: Mapping[str, Any], used: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(total.get(k, 0)) - used.get(k, 0.0) for k in RESOURCE_KEYS}
+
+
+def fits(request: Mapping[str, Any], free: Mapping[str, float]) -> bool:
+    for key in RESOURCE_KEYS:
+        wanted = float(request.get(key, 0) or 0)
+        # Agents that report no memory accept any memory request.
+        if key == "memory_bytes" and free.get(key, 0.0) <= 0 and wanted > 0:
+            continue
+        if wanted > free.get(key, 0.0) + 1e-9:
+            return False
+    return True
+
+
+def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
+    used: defaultdict[str, dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(RESOURCE_KEYS, 0.0)
+    )
+    for task in active:
+        if task.agent_id is None:
+            continue
+        for key in RESOURCE_KEYS:
+            used[task.agent_id][key] += float(task.resources.get(key, 0) or 0)
+    return used
+
+
+def assignment_message(task: TaskRecord, job: JobRecord) -> agents_pb2.CoordinatorMessage:
+    return agents_pb2.CoordinatorMessage(
+        assignment=agents_pb2.Assignment(
+            task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
+            job_id=job.id,
+            kind=job.kind,
+            config=convert.struct(job.spec.get("config", {})),
+            resources=convert.resources(task.resources),
+            artifact_dir=task.artifact_dir,
+            resume_from=task.checkpoint_path,
+            lease_expires_at=convert.timestamp(task.lease_expires_at),
+        )
+    )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        sessions: AgentSessions,
+        notifier: JobNotifier,
+        telemetry: CoordinatorTelemetry,
+        *,
+        lease_ttl: float,
+        tick: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.notifier = notifier
+        self.telemetry = telemetry
+        self.lease_ttl = lease_ttl
+        self.tick = tick
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.reap_expired_leases()
+                self.schedule_once()
+                self.update_gauges()
+            except Exception:
+                log.exception("scheduler pass failed; retrying on the next tick")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            self._wake.clear()
+
+    def schedule_once(self) -> int:
+        """Assign as many queued tasks as fit. Returns how many were assigned."""
+        sessions = self.sessions.available()
+        if not sessions:
+            return 0
+        queued = self.store.queued_tasks()
+        if not queued:
+            return 0
+        active = self.store.active_tasks()
+        used = used_by_agent(active)
+        running = Counter(t.agent_id for t in active)
+        totals = {}
+        for session in sessions:
+            agent = self.store.get_agent(session.agent_id)
+            if agent is not None:
+                totals[session.agent_id] = agent.resources
+        jobs: dict[str, JobRecord | None] = {}
+        assigned = 0
+        for task in queued:
+            candidates = [
+                aid
+                for aid, total in totals.items()
+                if fits(task.resources, free_resources(total, used[aid]))
+            ]
+            if not candidates:
+                continue
+            # Spread work: the agent with the least in use gets the task.
+            agent_id = min(candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid))
+            claimed = self.store.assign_task(task.id, agent_id, self.lease_ttl)
+            if claimed is None:
+                continue
+            if task.job_id not in jobs:
+                jobs[task.job_id] = self.store.get_job(task.job_id)
+            job = jobs[task.job_id]
+            if job is None:
+                continue
+            for key in RESOURCE_KEYS:
+                used[agent_id][key] += float(claimed.resources.get(key, 0) or 0)
+            running[agent_id] += 1
+            self.sessions.send(agent_id, assignment_message(claimed, job))
+            log.info("assigned %s attempt %d to agent %s", claimed.id, claimed.attempt, agent_id)
+            self.notifier.notify(task.job_id)
+            assigned += 1
+        return assigned
+
+    def reap_expired_leases(self) -> list[TaskChange]:
+        changes = self.store.expire_leases()
+        for change in changes:
+            self.telemetry.lease_expiries.inc()
+            log.warning(
+                "lease of %s attempt %d expired; task is now %s",
+                change.task.id,
+                change.task.attempt,
+                change.task.state.value,
+            )
+            self.notifier.notify(change.task.job_id)
+        if changes:
+            self.wake()
+        return changes
+
+    def update_gauges(self) -> None:
+        counts = self.store.count_tasks_by_state()
+        self.telemetry.queue_depth.set(counts.get("queued", 0))
+        for state, count in counts.items():
+            self.telemetry.tasks_by_state.labels(state).set(count)
+        by_state: defaultdict[str, int] = defaultdict(int)
+        for agent in self.store.list_agents():
+            by_state[agent.state.value] += 1
+        for state in ("connected", "draining", "disconnected"):
+            self.telemetry.agents.labels(state).set(by_state.get(state, 0))

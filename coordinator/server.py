@@ -1,0 +1,120 @@
+"""Assembles the coordinator: store, scheduler, gRPC services, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from matrec.coordinator.agent_service import AgentService
+from matrec.coordinator.job_service import JobService, SubmitPolicy
+from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.scheduler import Scheduler
+from matrec.coordinator.sessions import AgentSessions
+from matrec.coordinator.settings import CoordinatorSettings
+from matrec.coordinator.store import Store
+from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
+from matrec.v1 import agents_pb2, agents_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+GRPC_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._scheduler_task: asyncio.Task[None] | None = None
+        self.sessions = AgentSessions()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def start(self) -> int:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.effective_artifact_root.mkdir(parents=True, exist_ok=True)
+        self.store = store = Store.open(s.effective_database_url)
+        store.mark_all_agents_disconnected()
+        renewed = store.extend_all_leases(s.lease_ttl)
+        if renewed:
+            log.info(
+                "gave %d running tasks one lease period for their agents to reconnect", renewed
+            )
+        telemetry = CoordinatorTelemetry()
+        notifier = JobNotifier()
+        scheduler = Scheduler(store, self.sessions, notifier, telemetry, lease_ttl=s.lease_ttl)
+        server = grpc.aio.server(
+            interceptors=[LatencyInterceptor(telemetry)], options=GRPC_SERVER_OPTIONS
+        )
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(
+                store,
+                self.sessions,
+                scheduler,
+                notifier,
+                SubmitPolicy(s.effective_artifact_root, s.check_paths),
+            ),
+            server,
+        )
+        agents_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(
+                store,
+                self.sessions,
+                scheduler,
+                notifier,
+                telemetry,
+                heartbeat_interval=s.heartbeat_interval,
+                lease_ttl=s.lease_ttl,
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {s.host}:{s.port}; is another coordinator running?")
+        await server.start()
+        self.server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port:
+            self.metrics_port = telemetry.serve(s.host, s.metrics_port)
+        self._scheduler_task = asyncio.create_task(scheduler.run())
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.sessions.close_all()
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler_task
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.store is not None:
+            self.store.close()
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()

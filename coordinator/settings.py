@@ -1,0 +1,128 @@
+"""Coordinator settings: command-line flags, each with a MATREC_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=lambda: Path("~/.matrec/coordinator").expanduser())
+    database_url: str = ""
+    artifact_root: Path | None = None
+    metrics_port: int = 9464
+    lease_ttl: float = 30.0
+    heartbeat_interval: float = 5.0
+    check_paths: bool = True
+    ready_file: Path | None = None
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'matrec.db'}"
+
+    @property
+    def effective_artifact_root(self) -> Path:
+        return self.artifact_root or self.data_dir / "artifacts"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MATREC_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = CoordinatorSettings()
+    parser = argparse.ArgumentParser(
+        prog="matrec-coordinator",
+        description="Run the matrec coordinator: the gRPC server that stores jobs, schedules "
+        "their tasks onto agents and streams their progress. Every flag can also be set with "
+        "the environment variable shown.",
+    )
+    parser.add_argument(
+        "--host",
+        default=_env("HOST", d.host),
+        help="address to bind; 0.0.0.0 to accept agents from other hosts [MATREC_HOST] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", str(d.port))),
+        help="gRPC port; 0 picks a free one [MATREC_PORT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("DATA_DIR", str(d.data_dir))).expanduser(),
+        help="where the SQLite database and artifacts live [MATREC_DATA_DIR] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("MATREC_DATABASE_URL", os.environ.get("SUPABASE_DB_URL", "")),
+        help="SQLAlchemy URL; empty means SQLite in the data dir [MATREC_DATABASE_URL]",
+    )
+    parser.add_argument(
+        "--artifact-root",
+        type=Path,
+        default=Path(_env("ARTIFACT_ROOT", "")) if _env("ARTIFACT_ROOT", "") else None,
+        help="where tasks write checkpoints and models; must be shared storage visible to every "
+        "agent for resume on another host [MATREC_ARTIFACT_ROOT] (default: DATA_DIR/artifacts)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", str(d.metrics_port))),
+        help="Prometheus /metrics port; 0 disables it [MATREC_METRICS_PORT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(_env("LEASE_TTL", str(d.lease_ttl))),
+        help="seconds a task stays with an agent that stopped heartbeating before it is requeued "
+        "[MATREC_LEASE_TTL] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(_env("HEARTBEAT_INTERVAL", str(d.heartbeat_interval))),
+        help="seconds between agent heartbeats [MATREC_HEARTBEAT_INTERVAL] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-check-paths",
+        dest="check_paths",
+        action="store_false",
+        help="do not check at submission that dataset paths exist on the coordinator host",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write HOST:PORT to this file once serving (for scripts and tests)",
+    )
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
+    args = build_parser().parse_args(argv)
+    if args.lease_ttl <= args.heartbeat_interval:
+        build_parser().error("--lease-ttl must be longer than --heartbeat-interval")
+    return CoordinatorSettings(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        artifact_root=args.artifact_root,
+        metrics_port=args.metrics_port,
+        lease_ttl=args.lease_ttl,
+        heartbeat_interval=args.heartbeat_interval,
+        check_paths=args.check_paths,
+        ready_file=args.ready_file,
+        log_level=args.log_level,
+    )

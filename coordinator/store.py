@@ -1,0 +1,812 @@
+"""Persistent state of the coordinator: jobs, tasks, leases, agents, history, metrics and logs.
+
+SQLAlchemy Core on SQLite (the default, a file in the data directory) or Postgres. Every public
+method is one transaction. Task transitions that an agent asks for are fenced: they only apply
+when the task is still held by that agent in that attempt, so a late message from an agent whose
+lease expired can never complete or fail a task that has moved on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from matrec.coordinator import schema
+from matrec.coordinator.states import (
+    ACTIVE_TASK_STATES,
+    FINAL_JOB_STATES,
+    AgentState,
+    JobState,
+    TaskOutcome,
+    TaskState,
+    job_state_from_tasks,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    job_id: str
+    index: int
+    state: TaskState
+    attempt: int
+    preemptions: int
+    max_attempts: int
+    resources: dict[str, Any]
+    agent_id: str | None
+    lease_expires_at: datetime | None
+    artifact_dir: str
+    checkpoint_path: str
+    error: str
+    result: dict[str, Any] | None
+
+    @property
+    def failures_left(self) -> int:
+        return self.max_attempts - (self.attempt - self.preemptions)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    state: JobState
+    max_attempts: int
+    cancel_requested: bool
+    error: str
+    result: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    tasks: list[TaskRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    job_id: str
+    task_id: str
+    attempt: int
+    time: datetime
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    id: int
+    task_id: str
+    attempt: int
+    step: int
+    key: str
+    value: float
+    time: datetime
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    id: int
+    task_id: str
+    attempt: int
+    seq: int
+    time: datetime
+    text: str
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    id: str
+    name: str
+    hostname: str
+    version: str
+    resources: dict[str, Any]
+    gpus: list[dict[str, Any]]
+    state: AgentState
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """What a fenced transition did, for the caller to log, count and notify."""
+
+    task: TaskRecord
+    job_state: JobState
+    event: str
+
+
+def _task(row: sa.Row[Any]) -> TaskRecord:
+    m = row._mapping
+    return TaskRecord(
+        id=m["id"],
+        job_id=m["job_id"],
+        index=m["index"],
+        state=TaskState(m["state"]),
+        attempt=m["attempt"],
+        preemptions=m["preemptions"],
+        max_attempts=m["max_attempts"],
+        resources=dict(m["resources"] or {}),
+        agent_id=m["agent_id"],
+        lease_expires_at=_aware(m["lease_expires_at"]),
+        artifact_dir=m["artifact_dir"],
+        checkpoint_path=m["checkpoint_path"],
+        error=m["error"],
+        result=m["result"],
+    )
+
+
+def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
+    m = row._mapping
+    created = _aware(m["created_at"])
+    assert created is not None
+    return JobRecord(
+        id=m["id"],
+        name=m["name"],
+        kind=m["kind"],
+        spec=dict(m["spec"]),
+        state=JobState(m["state"]),
+        max_attempts=m["max_attempts"],
+        cancel_requested=bool(m["cancel_requested"]),
+        error=m["error"],
+        result=m["result"],
+        created_at=created,
+        started_at=_aware(m["started_at"]),
+        finished_at=_aware(m["finished_at"]),
+        tasks=tasks,
+    )
+
+
+def _agent(row: sa.Row[Any]) -> AgentRecord:
+    m = row._mapping
+    seen = _aware(m["last_seen_at"])
+    assert seen is not None
+    return AgentRecord(
+        id=m["id"],
+        name=m["name"],
+        hostname=m["hostname"],
+        version=m["version"],
+        resources=dict(m["resources"]),
+        gpus=list(m["gpus"]),
+        state=AgentState(m["state"]),
+        last_seen_at=seen,
+    )
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def create_engine_for(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest Alembic revision (creates it on first start)."""
+    cfg = AlembicConfig(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._insert_ignore = _insert_ignore_for(engine.dialect.name)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        engine = create_engine_for(url)
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- jobs -------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        name: str,
+        kind: str,
+        spec: dict[str, Any],
+        resources: dict[str, Any],
+        max_attempts: int,
+        artifact_root: Path,
+        num_tasks: int = 1,
+    ) -> JobRecord:
+        job_id = new_id("job")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.training_jobs.insert().values(
+                    id=job_id,
+                    name=name,
+                    kind=kind,
+                    spec=spec,
+                    state=JobState.QUEUED,
+                    max_attempts=max_attempts,
+                    created_at=now,
+                )
+            )
+            for index in range(num_tasks):
+                task_id = f"{job_id}-t{index}"
+                conn.execute(
+                    schema.tasks.insert().values(
+                        id=task_id,
+                        job_id=job_id,
+                        index=index,
+                        state=TaskState.QUEUED,
+                        max_attempts=max_attempts,
+                        resources=resources,
+                        artifact_dir=str(artifact_root / job_id / task_id),
+                        created_at=now,
+                    )
+                )
+            self._event(conn, job_id, "submitted", f"{kind} job submitted")
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self.engine.connect() as conn:
+            return self._get_job(conn, job_id)
+
+    def _get_job(self, conn: sa.Connection, job_id: str) -> JobRecord | None:
+        row = conn.execute(
+            sa.select(schema.training_jobs).where(schema.training_jobs.c.id == job_id)
+        ).first()
+        if row is None:
+            return None
+        tasks = [
+            _task(r)
+            for r in conn.execute(
+                sa.select(schema.tasks)
+                .where(schema.tasks.c.job_id == job_id)
+                .order_by(schema.tasks.c.index)
+            )
+        ]
+        return _job(row, tasks)
+
+    def list_jobs(self, states: Sequence[JobState] = (), limit: int = 100) -> list[JobRecord]:
+        query = sa.select(schema.training_jobs.c.id).order_by(
+            schema.training_jobs.c.created_at.desc()
+        )
+        if states:
+            query = query.where(schema.training_jobs.c.state.in_([str(s) for s in states]))
+        with self.engine.connect() as conn:
+            ids = [r.id for r in conn.execute(query.limit(limit))]
+            jobs = [self._get_job(conn, job_id) for job_id in ids]
+        return [j for j in jobs if j is not None]
+
+    def count_jobs(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(schema.training_jobs)).scalar()
+                or 0
+            )
+
+    def request_cancel(self, job_id: str, reason: str) -> list[TaskRecord]:
+        """Mark a job cancelled-on-request; cancel its queued tasks now. Returns the active tasks
+        whose agents must be told to stop."""
+        t = schema.tasks
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.training_jobs.update()
+                .where(schema.training_jobs.c.id == job_id)
+                .values(cancel_requested=True)
+            )
+            conn.execute(
+                t.update()
+                .where(t.c.job_id == job_id, t.c.state == TaskState.QUEUED)
+                .values(state=TaskState.CANCELLED, finished_at=now, error=reason)
+            )
+            self._event(conn, job_id, "cancel_requested", reason or "cancel requested")
+            active = [
+                _task(r)
+                for r in conn.execute(
+                    sa.select(t).where(
+                        t.c.job_id == job_id, t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES])
+                    )
+                )
+            ]
+            self._refresh_job(conn, job_id)
+        return active
+
+    # ---- scheduling and leases ----------------------------------------------------------------
+
+    def queued_tasks(self, limit: int = 1000) -> list[TaskRecord]:
+        t = schema.tasks
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t)
+                .where(t.c.state == TaskState.QUEUED)
+                .order_by(t.c.created_at, t.c.index)
+                .limit(limit)
+            )
+            return [_task(r) for r in rows]
+
+    def active_tasks(self, agent_id: str | None = None) -> list[TaskRecord]:
+        t = schema.tasks
+        query = sa.select(t).where(t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]))
+        if agent_id is not None:
+            query = query.where(t.c.agent_id == agent_id)
+        with self.engine.connect() as conn:
+            return [_task(r) for r in conn.execute(query)]
+
+    def assign_task(self, task_id: str, agent_id: str, lease_ttl: float) -> TaskRecord | None:
+        """Hand a queued task to an agent (a compare-and-set: None if someone else took it)."""
+        t = schema.tasks
+        now = utcnow()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.id == task_id, t.c.state == TaskState.QUEUED)
+                .values(
+                    state=TaskState.ASSIGNED,
+                    agent_id=agent_id,
+                    attempt=t.c.attempt + 1,
+                    lease_expires_at=now + timedelta(seconds=lease_ttl),
+                    error="",
+                )
+            )
+            if updated.rowcount != 1:
+                return None
+            task = _task(conn.execute(sa.select(t).where(t.c.id == task_id)).one())
+            self._event(
+                conn,
+                task.job_id,
+                "assigned",
+                f"assigned to agent {agent_id}",
+                task.id,
+                task.attempt,
+            )
+            self._refresh_job(conn, task.job_id)
+            return task
+
+    def renew_leases(
+        self, agent_id: str, running: Iterable[tuple[str, int]], lease_ttl: float
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """Extend the leases of the tasks an agent says it runs.
+
+        Returns (stale, cancelled): attempts the agent no longer holds, and attempts whose job
+        was cancelled. The agent must stop both.
+        """
+        t = schema.tasks
+        j = schema.training_jobs
+        expires = utcnow() + timedelta(seconds=lease_ttl)
+        stale: list[tuple[str, int]] = []
+        cancelled: list[tuple[str, int]] = []
+        with self.engine.begin() as conn:
+            for task_id, attempt in running:
+                updated = conn.execute(
+                    t.update()
+                    .where(
+                        t.c.id == task_id,
+                        t.c.attempt == attempt,
+                        t.c.agent_id == agent_id,
+                        t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]),
+                    )
+                    .values(lease_expires_at=expires)
+                )
+                if updated.rowcount != 1:
+                    stale.append((task_id, attempt))
+                    continue
+                cancel = conn.execute(
+                    sa.select(j.c.cancel_requested)
+                    .select_from(j.join(t, t.c.job_id == j.c.id))
+                    .where(t.c.id == task_id)
+                ).scalar()
+                if cancel:
+                    cancelled.append((task_id, attempt))
+        return stale, cancelled
+
+    def extend_all_leases(self, lease_ttl: float) -> int:
+        """After a coordinator restart, give every agent one lease period to reconnect."""
+        t = schema.tasks
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.update()
+                .where(t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]))
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_ttl))
+            )
+            return int(result.rowcount or 0)
+
+    def mark_running(self, task_id: str, attempt: int, agent_id: str) -> TaskChange | None:
+        t = schema.tasks
+        now = utcnow()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(
+                    t.c.id == task_id,
+                    t.c.attempt == attempt,
+                    t.c.agent_id == agent_id,
+                    t.c.state == TaskState.ASSIGNED,
+                )
+                .values(state=TaskState.RUNNING, started_at=sa.func.coalesce(t.c.started_at, now))
+            )
+            if updated.rowcount != 1:
+                return None
+            task = _task(conn.execute(sa.select(t).where(t.c.id == task_id)).one())
+            self._event(
+                conn, task.job_id, "started", f"running on agent {agent_id}", task_id, attempt
+            )
+            job_state = self._refresh_job(conn, task.job_id)
+            return TaskChange(task, job_state, "started")
+
+    def record_checkpoint(self, task_id: str, attempt: int, agent_id: str, path: str) -> bool:
+        t = schema.tasks
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.id == task_id, t.c.attempt == attempt, t.c.agent_id == agent_id)
+                .values(checkpoint_path=path)
+            )
+            return updated.rowcount == 1
+
+    def finish_task(
+        self,
+        task_id: str,
+        attempt: int,
+        agent_id: str,
+        outcome: TaskOutcome,
+        *,
+        error: str = "",
+        result: dict[str, Any] | None = None,
+        checkpoint_path: str = "",
+    ) -> TaskChange | None:
+        """Apply an agent's report that an attempt ended. None when the report is stale."""
+        t = schema.tasks
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t).where(
+                    t.c.id == task_id,
+                    t.c.attempt == attempt,
+                    t.c.agent_id == agent_id,
+                    t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]),
+                )
+            ).first()
+            if row is None:
+                return None
+            task = _task(row)
+            job_row = conn.execute(
+                sa.select(schema.training_jobs.c.cancel_requested).where(
+                    schema.training_jobs.c.id == task.job_id
+                )
+            ).one()
+            if checkpoint_path:
+                conn.execute(
+                    t.update().where(t.c.id == task_id).values(checkpoint_path=checkpoint_path)
+                )
+            if outcome == TaskOutcome.SUCCEEDED:
+                return self._end_task(conn, task, TaskState.SUCCEEDED, "succeeded", "", result)
+            if outcome == TaskOutcome.CANCELLED or job_row.cancel_requested:
+                return self._end_task(conn, task, TaskState.CANCELLED, "cancelled", error, None)
+            if outcome == TaskOutcome.PREEMPTED:
+                conn.execute(
+                    t.update().where(t.c.id == task_id).values(preemptions=t.c.preemptions + 1)
+                )
+                return self._requeue(conn, task, "preempted", "handed back by its agent")
+            return self._retry_or_fail(conn, task, "failed", error)
+
+    def expire_leases(self) -> list[TaskChange]:
+        """Requeue (or fail) tasks whose agent stopped renewing their lease."""
+        t = schema.tasks
+        now = utcnow()
+        changes: list[TaskChange] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(t).where(
+                    t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]), t.c.lease_expires_at < now
+                )
+            ).all()
+            for row in rows:
+                task = _task(row)
+                cancel = conn.execute(
+                    sa.select(schema.training_jobs.c.cancel_requested).where(
+                        schema.training_jobs.c.id == task.job_id
+                    )
+                ).scalar()
+                reason = f"lease expired: agent {task.agent_id} stopped heartbeating"
+                if cancel:
+                    changes.append(
+                        self._end_task(
+                            conn, task, TaskState.CANCELLED, "lease_expired", reason, None
+                        )
+                    )
+                else:
+                    changes.append(self._retry_or_fail(conn, task, "lease_expired", reason))
+        return changes
+
+    def _retry_or_fail(
+        self, conn: sa.Connection, task: TaskRecord, event: str, error: str
+    ) -> TaskChange:
+        if task.failures_left > 0:
+            return self._requeue(conn, task, event, error)
+        message = f"{error} (attempt {task.attempt} of {task.max_attempts}; no attempts left)"
+        return self._end_task(conn, task, TaskState.FAILED, event, message, None)
+
+    def _requeue(self, conn: sa.Connection, task: TaskRecord, event: str, why: str) -> TaskChange:
+        t = schema.tasks
+        conn.execute(
+            t.update()
+            .where(t.c.id == task.id)
+            .values(state=TaskState.QUEUED, agent_id=None, lease_expires_at=None, error=why)
+        )
+        self._event(conn, task.job_id, event, f"{why}; requeued", task.id, task.attempt)
+        job_state = self._refresh_job(conn, task.job_id)
+        return TaskChange(
+            _task(conn.execute(sa.select(t).where(t.c.id == task.id)).one()), job_state, event
+        )
+
+    def _end_task(
+        self,
+        conn: sa.Connection,
+        task: TaskRecord,
+        state: TaskState,
+        event: str,
+        error: str,
+        result: dict[str, Any] | None,
+    ) -> TaskChange:
+        t = schema.tasks
+        conn.execute(
+            t.update()
+            .where(t.c.id == task.id)
+            .values(
+                state=state,
+                lease_expires_at=None,
+                error=error,
+                result=result,
+                finished_at=utcnow(),
+            )
+        )
+        message = f"{state.value}" + (f": {error}" if error else "")
+        self._event(conn, task.job_id, event, message, task.id, task.attempt)
+        job_state = self._refresh_job(conn, task.job_id)
+        return TaskChange(
+            _task(conn.execute(sa.select(t).where(t.c.id == task.id)).one()), job_state, event
+        )
+
+    def _refresh_job(self, conn: sa.Connection, job_id: str) -> JobState:
+        """Derive the job's state from its tasks; stamp start/finish times and the result."""
+        j = schema.training_jobs
+        job_row = conn.execute(sa.select(j).where(j.c.id == job_id)).one()
+        tasks = [
+            _task(r)
+            for r in conn.execute(
+                sa.select(schema.tasks)
+                .where(schema.tasks.c.job_id == job_id)
+                .order_by(schema.tasks.c.index)
+            )
+        ]
+        old = JobState(job_row.state)
+        new = job_state_from_tasks((t.state for t in tasks), bool(job_row.cancel_requested))
+        if new == old:
+            return new
+        values: dict[str, Any] = {"state": new}
+        now = utcnow()
+        if new == JobState.RUNNING and job_row.started_at is None:
+            values["started_at"] = now
+        if new in FINAL_JOB_STATES:
+            values["finished_at"] = now
+            errors = [t.error for t in tasks if t.state == TaskState.FAILED and t.error]
+            values["error"] = errors[0] if errors else ""
+            results = [t.result for t in tasks if t.result]
+            if len(results) == 1:
+                values["result"] = results[0]
+            elif results:
+                values["result"] = {"tasks": results}
+        conn.execute(j.update().where(j.c.id == job_id).values(**values))
+        self._event(conn, job_id, "job_state", f"job {new.value}")
+        return new
+
+    # ---- history, metrics, logs ---------------------------------------------------------------
+
+    def _event(
+        self,
+        conn: sa.Connection,
+        job_id: str,
+        kind: str,
+        message: str,
+        task_id: str = "",
+        attempt: int = 0,
+    ) -> None:
+        conn.execute(
+            schema.job_events.insert().values(
+                job_id=job_id,
+                task_id=task_id,
+                attempt=attempt,
+                time=utcnow(),
+                kind=kind,
+                message=message,
+            )
+        )
+
+    def history(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
+        e = schema.job_events
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(e).where(e.c.job_id == job_id, e.c.seq > after_seq).order_by(e.c.seq)
+            )
+            return [
+                EventRecord(
+                    seq=r.seq,
+                    job_id=r.job_id,
+                    task_id=r.task_id,
+                    attempt=r.attempt,
+                    time=_aware(r.time) or utcnow(),
+                    kind=r.kind,
+                    message=r.message,
+                )
+                for r in rows
+            ]
+
+    def add_metrics(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Store a batch; points already stored under the same (task, attempt, step, key) are
+        ignored, so a replayed batch never duplicates."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    self._insert_ignore(schema.training_progress),
+                    [{**row, "job_id": job_id} for row in rows],
+                )
+
+    def add_logs(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    self._insert_ignore(schema.task_logs),
+                    [{**row, "job_id": job_id} for row in rows],
+                )
+
+    def metrics(self, job_id: str, after_id: int = 0) -> list[MetricRecord]:
+        m = schema.training_progress
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(m).where(m.c.job_id == job_id, m.c.id > after_id).order_by(m.c.id)
+            )
+            return [
+                MetricRecord(
+                    id=r.id,
+                    task_id=r.task_id,
+                    attempt=r.attempt,
+                    step=r.step,
+                    key=r.key,
+                    value=r.value,
+                    time=_aware(r.time) or utcnow(),
+                )
+                for r in rows
+            ]
+
+    def logs(self, job_id: str, after_id: int = 0, limit: int = 1000) -> list[LogRecord]:
+        lg = schema.task_logs
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(lg)
+                .where(lg.c.job_id == job_id, lg.c.id > after_id)
+                .order_by(lg.c.id)
+                .limit(limit)
+            )
+            return [
+                LogRecord(
+                    id=r.id,
+                    task_id=r.task_id,
+                    attempt=r.attempt,
+                    seq=r.seq,
+                    time=_aware(r.time) or utcnow(),
+                    text=r.text,
+                )
+                for r in rows
+            ]
+
+    def job_of_task(self, task_id: str) -> str | None:
+        t = schema.tasks
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.c.job_id).where(t.c.id == task_id)).scalar()
+
+    # ---- agents -------------------------------------------------------------------------------
+
+    def upsert_agent(
+        self,
+        agent_id: str,
+        *,
+        name: str,
+        hostname: str,
+        version: str,
+        resources: dict[str, Any],
+        gpus: list[dict[str, Any]],
+    ) -> AgentRecord:
+        a = schema.agents
+        now = utcnow()
+        values = {
+            "name": name,
+            "hostname": hostname,
+            "version": version,
+            "resources": resources,
+            "gpus": gpus,
+            "last_seen_at": now,
+        }
+        with self.engine.begin() as conn:
+            updated = conn.execute(a.update().where(a.c.id == agent_id).values(**values))
+            if updated.rowcount == 0:
+                conn.execute(
+                    a.insert().values(
+                        id=agent_id, state=AgentState.DISCONNECTED, registered_at=now, **values
+                    )
+                )
+            return _agent(conn.execute(sa.select(a).where(a.c.id == agent_id)).one())
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        a = schema.agents
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(a).where(a.c.id == agent_id)).first()
+            return _agent(row) if row is not None else None
+
+    def set_agent_state(self, agent_id: str, state: AgentState) -> None:
+        a = schema.agents
+        with self.engine.begin() as conn:
+            conn.execute(
+                a.update().where(a.c.id == agent_id).values(state=state, last_seen_at=utcnow())
+            )
+
+    def list_agents(self) -> list[AgentRecord]:
+        a = schema.agents
+        with self.engine.connect() as conn:
+            return [_agent(r) for r in conn.execute(sa.select(a).order_by(a.c.name, a.c.id))]
+
+    def mark_all_agents_disconnected(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(schema.agents.update().values(state=AgentState.DISCONNECTED))
+
+    def count_tasks_by_state(self) -> dict[str, int]:
+        t = schema.tasks
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state))
+            return {r[0]: int(r[1]) for r in rows}
+
+
+def _insert_ignore_for(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return lambda table: pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return lambda table: sqlite_insert(table).on_conflict_do_nothing()
+    raise ValueError(f"unsupported database dialect {dialect!r}; use SQLite or PostgreSQL")

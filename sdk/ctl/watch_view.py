@@ -40,13 +40,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-#: (metric key, column title) of the latest-metrics table.
+#: (metric key, title) of the live view's latest metrics: train loss as of the newest step.
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("train/loss", "train loss"),
     ("train/accuracy", "train acc"),
     ("val/loss", "val loss"),
     ("val/accuracy", "val acc"),
     ("lr", "lr"),
+)
+#: The same for the line printed at each epoch end: train loss averaged over the epoch.
+EPOCH_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("train/loss_epoch", "train loss"),
+    *METRIC_COLUMNS[1:],
 )
 
 
@@ -307,7 +312,7 @@ class PlainPrinter:
         self._printed_epochs.add(key)
         values = ", ".join(
             f"{title} {format_value(task.value(name))}"
-            for name, title in METRIC_COLUMNS
+            for name, title in EPOCH_COLUMNS
             if task.value(name) is not None
         )
         epochs = self.state.epochs

@@ -136,7 +136,9 @@ def test_plain_printer_lines() -> None:
     assert lines[0] == "job job-1: queued"
     assert lines[1].endswith("assigned [task 0]: to agent-a")
     assert lines[2] == "job job-1: running"
-    assert lines[3] == ("task 0 epoch 1/4: train acc 0.6, val loss 1.2, val acc 0.5, lr 0.003")
+    assert lines[3] == (
+        "task 0 epoch 1/4: train loss 1, train acc 0.6, val loss 1.2, val acc 0.5, lr 0.003"
+    )
     assert lines[4] == "task 0| loading data"
     assert len(lines) == 5
 

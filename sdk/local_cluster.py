@@ -264,6 +264,9 @@ class LocalCluster:
         args += self.agent_args
         self._agents[index] = self._spawn(self.agent_name(index), AGENT_MODULE, args)
 
+    def agent_pid(self, index: int) -> int:
+        return self._agents[index].popen.pid
+
     def kill_agent(self, index: int) -> None:
         """SIGKILL agent `index` and its workers, as if its host vanished; wait for it to die."""
         self._agents.pop(index).kill()

@@ -71,10 +71,6 @@ def _client(ctx: typer.Context) -> Client:
     return Client(ctx.obj)
 
 
-def _print_json(text: str) -> None:
-    typer.echo(text)
-
-
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -209,7 +205,7 @@ def jobs(
     with _client(ctx) as client:
         found = client.list_jobs(state, limit=limit)
     if as_json:
-        _print_json(to_json(found))
+        typer.echo(to_json(found))
     elif not found:
         console.print("no jobs", style="dim")
     else:
@@ -224,14 +220,14 @@ def show(
 ) -> None:
     """Show a job: its spec, tasks, history and result.
 
-    [dim]$ matrec-ctl show 0f3c9a...[/]
+    [dim]$ matrec-ctl show job-733ad4e0b95d[/]
     """
     from matrec.sdk.ctl.render import job_detail, to_json
 
     with _client(ctx) as client:
         job = client.get_job(job_id)
     if as_json:
-        _print_json(to_json(job))
+        typer.echo(to_json(job))
     else:
         console.print(job_detail(job))
 
@@ -244,7 +240,7 @@ def cancel(
 ) -> None:
     """Cancel a job's queued and running tasks.
 
-    [dim]$ matrec-ctl cancel 0f3c9a... --reason "wrong dataset"[/]
+    [dim]$ matrec-ctl cancel job-733ad4e0b95d --reason "wrong dataset"[/]
     """
     from matrec.sdk.ctl.render import state_text
 
@@ -266,7 +262,7 @@ def watch(
 
     A live view on a terminal (tasks, epoch progress with ETA, metrics); lines in a pipe.
 
-    [dim]$ matrec-ctl watch 0f3c9a... --logs[/]
+    [dim]$ matrec-ctl watch job-733ad4e0b95d --logs[/]
     """
     with _client(ctx) as client:
         _follow(client, job_id, logs=logs)
@@ -300,7 +296,7 @@ def agents(
     with _client(ctx) as client:
         found = client.list_agents()
     if as_json:
-        _print_json(to_json(found))
+        typer.echo(to_json(found))
     elif not found:
         console.print("no agents; start one with `matrec-ctl agent`", style="dim")
     else:

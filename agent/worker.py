@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from matrec.agent.worker_protocol import (
     EXIT_INVALID_TASK,
     EXIT_OK,
     EXIT_PREEMPTED,
+    PARENT_PID_ENV,
     CheckpointEvent,
     LogEvent,
     MetricsEvent,
@@ -72,7 +74,24 @@ class _StopFlag:
         return self.requested
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> None:
+    """Die (SIGKILL) with the agent that started us, so a killed agent leaves no worker training
+    on behind the coordinator's back."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(expected):
+        # The agent died before the death signal was armed.
+        os._exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_agent()
     parser = argparse.ArgumentParser(
         prog="python -m matrec.agent.worker", description="Run one matrec training task."
     )

@@ -16,6 +16,9 @@ EXIT_FAILED = 1  # any other failure; the traceback is on stderr
 EXIT_INVALID_TASK = 2  # the task file or its config is invalid; retrying will not help
 EXIT_PREEMPTED = 75  # stopped by SIGTERM after writing a checkpoint; resumable (EX_TEMPFAIL)
 
+#: The agent puts its pid here; the worker arms a death signal against it.
+PARENT_PID_ENV = "MATREC_AGENT_PID"
+
 
 @dataclass(frozen=True)
 class WorkerTask:

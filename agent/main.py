@@ -1,0 +1,54 @@
+"""`matrec-agent`: serve a coordinator until SIGTERM, then hand running work back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from matrec.agent.daemon import AgentDaemon
+from matrec.agent.settings import AgentSettings, parse_settings
+from matrec.agent.telemetry import AgentTelemetry
+
+log = logging.getLogger("matrec.agent")
+
+
+async def serve(settings: AgentSettings) -> None:
+    telemetry = AgentTelemetry()
+    if settings.metrics_port:
+        port = telemetry.serve(settings.metrics_host, settings.metrics_port)
+        log.info("agent metrics on %s:%d/metrics", settings.metrics_host, port)
+    daemon = AgentDaemon(settings, telemetry)
+    h = daemon.host
+    log.info(
+        "matrec agent %s: %.0f CPU(s), %d GPU(s), %.1f GiB; coordinator %s",
+        settings.name,
+        h.cpus,
+        len(h.gpus),
+        h.memory_bytes / 2**30,
+        settings.coordinator,
+    )
+    loop = asyncio.get_running_loop()
+    shutdown: set[asyncio.Task[None]] = set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: shutdown.add(asyncio.create_task(daemon.shutdown())))
+    await daemon.run()
+    log.info("agent stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Agent settings: command-line flags, each with a MATREC_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    coordinator: str
+    name: str
+    data_dir: Path
+    cpus: float | None
+    gpus: int | None
+    metrics_port: int
+    metrics_host: str
+    python: str
+    stop_grace: float
+    log_level: str
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MATREC_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matrec-agent",
+        description="Run a matrec agent: it offers this host's CPUs and GPUs to a coordinator, "
+        "runs the tasks it is given in worker processes and streams their metrics back. "
+        "Every flag can also be set with the environment variable shown.",
+    )
+    parser.add_argument(
+        "--coordinator",
+        default=_env("COORDINATOR", "127.0.0.1:50051"),
+        help="coordinator address HOST:PORT [MATREC_COORDINATOR] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--name",
+        default=_env("AGENT_NAME", socket.gethostname()),
+        help="name shown in `matrec-ctl agents` [MATREC_AGENT_NAME] (default: the hostname)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("AGENT_DATA_DIR", "~/.matrec/agent")).expanduser(),
+        help="keeps the agent id and task work dirs [MATREC_AGENT_DATA_DIR] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=float,
+        default=float(_env("AGENT_CPUS", "0")) or None,
+        help="CPU cores to offer [MATREC_AGENT_CPUS] (default: all cores)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=int(_env("AGENT_GPUS", "-1")),
+        help="GPUs to offer [MATREC_AGENT_GPUS] (default: every GPU NVML finds)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("AGENT_METRICS_PORT", "0")),
+        help="Prometheus /metrics port for this host's resource use; 0 disables it "
+        "[MATREC_AGENT_METRICS_PORT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=_env("AGENT_METRICS_HOST", "127.0.0.1"),
+        help="address the /metrics endpoint binds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--python",
+        default=_env("AGENT_PYTHON", sys.executable),
+        help="Python interpreter for worker processes (default: this one)",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(_env("AGENT_STOP_GRACE", "60")),
+        help="seconds a task gets to checkpoint on shutdown before it is killed "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> AgentSettings:
+    args = build_parser().parse_args(argv)
+    return AgentSettings(
+        coordinator=args.coordinator,
+        name=args.name,
+        data_dir=args.data_dir,
+        cpus=args.cpus,
+        gpus=None if args.gpus < 0 else args.gpus,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        python=args.python,
+        stop_grace=args.stop_grace,
+        log_level=args.log_level,
+    )

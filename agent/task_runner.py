@@ -1,0 +1,267 @@
+"""Runs one task attempt in a worker subprocess and turns what it says into agent messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from matrec.agent.worker_protocol import (
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    PARENT_PID_ENV,
+    CheckpointEvent,
+    LogEvent,
+    MetricsEvent,
+    ResultEvent,
+    WorkerTask,
+    parse_event,
+)
+from matrec.v1 import agents_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker gets to checkpoint and exit after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 60.0
+ERROR_TAIL_LINES = 30
+LOG_FLUSH_SECONDS = 0.5
+LOG_BATCH_LINES = 200
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(datetime.now(UTC))
+    return ts
+
+
+@dataclass(frozen=True)
+class TaskEnvironment:
+    python: str
+    work_root: Path
+    cpus: float
+    gpu_indices: tuple[int, ...]
+
+
+class TaskRun:
+    """One attempt of one task. `emit` receives every message to send (through the outbox)."""
+
+    def __init__(
+        self,
+        assignment: agents_pb2.Assignment,
+        env: TaskEnvironment,
+        emit: Callable[[agents_pb2.AgentMessage], None],
+    ) -> None:
+        self.assignment = assignment
+        self.ref = agents_pb2.TaskRef(
+            task_id=assignment.task.task_id, attempt=assignment.task.attempt
+        )
+        self.env = env
+        self.emit = emit
+        self.process: asyncio.subprocess.Process | None = None
+        self.cancel_reason = ""
+        self.preempting = False
+        self.checkpoint_path = assignment.resume_from
+        self._log_seq = 0
+        self._log_lines: list[common_pb2.LogLine] = []
+        self._tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self._result: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.ref.task_id, self.ref.attempt)
+
+    def cancel(self, reason: str) -> None:
+        """Stop the worker; the attempt ends as cancelled."""
+        if not self.cancel_reason:
+            self.cancel_reason = reason or "cancelled"
+            self._signal(signal.SIGTERM)
+
+    def preempt(self) -> None:
+        """Ask the worker to checkpoint and stop; the attempt is handed back to the coordinator."""
+        self.preempting = True
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    async def run(self) -> None:
+        try:
+            outcome, error = await self._run_worker()
+        except Exception as exc:
+            log.exception("task %s attempt %d could not run", *self.key)
+            outcome, error = agents_pb2.TASK_OUTCOME_FAILED, f"agent could not run the task: {exc}"
+        self._flush_logs()
+        result = agents_pb2.TaskResult(
+            task=self.ref, outcome=outcome, error=error, checkpoint_path=self.checkpoint_path
+        )
+        if self._result is not None and outcome == agents_pb2.TASK_OUTCOME_SUCCEEDED:
+            struct = struct_pb2.Struct()
+            json_format.ParseDict(self._result, struct)
+            result.result.CopyFrom(struct)
+        self.emit(agents_pb2.AgentMessage(result=result))
+
+    async def _run_worker(self) -> tuple[int, str]:
+        a = self.assignment
+        work_dir = self.env.work_root / f"{self.ref.task_id}-a{self.ref.attempt}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        Path(a.artifact_dir).mkdir(parents=True, exist_ok=True)
+        task_file = work_dir / "task.json"
+        task_file.write_text(
+            WorkerTask(
+                task_id=self.ref.task_id,
+                attempt=self.ref.attempt,
+                job_id=a.job_id,
+                kind=a.kind,
+                config=json_format.MessageToDict(a.config),
+                artifact_dir=a.artifact_dir,
+                resume_from=a.resume_from or None,
+            ).to_json()
+        )
+        env = dict(os.environ)
+        threads = max(1, int(self.env.cpus))
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.env.gpu_indices)
+        env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_PID_ENV] = str(os.getpid())
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                self.env.python,
+                "-m",
+                "matrec.agent.worker",
+                "--task-file",
+                str(task_file),
+                "--events-fd",
+                str(write_fd),
+                pass_fds=(write_fd,),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=work_dir,
+                env=env,
+                # Its own process group, so that stopping it reaches its DataLoader workers too.
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_fd)
+        log.info("task %s attempt %d started as pid %d", *self.key, self.process.pid)
+        self.emit(agents_pb2.AgentMessage(task_started=agents_pb2.TaskStarted(task=self.ref)))
+        if self.cancel_reason or self.preempting:
+            self._signal(signal.SIGTERM)
+        assert self.process.stdout is not None
+        flusher = asyncio.create_task(self._flush_logs_periodically())
+        try:
+            await asyncio.gather(self._read_events(read_fd), self._read_output(self.process.stdout))
+            code = await self.process.wait()
+        finally:
+            flusher.cancel()
+        log.info("task %s attempt %d worker exited with %d", *self.key, code)
+        return self._outcome(code)
+
+    def _outcome(self, code: int) -> tuple[int, str]:
+        if code == EXIT_OK and self._result is not None:
+            return agents_pb2.TASK_OUTCOME_SUCCEEDED, ""
+        if self.cancel_reason:
+            return agents_pb2.TASK_OUTCOME_CANCELLED, self.cancel_reason
+        if code == EXIT_PREEMPTED:
+            return agents_pb2.TASK_OUTCOME_PREEMPTED, "stopped after a checkpoint"
+        tail = "\n".join(self._tail).strip()
+        if code < 0:
+            reason = f"worker killed by signal {signal.Signals(-code).name}"
+        elif code == EXIT_OK:
+            reason = "worker exited without reporting a result"
+        else:
+            reason = f"worker exited with code {code}"
+        return agents_pb2.TASK_OUTCOME_FAILED, f"{reason}\n{tail}" if tail else reason
+
+    async def _read_events(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb")
+        )
+        try:
+            async for raw in reader:
+                line = raw.decode("utf-8", "replace").strip()
+                if line:
+                    self._handle_event(line)
+        finally:
+            transport.close()
+
+    def _handle_event(self, line: str) -> None:
+        try:
+            event = parse_event(line)
+        except ValueError as exc:
+            log.warning("task %s: malformed worker event: %s", self.ref.task_id, exc)
+            return
+        match event:
+            case MetricsEvent(step=step, values=values):
+                now = _now()
+                batch = common_pb2.MetricBatch(
+                    metrics=[
+                        common_pb2.Metric(
+                            task_id=self.ref.task_id,
+                            attempt=self.ref.attempt,
+                            step=step,
+                            key=key,
+                            value=value,
+                            time=now,
+                        )
+                        for key, value in values.items()
+                    ]
+                )
+                self.emit(agents_pb2.AgentMessage(metrics=batch))
+            case CheckpointEvent(path=path):
+                self.checkpoint_path = path
+                self.emit(
+                    agents_pb2.AgentMessage(
+                        checkpoint=agents_pb2.TaskCheckpoint(task=self.ref, path=path)
+                    )
+                )
+            case LogEvent(text=text):
+                self._add_log(text)
+            case ResultEvent(result=result):
+                self._result = result
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self._add_log(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def _add_log(self, text: str) -> None:
+        self._tail.append(text)
+        self._log_seq += 1
+        self._log_lines.append(
+            common_pb2.LogLine(
+                task_id=self.ref.task_id,
+                attempt=self.ref.attempt,
+                seq=self._log_seq,
+                time=_now(),
+                text=text,
+            )
+        )
+        if len(self._log_lines) >= LOG_BATCH_LINES:
+            self._flush_logs()
+
+    def _flush_logs(self) -> None:
+        if self._log_lines:
+            lines, self._log_lines = self._log_lines, []
+            self.emit(agents_pb2.AgentMessage(logs=common_pb2.LogBatch(lines=lines)))
+
+    async def _flush_logs_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            self._flush_logs()

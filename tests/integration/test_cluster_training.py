@@ -1,0 +1,235 @@
+"""A real coordinator process and real agent processes on loopback run real fine-tunes.
+
+Covers the happy path (metrics complete, ordered, unique), an agent killed with SIGKILL mid-task,
+a coordinator restarted mid-task, an agent shut down with SIGTERM mid-task, cancellation and a
+task that fails for good.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from matrec.sdk import Client
+from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.local_cluster import LocalCluster
+from matrec.sdk.types import Job, JobUpdate, MetricsEvent
+
+pytestmark = pytest.mark.slow
+
+# Short leases so that a lost agent is noticed in seconds, not the production 30 s.
+FAST_LEASES = ["--lease-ttl", "4", "--heartbeat-interval", "0.5"]
+EPOCH_KEYS = ("train/loss_epoch", "train/accuracy", "val/loss", "val/accuracy", "lr", "epoch")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
+    root = tmp_path_factory.mktemp("data") / "demo"
+    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path / "cluster", agents=2, coordinator_args=FAST_LEASES) as running:
+        yield running
+
+
+def finetune_spec(dataset: DemoDatasetInfo, epochs: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "integration",
+        "kind": "finetune",
+        "config": {
+            "dataset_path": str(dataset.path),
+            "model": "resnet18",
+            "epochs": epochs,
+            "batch_size": 16,
+            "image_size": 32,
+            "learning_rate": 0.003,
+            "log_every_steps": 1,
+            **extra,
+        },
+        "max_attempts": 3,
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def steps_per_epoch(dataset: DemoDatasetInfo, batch_size: int = 16) -> int:
+    return sum(dataset.train_counts.values()) // batch_size
+
+
+def assert_complete_series(client: Client, job: Job, dataset: DemoDatasetInfo, epochs: int) -> None:
+    """Every step reported once, in order; every epoch's summary present."""
+    metrics = client.job_metrics(job.id)
+    keys = [(m.task_id, m.step, m.key) for m in metrics]
+    assert len(keys) == len(set(keys)), "duplicate metric points"
+    assert keys == sorted(keys), "metrics are not in (task, step, key) order"
+    total_steps = steps_per_epoch(dataset) * epochs
+    loss_steps = [m.step for m in metrics if m.key == "train/loss"]
+    assert loss_steps == list(range(1, total_steps + 1))
+    for key in EPOCH_KEYS:
+        assert len([m for m in metrics if m.key == key]) == epochs, key
+    epochs_seen = sorted(m.value for m in metrics if m.key == "epoch")
+    assert epochs_seen == [float(e) for e in range(1, epochs + 1)]
+
+
+def worker_processes(task_id: str, attempt: int) -> list[psutil.Process]:
+    marker = f"{task_id}-a{attempt}"
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "matrec.agent.worker" in cmdline and marker in cmdline:
+            found.append(process)
+    return found
+
+
+def checkpoint_written(client: Client, job_id: str) -> bool:
+    job = client.get_job(job_id)
+    return job.state == "running" and bool(job.tasks[0].checkpoint_path)
+
+
+def test_finetune_runs_to_success_with_complete_metrics(
+    cluster: LocalCluster, dataset: DemoDatasetInfo
+) -> None:
+    epochs = 3
+    with cluster.client() as client:
+        job = client.submit_job(finetune_spec(dataset, epochs))
+        seen_states: list[str] = []
+        streamed: list[tuple[str, int, int, str]] = []
+        for event in client.watch(job.id):
+            if isinstance(event, JobUpdate):
+                seen_states.append(event.job.state)
+            elif isinstance(event, MetricsEvent):
+                streamed += [(m.task_id, m.attempt, m.step, m.key) for m in event.metrics]
+        final = client.get_job(job.id)
+        assert final.state == "succeeded", final.error
+        assert seen_states[-1] == "succeeded"
+        assert "running" in seen_states
+        assert final.tasks[0].attempt == 1
+        # What the watch stream delivered is exactly what was stored: nothing twice.
+        assert len(streamed) == len(set(streamed))
+        assert len(streamed) == len(client.job_metrics(job.id))
+        assert_complete_series(client, final, dataset, epochs)
+        result = final.result
+        assert Path(result["model_path"]).is_file()
+        # Chance is 1/6; a real fine-tune on real textures does much better.
+        assert result["val_accuracy"] > 0.4
+        kinds = [e.kind for e in final.history]
+        assert kinds[:2] == ["submitted", "assigned"]
+        assert "started" in kinds and kinds[-1] == "job_state"
+
+
+def test_agent_killed_mid_task_requeues_and_resumes_elsewhere(
+    cluster: LocalCluster, dataset: DemoDatasetInfo
+) -> None:
+    epochs = 6
+    with cluster.client() as client:
+        job = client.submit_job(finetune_spec(dataset, epochs))
+        wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
+        first = client.get_job(job.id).tasks[0]
+        victim = next(a for a in client.list_agents() if a.id == first.agent_id)
+        cluster.kill_agent(int(victim.name.rsplit("-", 1)[1]))
+        # The killed agent's worker dies with it instead of training on unsupervised.
+        wait_until(lambda: not worker_processes(first.id, 1), 10, "the orphaned worker to die")
+
+        final = client.wait(job.id, timeout=300)
+        assert final.state == "succeeded", final.error
+        task = final.tasks[0]
+        assert task.attempt == 2
+        assert task.agent_id != first.agent_id
+        kinds = [e.kind for e in final.history]
+        assert "lease_expired" in kinds
+        metrics = client.job_metrics(job.id)
+        second = [m for m in metrics if m.attempt == 2 and m.key == "train/loss"]
+        # Attempt 2 resumed from the checkpoint: it did not start again at step 1.
+        assert second and min(m.step for m in second) > 1
+        assert_complete_series(client, final, dataset, epochs)
+
+
+def test_coordinator_restart_mid_task_keeps_history(
+    cluster: LocalCluster, dataset: DemoDatasetInfo
+) -> None:
+    epochs = 5
+    with cluster.client() as client:
+        job = client.submit_job(finetune_spec(dataset, epochs))
+        wait_until(lambda: client.get_job(job.id).state == "running", 60, "the job to run")
+        wait_until(lambda: len(client.job_metrics(job.id)) > 3, 60, "the first metrics")
+        before = client.get_job(job.id)
+
+    cluster.restart_coordinator(kill=True)
+
+    with cluster.client() as client:
+        final = client.wait(job.id, timeout=300)
+        assert final.state == "succeeded", final.error
+        assert final.tasks[0].attempt == 1, "the running task was not kept across the restart"
+        assert final.tasks[0].agent_id == before.tasks[0].agent_id
+        # The history before the restart is still there, unchanged, and continues after it.
+        assert [(e.seq, e.kind) for e in final.history[: len(before.history)]] == [
+            (e.seq, e.kind) for e in before.history
+        ]
+        assert "lease_expired" not in [e.kind for e in final.history]
+        assert_complete_series(client, final, dataset, epochs)
+
+
+def test_agent_sigterm_hands_task_back_after_checkpoint(
+    cluster: LocalCluster, dataset: DemoDatasetInfo
+) -> None:
+    epochs = 6
+    with cluster.client() as client:
+        job = client.submit_job(finetune_spec(dataset, epochs))
+        wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
+        first = client.get_job(job.id).tasks[0]
+        victim = next(a for a in client.list_agents() if a.id == first.agent_id)
+        cluster.stop_agent(int(victim.name.rsplit("-", 1)[1]))
+
+        final = client.wait(job.id, timeout=300)
+        assert final.state == "succeeded", final.error
+        kinds = [e.kind for e in final.history]
+        assert "preempted" in kinds and "lease_expired" not in kinds
+        assert final.tasks[0].agent_id != first.agent_id
+        assert_complete_series(client, final, dataset, epochs)
+
+
+def test_cancel_running_job_stops_worker(cluster: LocalCluster, dataset: DemoDatasetInfo) -> None:
+    with cluster.client() as client:
+        job = client.submit_job(finetune_spec(dataset, 50))
+        wait_until(lambda: len(client.job_metrics(job.id)) > 0, 60, "the first metrics")
+        client.cancel_job(job.id, reason="test cancel")
+        final = client.wait(job.id, timeout=60)
+        assert final.state == "cancelled"
+        assert final.tasks[0].state == "cancelled"
+        assert "cancel_requested" in [e.kind for e in final.history]
+        count = len(client.job_metrics(job.id))
+        time.sleep(2)
+        assert len(client.job_metrics(job.id)) == count, "the worker kept training"
+        # Agents are free again.
+        agents = client.list_agents()
+        assert all(not a.running_task_ids for a in agents)
+
+
+def test_worker_failure_is_retried_then_fails_with_its_error(
+    cluster: LocalCluster, dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    # A pretrained file that exists (so the spec is valid) but holds no usable weights.
+    bogus = tmp_path / "not-weights.pt"
+    bogus.write_bytes(b"this is not a checkpoint")
+    spec = finetune_spec(dataset, 1, pretrained_path=str(bogus))
+    spec["max_attempts"] = 2
+    with cluster.client() as client:
+        job = client.submit_job(spec)
+        final = client.wait(job.id, timeout=120)
+        assert final.state == "failed"
+        assert final.tasks[0].attempt == 2
+        assert "not-weights.pt" in final.error or "pretrained" in final.error.lower(), final.error
+        assert Counter(e.kind for e in final.history)["failed"] == 2

@@ -1,0 +1,209 @@
+"""The coordinator's store on a real SQLite file: migrations, the task state machine, leases,
+fencing, retries and metric deduplication."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from matrec.coordinator.job_service import effective_metrics
+from matrec.coordinator.schema import metadata
+from matrec.coordinator.states import JobState, TaskOutcome, TaskState, job_state_from_tasks
+from matrec.coordinator.store import MetricRecord, Store
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store.open(f"sqlite:///{tmp_path / 'matrec.db'}")
+    yield opened
+    opened.close()
+
+
+def make_job(store: Store, tmp_path: Path, max_attempts: int = 2) -> str:
+    job = store.create_job(
+        name="j",
+        kind="finetune",
+        spec={"config": {"dataset_path": "/d"}},
+        resources={"cpus": 1.0, "gpus": 0},
+        max_attempts=max_attempts,
+        artifact_root=tmp_path / "artifacts",
+    )
+    return job.id
+
+
+def test_migrations_match_the_schema(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_reopening_an_existing_database_keeps_its_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'matrec.db'}"
+    first = Store.open(url)
+    job_id = make_job(first, tmp_path)
+    first.close()
+    second = Store.open(url)
+    job = second.get_job(job_id)
+    assert job is not None and job.state == JobState.QUEUED
+    second.close()
+
+
+def test_successful_lifecycle(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    assigned = store.assign_task(task.id, "agent-a", LEASE)
+    assert assigned is not None and assigned.attempt == 1 and assigned.state == TaskState.ASSIGNED
+    # A second claim of the same task loses the compare-and-set.
+    assert store.assign_task(task.id, "agent-b", LEASE) is None
+    assert store.mark_running(task.id, 1, "agent-a") is not None
+    change = store.finish_task(
+        task.id, 1, "agent-a", TaskOutcome.SUCCEEDED, result={"val_accuracy": 0.9}
+    )
+    assert change is not None and change.job_state == JobState.SUCCEEDED
+    job = store.get_job(job_id)
+    assert job is not None
+    assert job.state == JobState.SUCCEEDED
+    assert job.result == {"val_accuracy": 0.9}
+    assert job.started_at is not None and job.finished_at is not None
+    kinds = [e.kind for e in store.history(job_id)]
+    assert kinds == ["submitted", "assigned", "job_state", "started", "succeeded", "job_state"]
+
+
+def test_reports_from_a_stale_holder_are_fenced(store: Store, tmp_path: Path) -> None:
+    make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", LEASE)
+    assert store.finish_task(task.id, 1, "agent-b", TaskOutcome.SUCCEEDED) is None
+    assert store.finish_task(task.id, 2, "agent-a", TaskOutcome.SUCCEEDED) is None
+    assert store.mark_running(task.id, 1, "agent-b") is None
+    stale, cancelled = store.renew_leases("agent-b", [(task.id, 1)], LEASE)
+    assert stale == [(task.id, 1)] and cancelled == []
+    assert store.active_tasks()[0].state == TaskState.ASSIGNED
+
+
+def test_expired_lease_requeues_then_fails_when_attempts_run_out(
+    store: Store, tmp_path: Path
+) -> None:
+    job_id = make_job(store, tmp_path, max_attempts=2)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", lease_ttl=-1)
+    changes = store.expire_leases()
+    assert [c.task.state for c in changes] == [TaskState.QUEUED]
+    # The old holder's late report no longer counts.
+    assert store.finish_task(task.id, 1, "agent-a", TaskOutcome.SUCCEEDED) is None
+    store.assign_task(task.id, "agent-b", lease_ttl=-1)
+    changes = store.expire_leases()
+    assert [c.task.state for c in changes] == [TaskState.FAILED]
+    job = store.get_job(job_id)
+    assert job is not None and job.state == JobState.FAILED
+    assert "no attempts left" in job.error
+    assert job.tasks[0].attempt == 2
+
+
+def test_renewed_lease_does_not_expire(store: Store, tmp_path: Path) -> None:
+    make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", lease_ttl=-1)
+    assert store.renew_leases("agent-a", [(task.id, 1)], LEASE) == ([], [])
+    assert store.expire_leases() == []
+
+
+def test_preemption_does_not_use_up_attempts(store: Store, tmp_path: Path) -> None:
+    make_job(store, tmp_path, max_attempts=1)
+    task = store.queued_tasks()[0]
+    for attempt in (1, 2, 3):
+        store.assign_task(task.id, "agent-a", LEASE)
+        change = store.finish_task(task.id, attempt, "agent-a", TaskOutcome.PREEMPTED)
+        assert change is not None and change.task.state == TaskState.QUEUED
+    store.assign_task(task.id, "agent-a", LEASE)
+    change = store.finish_task(task.id, 4, "agent-a", TaskOutcome.FAILED, error="boom")
+    assert change is not None and change.task.state == TaskState.FAILED
+
+
+def test_failure_with_attempts_left_is_retried(store: Store, tmp_path: Path) -> None:
+    make_job(store, tmp_path, max_attempts=2)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", LEASE)
+    change = store.finish_task(task.id, 1, "agent-a", TaskOutcome.FAILED, error="worker died")
+    assert change is not None and change.task.state == TaskState.QUEUED
+    assert change.task.error == "worker died"
+
+
+def test_cancel_queued_job_is_immediate(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    assert store.request_cancel(job_id, "no longer needed") == []
+    job = store.get_job(job_id)
+    assert job is not None and job.state == JobState.CANCELLED
+    assert store.queued_tasks() == []
+
+
+def test_cancel_running_job_waits_for_the_agent(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", LEASE)
+    active = store.request_cancel(job_id, "stop")
+    assert [t.id for t in active] == [task.id]
+    _stale, cancelled = store.renew_leases("agent-a", [(task.id, 1)], LEASE)
+    assert cancelled == [(task.id, 1)]
+    # Even a "failed" report ends a cancel-requested task as cancelled, not retried.
+    change = store.finish_task(task.id, 1, "agent-a", TaskOutcome.FAILED, error="SIGTERM")
+    assert change is not None and change.job_state == JobState.CANCELLED
+
+
+def test_metric_batches_are_deduplicated(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    now = datetime.now(UTC)
+    batch = [
+        {"task_id": task.id, "attempt": 1, "step": s, "key": "train/loss", "value": 1.0 / s,
+         "time": now}
+        for s in range(1, 6)
+    ]  # fmt: skip
+    store.add_metrics(job_id, batch)
+    store.add_metrics(job_id, batch)  # a replay after a reconnect
+    store.add_metrics(job_id, [*batch[:2], {**batch[0], "attempt": 2}])
+    points = store.metrics(job_id)
+    assert len(points) == 6
+    assert [p.step for p in points if p.attempt == 1] == [1, 2, 3, 4, 5]
+
+
+def test_effective_metrics_prefer_the_latest_attempt() -> None:
+    now = datetime.now(UTC)
+
+    def point(attempt: int, step: int, value: float) -> MetricRecord:
+        return MetricRecord(0, "t", attempt, step, "loss", value, now)
+
+    merged = effective_metrics(
+        [point(1, 1, 1.0), point(1, 2, 2.0), point(2, 2, 2.5), point(2, 3, 3)]
+    )
+    assert [(m.step, m.value) for m in merged] == [(1, 1.0), (2, 2.5), (3, 3.0)]
+
+
+@pytest.mark.parametrize(
+    ("states", "cancel", "expected"),
+    [
+        ([TaskState.QUEUED], False, JobState.QUEUED),
+        ([TaskState.ASSIGNED], False, JobState.RUNNING),
+        ([TaskState.SUCCEEDED, TaskState.RUNNING], False, JobState.RUNNING),
+        ([TaskState.SUCCEEDED, TaskState.SUCCEEDED], False, JobState.SUCCEEDED),
+        ([TaskState.SUCCEEDED, TaskState.FAILED], False, JobState.FAILED),
+        ([TaskState.CANCELLED], True, JobState.CANCELLED),
+        ([TaskState.RUNNING], True, JobState.RUNNING),
+        ([TaskState.QUEUED], True, JobState.CANCELLED),
+    ],
+)
+def test_job_state_follows_tasks(states: list[TaskState], cancel: bool, expected: JobState) -> None:
+    assert job_state_from_tasks(states, cancel) == expected
+
+
+def test_unsupported_database_is_refused(tmp_path: Path) -> None:
+    engine = sa.create_engine("sqlite://")
+    engine.dialect.name = "oracle"
+    with pytest.raises(ValueError, match="unsupported database"):
+        Store(engine)

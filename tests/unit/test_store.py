@@ -10,10 +10,17 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from matrec.coordinator.job_service import effective_metrics
 from matrec.coordinator.schema import metadata
 from matrec.coordinator.states import JobState, TaskOutcome, TaskState, job_state_from_tasks
-from matrec.coordinator.store import MetricRecord, Store
+from matrec.coordinator.store import (
+    HEAD_REVISION,
+    MIGRATIONS_DIR,
+    MetricRecord,
+    Store,
+    schema_revision,
+)
 
 LEASE = 30.0
 
@@ -41,6 +48,12 @@ def test_migrations_match_the_schema(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_head_revision_constant_matches_the_migration_scripts(store: Store) -> None:
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    assert script.get_current_head() == HEAD_REVISION
+    assert schema_revision(store.engine) == HEAD_REVISION
 
 
 def test_reopening_an_existing_database_keeps_its_data(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from matrec.agent.worker_protocol import (
+    EXIT_INVALID_TASK,
     EXIT_OK,
     EXIT_PREEMPTED,
     PARENT_PID_ENV,
@@ -99,14 +100,21 @@ class TaskRun:
                 os.killpg(self.process.pid, sig)
 
     async def run(self) -> None:
+        permanent = False
         try:
-            outcome, error = await self._run_worker()
+            code = await self._run_worker()
+            outcome, error = self._outcome(code)
+            permanent = code == EXIT_INVALID_TASK and not self.cancel_reason
         except Exception as exc:
             log.exception("task %s attempt %d could not run", *self.key)
             outcome, error = agents_pb2.TASK_OUTCOME_FAILED, f"agent could not run the task: {exc}"
         self._flush_logs()
         result = agents_pb2.TaskResult(
-            task=self.ref, outcome=outcome, error=error, checkpoint_path=self.checkpoint_path
+            task=self.ref,
+            outcome=outcome,
+            error=error,
+            checkpoint_path=self.checkpoint_path,
+            permanent=permanent,
         )
         if self._result is not None and outcome == agents_pb2.TASK_OUTCOME_SUCCEEDED:
             struct = struct_pb2.Struct()
@@ -114,7 +122,7 @@ class TaskRun:
             result.result.CopyFrom(struct)
         self.emit(agents_pb2.AgentMessage(result=result))
 
-    async def _run_worker(self) -> tuple[int, str]:
+    async def _run_worker(self) -> int:
         a = self.assignment
         work_dir = self.env.work_root / f"{self.ref.task_id}-a{self.ref.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +178,7 @@ class TaskRun:
         finally:
             flusher.cancel()
         log.info("task %s attempt %d worker exited with %d", *self.key, code)
-        return self._outcome(code)
+        return code
 
     def _outcome(self, code: int) -> tuple[int, str]:
         if code == EXIT_OK and self._result is not None:

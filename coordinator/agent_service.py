@@ -228,6 +228,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             error=result.error,
             result=convert.struct_to_dict(result.result) if result.HasField("result") else None,
             checkpoint_path=result.checkpoint_path,
+            permanent=result.permanent,
         )
         if change is None:
             log.info(

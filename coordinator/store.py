@@ -502,6 +502,7 @@ class Store:
         error: str = "",
         result: dict[str, Any] | None = None,
         checkpoint_path: str = "",
+        permanent: bool = False,
     ) -> TaskChange | None:
         """Apply an agent's report that an attempt ended. None when the report is stale."""
         t = schema.tasks
@@ -535,6 +536,8 @@ class Store:
                     t.update().where(t.c.id == task_id).values(preemptions=t.c.preemptions + 1)
                 )
                 return self._requeue(conn, task, "preempted", "handed back by its agent")
+            if permanent:
+                return self._end_task(conn, task, TaskState.FAILED, "failed", error, None)
             return self._retry_or_fail(conn, task, "failed", error)
 
     def expire_leases(self) -> list[TaskChange]:

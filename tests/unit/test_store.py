@@ -148,6 +148,17 @@ def test_failure_with_attempts_left_is_retried(store: Store, tmp_path: Path) -> 
     assert change.task.error == "worker died"
 
 
+def test_permanent_failure_is_not_retried(store: Store, tmp_path: Path) -> None:
+    make_job(store, tmp_path, max_attempts=3)
+    task = store.queued_tasks()[0]
+    store.assign_task(task.id, "agent-a", LEASE)
+    change = store.finish_task(
+        task.id, 1, "agent-a", TaskOutcome.FAILED, error="invalid task", permanent=True
+    )
+    assert change is not None and change.task.state == TaskState.FAILED
+    assert change.job_state == JobState.FAILED
+
+
 def test_cancel_queued_job_is_immediate(store: Store, tmp_path: Path) -> None:
     job_id = make_job(store, tmp_path)
     assert store.request_cancel(job_id, "no longer needed") == []

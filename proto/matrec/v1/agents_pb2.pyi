@@ -98,18 +98,20 @@ class TaskStarted(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task", "outcome", "error", "result", "checkpoint_path")
+    __slots__ = ("task", "outcome", "error", "result", "checkpoint_path", "permanent")
     TASK_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PATH_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
     task: TaskRef
     outcome: TaskOutcome
     error: str
     result: _struct_pb2.Struct
     checkpoint_path: str
-    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., outcome: _Optional[_Union[TaskOutcome, str]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., checkpoint_path: _Optional[str] = ...) -> None: ...
+    permanent: bool
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., outcome: _Optional[_Union[TaskOutcome, str]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., checkpoint_path: _Optional[str] = ..., permanent: _Optional[bool] = ...) -> None: ...
 
 class TaskCheckpoint(_message.Message):
     __slots__ = ("task", "path")

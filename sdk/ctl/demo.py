@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from matrec.sdk.local_cluster import LocalCluster
 
 #: Epochs of the demo fine-tune: a few minutes on a 2-core CPU, enough to learn the six textures.
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 6
 DEMO_SPEC_CONFIG: dict[str, Any] = {
     "model": "resnet18",
     "image_size": 64,
     "batch_size": 32,
-    "learning_rate": 3e-3,
+    "learning_rate": 1e-3,
 }
 
 

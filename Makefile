@@ -1,0 +1,73 @@
+# matrec: one-command setup, demo, tests and checks.  `make help` lists the targets.
+#
+#   make demo                          venv + dependencies (first time), then the whole product
+#   make test PYTEST_ARGS='-x -k sdk'  the test suite, with pytest arguments passed through
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+# Extra pip arguments for torch only, e.g. TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'
+TORCH_PIP_ARGS ?=
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+BIN := $(VENV)/bin
+VENV_PYTHON := $(BIN)/python
+# Named after the torch versions: asking for other versions reinstalls, like editing pyproject.toml.
+STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VERSION).stamp
+PACKAGES := coordinator agent sdk common
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint proto bench clean distclean
+
+help: ## list the targets
+	@echo "usage: make TARGET [VAR=value ...]"
+	@echo
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN { FS = ":.*## " } { printf "  %-10s %s\n", $$1, $$2 }'
+	@echo
+	@echo "variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_VERSION=$(TORCH_VERSION)" \
+		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
+	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
+
+setup: $(STAMP) ## create .venv (VENV) and install torch and the project (editable, with dev tools)
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --upgrade pip setuptools wheel
+	$(VENV_PYTHON) -m pip install $(TORCH_PIP_ARGS) \
+		torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	$(VENV_PYTHON) -m pip install -e '.[dev]'
+	rm -f $(VENV)/.matrec-setup-*.stamp
+	touch $@
+
+demo: setup ## run coordinator + 2 agents and fine-tune resnet18 on the demo dataset (DEMO_ARGS)
+	$(BIN)/matrec-ctl demo $(DEMO_ARGS)
+
+test: setup ## run the test suite (PYTEST_ARGS)
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES)
+
+proto: setup ## regenerate proto/matrec/v1/*_pb2*.py(i) from the .proto files
+	$(VENV_PYTHON) scripts/gen_proto.py
+
+bench: setup ## run the benchmarks in benchmarks/ (BENCH_ARGS)
+	@set -e; for script in benchmarks/*.py; do \
+		echo "== $$script"; \
+		$(VENV_PYTHON) $$script $(BENCH_ARGS); \
+	done
+
+clean: ## remove build output, caches and demo-output/ (keeps the venv)
+	rm -rf build dist *.egg-info demo-output .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove the venv too
+	rm -rf $(VENV)

@@ -10,6 +10,7 @@ import sys
 from matrec.agent.daemon import AgentDaemon
 from matrec.agent.settings import AgentSettings, parse_settings
 from matrec.agent.telemetry import AgentTelemetry
+from matrec.common.logs import configure_logging
 
 log = logging.getLogger("matrec.agent")
 
@@ -39,11 +40,7 @@ async def serve(settings: AgentSettings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except ValueError as error:

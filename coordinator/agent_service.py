@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -16,9 +17,11 @@ from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
 from matrec.coordinator.store import Store, new_id
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import agents_pb2, agents_pb2_grpc
+from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", common_pb2.Metric, common_pb2.LogLine)
 
 OUTCOME_FROM_PB = {
     agents_pb2.TASK_OUTCOME_SUCCEEDED: TaskOutcome.SUCCEEDED,
@@ -156,7 +159,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             if change is not None:
                 self.notifier.notify(change.task.job_id)
         elif body == "metrics":
-            self._store_metrics(agent_id, message)
+            self._store_metrics(message)
         elif body == "logs":
             self._store_logs(message)
         elif body == "checkpoint":
@@ -176,44 +179,51 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         for task_id, attempt in cancelled:
             session.send(_cancel(task_id, attempt, "the job was cancelled"))
 
-    def _store_metrics(self, agent_id: str, message: agents_pb2.AgentMessage) -> None:
-        by_job: dict[str, list[dict[str, object]]] = {}
-        for m in message.metrics.metrics:
-            job_id = self.store.job_of_task(m.task_id)
-            if job_id is None:
-                continue
-            by_job.setdefault(job_id, []).append(
-                {
-                    "task_id": m.task_id,
-                    "attempt": m.attempt,
-                    "step": m.step,
-                    "key": m.key,
-                    "value": m.value,
-                    "time": m.time.ToDatetime(tzinfo=UTC),
-                }
-            )
-        for job_id, rows in by_job.items():
-            self.store.add_metrics(job_id, rows)
+    def _store_metrics(self, message: agents_pb2.AgentMessage) -> None:
+        rows = self._rows_by_job(
+            message.metrics.metrics,
+            lambda m: {
+                "task_id": m.task_id,
+                "attempt": m.attempt,
+                "step": m.step,
+                "key": m.key,
+                "value": m.value,
+                "time": m.time.ToDatetime(tzinfo=UTC),
+            },
+        )
+        for job_id, job_rows in rows.items():
+            self.store.add_metrics(job_id, job_rows)
             self.notifier.notify(job_id)
 
     def _store_logs(self, message: agents_pb2.AgentMessage) -> None:
-        by_job: dict[str, list[dict[str, object]]] = {}
-        for line in message.logs.lines:
-            job_id = self.store.job_of_task(line.task_id)
-            if job_id is None:
-                continue
-            by_job.setdefault(job_id, []).append(
-                {
-                    "task_id": line.task_id,
-                    "attempt": line.attempt,
-                    "seq": line.seq,
-                    "time": line.time.ToDatetime(tzinfo=UTC),
-                    "text": line.text,
-                }
-            )
-        for job_id, rows in by_job.items():
-            self.store.add_logs(job_id, rows)
+        rows = self._rows_by_job(
+            message.logs.lines,
+            lambda line: {
+                "task_id": line.task_id,
+                "attempt": line.attempt,
+                "seq": line.seq,
+                "time": line.time.ToDatetime(tzinfo=UTC),
+                "text": line.text,
+            },
+        )
+        for job_id, job_rows in rows.items():
+            self.store.add_logs(job_id, job_rows)
             self.notifier.notify(job_id)
+
+    def _rows_by_job(
+        self, items: Iterable[T], to_row: Callable[[T], dict[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Points of unknown tasks are dropped; the rest grouped by the job they belong to."""
+        job_of: dict[str, str | None] = {}
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            task_id = item.task_id
+            if task_id not in job_of:
+                job_of[task_id] = self.store.job_of_task(task_id)
+            job_id = job_of[task_id]
+            if job_id is not None:
+                by_job.setdefault(job_id, []).append(to_row(item))
+        return by_job
 
     def _finish(self, session: AgentSession, result: agents_pb2.TaskResult) -> None:
         outcome = OUTCOME_FROM_PB.get(result.outcome)

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from matrec.common.logs import configure_logging
 from matrec.coordinator.server import Coordinator
 from matrec.coordinator.settings import CoordinatorSettings, parse_settings
 
@@ -41,11 +42,7 @@ async def serve(settings: CoordinatorSettings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except OSError as error:

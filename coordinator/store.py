@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from matrec.coordinator import schema
@@ -26,6 +26,8 @@ from matrec.coordinator.states import (
     TaskState,
     job_state_from_tasks,
 )
+
+R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The newest migration. A database already there starts without importing Alembic (which costs
@@ -191,6 +193,17 @@ def _agent(row: sa.Row[Any]) -> AgentRecord:
         state=AgentState(m["state"]),
         last_seen_at=seen,
     )
+
+
+def _records(cls: type[R], rows: Iterable[sa.Row[Any]]) -> list[R]:
+    """Rows to plain records whose fields are columns of the same names."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    out = []
+    for row in rows:
+        m = row._mapping
+        values = {n: _aware(m[n]) if isinstance(m[n], datetime) else m[n] for n in names}
+        out.append(cls(**values))
+    return out
 
 
 def new_id(prefix: str) -> str:
@@ -679,35 +692,22 @@ class Store:
             rows = conn.execute(
                 sa.select(e).where(e.c.job_id == job_id, e.c.seq > after_seq).order_by(e.c.seq)
             )
-            return [
-                EventRecord(
-                    seq=r.seq,
-                    job_id=r.job_id,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    time=_aware(r.time) or utcnow(),
-                    kind=r.kind,
-                    message=r.message,
-                )
-                for r in rows
-            ]
+            return _records(EventRecord, rows)
 
     def add_metrics(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """Store a batch; points already stored under the same (task, attempt, step, key) are
         ignored, so a replayed batch never duplicates."""
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    self._insert_ignore(schema.training_progress),
-                    [{**row, "job_id": job_id} for row in rows],
-                )
+        self._insert_new(schema.training_progress, job_id, rows)
 
     def add_logs(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Store log lines; (task, attempt, seq) already stored are ignored."""
+        self._insert_new(schema.task_logs, job_id, rows)
+
+    def _insert_new(self, table: sa.Table, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(
-                    self._insert_ignore(schema.task_logs),
-                    [{**row, "job_id": job_id} for row in rows],
+                    self._insert_ignore(table), [{**row, "job_id": job_id} for row in rows]
                 )
 
     def metrics(self, job_id: str, after_id: int = 0) -> list[MetricRecord]:
@@ -716,18 +716,7 @@ class Store:
             rows = conn.execute(
                 sa.select(m).where(m.c.job_id == job_id, m.c.id > after_id).order_by(m.c.id)
             )
-            return [
-                MetricRecord(
-                    id=r.id,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    step=r.step,
-                    key=r.key,
-                    value=r.value,
-                    time=_aware(r.time) or utcnow(),
-                )
-                for r in rows
-            ]
+            return _records(MetricRecord, rows)
 
     def logs(self, job_id: str, after_id: int = 0, limit: int = 1000) -> list[LogRecord]:
         lg = schema.task_logs
@@ -738,17 +727,7 @@ class Store:
                 .order_by(lg.c.id)
                 .limit(limit)
             )
-            return [
-                LogRecord(
-                    id=r.id,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    seq=r.seq,
-                    time=_aware(r.time) or utcnow(),
-                    text=r.text,
-                )
-                for r in rows
-            ]
+            return _records(LogRecord, rows)
 
     def job_of_task(self, task_id: str) -> str | None:
         t = schema.tasks

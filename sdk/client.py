@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from matrec.sdk.convert import (
     spec_to_proto,
     watch_event_from_proto,
 )
-from matrec.sdk.errors import InvalidSpecError, MatrecError, from_rpc_error
+from matrec.sdk.errors import CoordinatorUnavailableError, InvalidSpecError, from_rpc_error
 from matrec.sdk.types import Agent, Job, Metric, WatchEvent
 from matrec.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -33,6 +34,11 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+#: Backoff of `Client.wait` while the coordinator is unreachable (e.g. restarting).
+RECONNECT_INITIAL_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 5.0
 
 
 class Client:
@@ -139,13 +145,27 @@ class Client:
         finally:
             stream.cancel()
 
-    def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        """Block until the job is final and return it (with history). Raises TimeoutError."""
-        for _ in self._watch(job_id, include_logs=False, timeout=timeout):
-            pass
-        job = self.get_job(job_id)
-        if not job.finished:
-            raise MatrecError(
-                f"the coordinator ended the watch of job {job_id} while it is still {job.state}"
-            )
-        return job
+    def wait(self, job_id: str, timeout: float | None = None, *, reconnect: bool = True) -> Job:
+        """Block until the job is final and return it (with history). Raises TimeoutError.
+
+        With `reconnect` (the default) a coordinator restart is ridden out: the watch is resumed,
+        retrying with backoff, until the job is final or `timeout` runs out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = RECONNECT_INITIAL_SECONDS
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
+            try:
+                for _ in self._watch(job_id, include_logs=False, timeout=remaining):
+                    pass
+                job = self.get_job(job_id)
+                if job.finished:
+                    return job
+            except CoordinatorUnavailableError:
+                if not reconnect:
+                    raise
+            pause = delay if remaining is None else min(delay, max(remaining, 0.0))
+            time.sleep(pause)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)

@@ -7,6 +7,7 @@ task that fails for good.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -166,11 +167,11 @@ def test_coordinator_restart_mid_task_keeps_history(
         wait_until(lambda: client.get_job(job.id).state == "running", 60, "the job to run")
         wait_until(lambda: len(client.job_metrics(job.id)) > 3, 60, "the first metrics")
         before = client.get_job(job.id)
-
-    cluster.restart_coordinator(kill=True)
-
-    with cluster.client() as client:
+        # The coordinator dies (SIGKILL) and comes back while this client is waiting on the job.
+        restart = threading.Timer(1.0, cluster.restart_coordinator, kwargs={"kill": True})
+        restart.start()
         final = client.wait(job.id, timeout=300)
+        restart.join()
         assert final.state == "succeeded", final.error
         assert final.tasks[0].attempt == 1, "the running task was not kept across the restart"
         assert final.tasks[0].agent_id == before.tasks[0].agent_id

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from matrec.coordinator import schema
+from matrec.coordinator.database import create_engine_for, insert_ignore_for, migrate
 from matrec.coordinator.states import (
     ACTIVE_TASK_STATES,
     FINAL_JOB_STATES,
@@ -28,11 +29,6 @@ from matrec.coordinator.states import (
 )
 
 R = TypeVar("R")
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-#: The newest migration. A database already there starts without importing Alembic (which costs
-#: a fifth of a second); a test checks this against the migration scripts.
-HEAD_REVISION = "0001"
 
 
 def utcnow() -> datetime:
@@ -210,47 +206,10 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def create_engine_for(url: str) -> sa.Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
-def schema_revision(engine: sa.Engine) -> str | None:
-    with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest Alembic revision (creates it on first start)."""
-    if schema_revision(engine) == HEAD_REVISION:
-        return
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig(str(MIGRATIONS_DIR / "alembic.ini"))
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-
-
 class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self._insert_ignore = _insert_ignore_for(engine.dialect.name)
+        self._insert_ignore = insert_ignore_for(engine.dialect.name)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -395,10 +354,21 @@ class Store:
             return [_task(r) for r in conn.execute(query)]
 
     def assign_task(self, task_id: str, agent_id: str, lease_ttl: float) -> TaskRecord | None:
-        """Hand a queued task to an agent (a compare-and-set: None if someone else took it)."""
+        """Hand a queued task to an agent (a compare-and-set: None if someone else took it).
+
+        On Postgres the row is locked with SKIP LOCKED first, so coordinator replicas sharing
+        one database pass over each other's claims instead of queueing behind them.
+        """
         t = schema.tasks
         now = utcnow()
         with self.engine.begin() as conn:
+            locked = conn.execute(
+                sa.select(t.c.id)
+                .where(t.c.id == task_id, t.c.state == TaskState.QUEUED)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if locked is None:
+                return None
             updated = conn.execute(
                 t.update()
                 .where(t.c.id == task_id, t.c.state == TaskState.QUEUED)
@@ -560,9 +530,11 @@ class Store:
         changes: list[TaskChange] = []
         with self.engine.begin() as conn:
             rows = conn.execute(
-                sa.select(t).where(
+                sa.select(t)
+                .where(
                     t.c.state.in_([str(s) for s in ACTIVE_TASK_STATES]), t.c.lease_expires_at < now
                 )
+                .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
                 task = _task(row)
@@ -793,15 +765,3 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state))
             return {r[0]: int(r[1]) for r in rows}
-
-
-def _insert_ignore_for(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return lambda table: pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return lambda table: sqlite_insert(table).on_conflict_do_nothing()
-    raise ValueError(f"unsupported database dialect {dialect!r}; use SQLite or PostgreSQL")

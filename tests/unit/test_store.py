@@ -3,6 +3,7 @@ fencing, retries and metric deduplication."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,23 +12,24 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from matrec.coordinator.database import (
+    HEAD_REVISION,
+    MIGRATIONS_DIR,
+    create_engine_for,
+    normalize_url,
+    schema_revision,
+)
 from matrec.coordinator.job_service import effective_metrics
 from matrec.coordinator.schema import metadata
 from matrec.coordinator.states import JobState, TaskOutcome, TaskState, job_state_from_tasks
-from matrec.coordinator.store import (
-    HEAD_REVISION,
-    MIGRATIONS_DIR,
-    MetricRecord,
-    Store,
-    schema_revision,
-)
+from matrec.coordinator.store import MetricRecord, Store
 
 LEASE = 30.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(f"sqlite:///{tmp_path / 'matrec.db'}")
+def store(database_url: str) -> Iterator[Store]:
+    opened = Store.open(database_url)
     yield opened
     opened.close()
 
@@ -231,3 +233,27 @@ def test_unsupported_database_is_refused(tmp_path: Path) -> None:
     engine.dialect.name = "oracle"
     with pytest.raises(ValueError, match="unsupported database"):
         Store(engine)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "connect_args"),
+    [
+        ("postgresql://u:p@db:5432/x", "postgresql+psycopg://u:p@db:5432/x", {}),
+        ("postgres://u@db/x", "postgresql+psycopg://u@db/x", {}),
+        (
+            "postgresql://u@pooler:6543/x?prepared_statements=false&sslmode=require",
+            "postgresql+psycopg://u@pooler:6543/x?sslmode=require",
+            {"prepare_threshold": None},
+        ),
+        ("sqlite:////tmp/m.db", "sqlite:////tmp/m.db", {}),
+    ],
+)
+def test_database_urls_are_normalised(
+    url: str, expected: str, connect_args: dict[str, object]
+) -> None:
+    assert normalize_url(url) == (expected, connect_args)
+
+
+def test_unknown_database_url_names_the_accepted_forms() -> None:
+    with pytest.raises(ValueError, match="postgresql://USER:PASSWORD@HOST:PORT/DB"):
+        create_engine_for("mysql://u@h/db")

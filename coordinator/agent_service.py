@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from matrec.coordinator import convert
+from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSession, AgentSessions
@@ -20,6 +22,9 @@ from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
+
+DB_RETRY_INITIAL_SECONDS = 0.2
+DB_RETRY_MAX_SECONDS = 5.0
 
 T = TypeVar("T", common_pb2.Metric, common_pb2.LogLine)
 
@@ -47,6 +52,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         scheduler: Scheduler,
         notifier: JobNotifier,
         telemetry: CoordinatorTelemetry,
+        availability: DatabaseAvailability,
         *,
         heartbeat_interval: float,
         lease_ttl: float,
@@ -56,6 +62,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self.scheduler = scheduler
         self.notifier = notifier
         self.telemetry = telemetry
+        self.availability = availability
         self.heartbeat_interval = heartbeat_interval
         self.lease_ttl = lease_ttl
 
@@ -123,7 +130,8 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             if self.sessions.discard(session):
-                self.store.set_agent_state(agent_id, AgentState.DISCONNECTED)
+                with contextlib.suppress(*DATABASE_DOWN_ERRORS):
+                    self.store.set_agent_state(agent_id, AgentState.DISCONNECTED)
                 log.info("agent %s disconnected; its leases run out unless it comes back", agent_id)
 
     async def _read(
@@ -131,11 +139,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     ) -> None:
         try:
             async for message in request_iterator:
-                try:
-                    self._handle(session, message)
-                except Exception:
-                    # Not acknowledged: the agent re-sends it after the next reconnect.
-                    log.exception("could not handle a message from agent %s", session.agent_id)
+                if not await self._handle_until_stored(session, message):
                     continue
                 if message.seq:
                     session.send(agents_pb2.CoordinatorMessage(ack=agents_pb2.Ack(seq=message.seq)))
@@ -143,6 +147,26 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             pass
         finally:
             session.close()
+
+    async def _handle_until_stored(
+        self, session: AgentSession, message: agents_pb2.AgentMessage
+    ) -> bool:
+        """Handle one message, waiting out a database outage (the agent's later messages queue
+        behind it, so their order is kept). False if the message itself could not be handled."""
+        delay = DB_RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                self._handle(session, message)
+            except DATABASE_DOWN_ERRORS as error:
+                await self.availability.mark_down(error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
+                continue
+            except Exception:
+                # Not acknowledged: the agent re-sends it after its next reconnect.
+                log.exception("could not handle a message from agent %s", session.agent_id)
+                return False
+            return True
 
     def _handle(self, session: AgentSession, message: agents_pb2.AgentMessage) -> None:
         agent_id = session.agent_id

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from matrec.coordinator import convert
+from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
@@ -70,10 +71,13 @@ class Scheduler:
         sessions: AgentSessions,
         notifier: JobNotifier,
         telemetry: CoordinatorTelemetry,
+        availability: DatabaseAvailability,
         *,
         lease_ttl: float,
         tick: float = 1.0,
     ) -> None:
+        self.availability = availability
+        self._outages_handled = 0
         self.store = store
         self.sessions = sessions
         self.notifier = notifier
@@ -88,14 +92,26 @@ class Scheduler:
     async def run(self) -> None:
         while True:
             try:
+                await self._recover_from_outages()
                 self.reap_expired_leases()
                 self.schedule_once()
                 self.update_gauges()
+            except DATABASE_DOWN_ERRORS as error:
+                await self.availability.mark_down(error)
             except Exception:
                 log.exception("scheduler pass failed; retrying on the next tick")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
             self._wake.clear()
+
+    async def _recover_from_outages(self) -> None:
+        """No lease could be renewed while the database was down: before reaping, give every
+        agent one lease period to report in again."""
+        if self.availability.outages > self._outages_handled:
+            renewed = self.store.extend_all_leases(self.lease_ttl)
+            self._outages_handled = self.availability.outages
+            log.info("database back: extended %d leases by one period", renewed)
+        await self.availability.mark_up()
 
     def schedule_once(self) -> int:
         """Assign as many queued tasks as fit. Returns how many were assigned."""

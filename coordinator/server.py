@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from matrec.coordinator.agent_service import AgentService
+from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
 from matrec.coordinator.job_service import JobService, SubmitPolicy
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
@@ -61,9 +62,13 @@ class Coordinator:
             )
         telemetry = CoordinatorTelemetry()
         notifier = JobNotifier()
-        scheduler = Scheduler(store, self.sessions, notifier, telemetry, lease_ttl=s.lease_ttl)
+        availability = DatabaseAvailability(self.health, SERVICE_NAMES, telemetry)
+        scheduler = Scheduler(
+            store, self.sessions, notifier, telemetry, availability, lease_ttl=s.lease_ttl
+        )
         server = grpc.aio.server(
-            interceptors=[LatencyInterceptor(telemetry)], options=GRPC_SERVER_OPTIONS
+            interceptors=[LatencyInterceptor(telemetry), DatabaseErrorInterceptor()],
+            options=GRPC_SERVER_OPTIONS,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(
@@ -82,6 +87,7 @@ class Coordinator:
                 scheduler,
                 notifier,
                 telemetry,
+                availability,
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
             ),

@@ -33,6 +33,11 @@ class CoordinatorTelemetry:
             "Task leases that expired (agent lost).",
             registry=self.registry,
         )
+        self.database_up = Gauge(
+            "matrec_database_up",
+            "1 while the database answers, 0 during an outage.",
+            registry=self.registry,
+        )
         self.rpc_latency = Histogram(
             "matrec_rpc_latency_seconds",
             "Latency of unary RPCs.",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from matrec.coordinator.availability import DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, fits, free_resources
 from matrec.coordinator.sessions import AgentSessions
@@ -58,7 +59,9 @@ def test_schedule_spreads_fitting_tasks_and_holds_the_rest(store: Store, tmp_pat
         sessions.open("agent-a")
         sessions.open("agent-b")
         sessions.open("agent-c").draining = True
-        scheduler = Scheduler(store, sessions, JobNotifier(), CoordinatorTelemetry(), lease_ttl=30)
+        telemetry = CoordinatorTelemetry()
+        availability = DatabaseAvailability(object(), (), telemetry)
+        scheduler = Scheduler(store, sessions, JobNotifier(), telemetry, availability, lease_ttl=30)
         jobs = [submit(store, tmp_path) for _ in range(3)]
         gpu_job = submit(store, tmp_path, gpus=1)
 

@@ -20,19 +20,19 @@ STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VE
 PACKAGES := coordinator agent sdk common
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint proto bench clean distclean
+.PHONY: help setup postgres-server demo test lint proto bench clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
 	@echo
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) \
-		| awk 'BEGIN { FS = ":.*## " } { printf "  %-10s %s\n", $$1, $$2 }'
+		| awk 'BEGIN { FS = ":.*## " } { printf "  %-16s %s\n", $$1, $$2 }'
 	@echo
 	@echo "variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_VERSION=$(TORCH_VERSION)" \
 		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
 	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
 
-setup: $(STAMP) ## create .venv (VENV) and install torch and the project (editable, with dev tools)
+setup: $(STAMP) postgres-server ## create .venv (VENV); install torch, the project (editable, dev tools)
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,23 @@ $(STAMP): pyproject.toml | $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install -e '.[dev]'
 	rm -f $(VENV)/.matrec-setup-*.stamp
 	touch $@
+
+# The tests start a throwaway PostgreSQL server (tests/support/postgres.py) and need its binaries.
+# Best effort: installs the OS package with apt-get where they are missing, never fails the setup.
+postgres-server: ## make sure PostgreSQL server binaries (initdb) exist, for the tests
+	@if [ -n "$$MATREC_PG_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| command -v initdb >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the PostgreSQL server (the tests start a throwaway one)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		{ $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -q --no-install-recommends postgresql; } \
+		|| echo "warning: could not install postgresql; the tests need its server binaries"; \
+	else \
+		echo "warning: PostgreSQL server binaries (initdb, pg_ctl) not found; the tests need" \
+			"them: install PostgreSQL or set MATREC_PG_BIN to the folder holding initdb"; \
+	fi
 
 demo: setup ## run coordinator + 2 agents and fine-tune resnet18 on the demo dataset (DEMO_ARGS)
 	$(BIN)/matrec-ctl demo $(DEMO_ARGS)

@@ -18,7 +18,13 @@ from matrec.sdk.convert import (
     spec_to_proto,
     watch_event_from_proto,
 )
-from matrec.sdk.errors import CoordinatorUnavailableError, InvalidSpecError, from_rpc_error
+from matrec.sdk.errors import (
+    CoordinatorUnavailableError,
+    InvalidSpecError,
+    JobStateError,
+    from_rpc_error,
+)
+from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
 from matrec.sdk.types import Agent, Job, Metric, WatchEvent
 from matrec.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -120,13 +126,32 @@ class Client:
         response = self._call(self._stub.ListAgents, jobs_pb2.ListAgentsRequest())
         return [agent_from_proto(agent) for agent in response.agents]
 
-    def watch(self, job_id: str, include_logs: bool = False) -> Iterator[WatchEvent]:
+    def evaluation(self, job_id: str) -> Evaluation:
+        """The stored validation metrics of a succeeded finetune job.
+
+        Raises JobStateError when the job has not succeeded (or its result holds no evaluation),
+        JobNotFoundError when there is no such job.
+        """
+        job = self.get_job(job_id)
+        if job.state != "succeeded":
+            raise JobStateError(
+                f"job {job_id} is {job.state}; only a succeeded job has an evaluation"
+            )
+        try:
+            return Evaluation.from_result(job.result)
+        except EvaluationMissingError as exc:
+            raise JobStateError(f"job {job_id} has no evaluation: {exc}") from None
+
+    def watch(
+        self, job_id: str, include_logs: bool = False, *, timeout: float | None = None
+    ) -> Iterator[WatchEvent]:
         """Follow a job: its history so far, then state changes, metrics (and log lines).
 
         The first event is a JobUpdate. Iteration ends when the coordinator ends the stream, which
-        it does once the job is final. Leaving the loop early cancels the stream.
+        it does once the job is final. Leaving the loop early cancels the stream. With `timeout`,
+        TimeoutError once that many seconds have passed.
         """
-        return self._watch(job_id, include_logs, timeout=None)
+        return self._watch(job_id, include_logs, timeout=timeout)
 
     def _watch(
         self, job_id: str, include_logs: bool, timeout: float | None

@@ -47,6 +47,19 @@ class JobStateError(MatrecError):
     """The job is not in a state that allows the operation (e.g. cancelling a finished job)."""
 
 
+class JobFailedError(MatrecError):
+    """A job (or an in-process run, `job_id` None) ended without succeeding; the message holds
+    its error text. `state` is "failed" or "cancelled"."""
+
+    def __init__(self, job_id: str | None, state: str, error: str) -> None:
+        what = f"job {job_id}" if job_id else "training"
+        detail = error.strip() or "no error text"
+        super().__init__(f"{what} {state}: {detail}")
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+
+
 class CoordinatorUnavailableError(MatrecError, ConnectionError):
     """The coordinator cannot be reached."""
 

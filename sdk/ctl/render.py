@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
 from matrec.sdk.types import Agent, Job, JobEvent, Resources, Task
 from rich import box
 from rich.console import Group, RenderableType
@@ -197,8 +198,74 @@ def job_detail(job: Job) -> RenderableType:
     if job.history:
         parts.append(Panel(history_table(job.history), title="history", title_align="left"))
     if job.result:
-        parts.append(Panel(key_value_table(job.result), title="result", title_align="left"))
+        result = dict(job.result)
+        evaluation = _evaluation_of(result)
+        if evaluation is not None:
+            del result["evaluation"]
+        parts.append(Panel(key_value_table(result), title="result", title_align="left"))
+        if evaluation is not None:
+            parts.append(Panel(evaluation_view(evaluation), title="evaluation", title_align="left"))
     return Group(*parts)
+
+
+def _evaluation_of(result: Mapping[str, Any]) -> Evaluation | None:
+    """The result's evaluation; None when it has none or it is malformed (then it stays in the
+    result panel as it came)."""
+    try:
+        return Evaluation.from_result(result)
+    except EvaluationMissingError:
+        return None
+
+
+def evaluation_view(evaluation: Evaluation) -> RenderableType:
+    """Summary figures, a per-class table and the confusion matrix."""
+    summary = key_value_table(
+        {
+            "accuracy": f"{evaluation.accuracy:.4f}",
+            "macro-F1": f"{evaluation.macro_f1:.4f}",
+            f"top-{evaluation.top_k} accuracy": f"{evaluation.top_k_accuracy:.4f}",
+            "images": evaluation.support,
+        }
+    )
+    return Group(summary, Text(""), per_class_table(evaluation), confusion_table(evaluation))
+
+
+def per_class_table(evaluation: Evaluation) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="per class", title_justify="left")
+    table.add_column("CLASS", no_wrap=True)
+    for column in ("PRECISION", "RECALL", "F1", "SUPPORT"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for name in evaluation.classes:
+        metrics = evaluation.per_class.get(name)
+        if metrics is None:
+            table.add_row(Text(name), "-", "-", "-", "-")
+            continue
+        table.add_row(
+            Text(name),
+            f"{metrics.precision:.3f}",
+            f"{metrics.recall:.3f}",
+            f"{metrics.f1:.3f}",
+            str(metrics.support),
+        )
+    return table
+
+
+def confusion_table(evaluation: Evaluation) -> Table:
+    """Rows are the true classes, columns the predicted ones; the diagonal (right) is green."""
+    table = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, title="confusion matrix", title_justify="left"
+    )
+    table.add_column("TRUE \\ PREDICTED", style="dim", no_wrap=True)
+    for name in evaluation.classes:
+        table.add_column(Text(name), justify="right", no_wrap=True)
+    for i, row in enumerate(evaluation.confusion_matrix):
+        label = evaluation.classes[i] if i < len(evaluation.classes) else str(i)
+        cells = [
+            Text(str(count), style=("bold green" if i == j else "red" if count else "dim"))
+            for j, count in enumerate(row)
+        ]
+        table.add_row(Text(label), *cells)
+    return table
 
 
 def agents_table(agents: Sequence[Agent]) -> Table:

@@ -20,7 +20,21 @@ def _run(conn: sa.Connection) -> None:
         context.run_migrations()
 
 
-if connection is not None:
+def _run_offline() -> None:
+    """`alembic upgrade --sql`: write the DDL for the configured dialect instead of running it
+    (scripts/gen_supabase.py turns it into Supabase CLI migrations)."""
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=metadata,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    _run_offline()
+elif connection is not None:
     _run(connection)
 else:
     engine = sa.create_engine(config.get_main_option("sqlalchemy.url") or "")

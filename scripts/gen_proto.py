@@ -17,7 +17,9 @@ PROTO_ROOT = ROOT / "proto"
 
 
 def generate(out_dir: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "matrec" / "v1").glob("*.proto"))
+    sources = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "matrec" / "v1").glob("*.proto")
+    )
     well_known = str(resources.files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",

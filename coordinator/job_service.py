@@ -219,8 +219,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             if signature != last_signature:
                 last_signature = signature
                 yield jobs_pb2.WatchJobResponse(job=snapshot)
-            if current.state in FINAL_JOB_STATES and not (events or metrics or logs):
-                return
+            if current.state in FINAL_JOB_STATES:
+                if not (events or metrics or logs):
+                    return
+                continue  # drain what is left without waiting a poll interval
             await self.notifier.wait(job.id, WATCH_POLL_SECONDS)
 
     async def ListAgents(

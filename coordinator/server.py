@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from matrec.coordinator.agent_service import AgentService
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
+from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
 from matrec.coordinator.job_service import JobService, SubmitPolicy
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
@@ -45,7 +46,7 @@ class Coordinator:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
-        self._scheduler_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.sessions = AgentSessions()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
@@ -106,16 +107,19 @@ class Coordinator:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port:
             self.metrics_port = telemetry.serve(s.host, s.metrics_port)
-        self._scheduler_task = asyncio.create_task(scheduler.run())
+        self._background = [asyncio.create_task(scheduler.run())]
+        retention = MetricRetention(s.metric_max_points, s.metric_retention_days)
+        if retention.enabled:
+            self._background.append(asyncio.create_task(Housekeeper(store, retention).run()))
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         self.sessions.close_all()
-        if self._scheduler_task is not None:
-            self._scheduler_task.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler_task
+                await task
         if self.server is not None:
             await self.server.stop(grace)
         if self.store is not None:

@@ -19,6 +19,8 @@ class CoordinatorSettings:
     lease_ttl: float = 30.0
     heartbeat_interval: float = 5.0
     check_paths: bool = True
+    metric_max_points: int = 0
+    metric_retention_days: float = 0.0
     ready_file: Path | None = None
     log_level: str = "INFO"
 
@@ -94,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between agent heartbeats [MATREC_HEARTBEAT_INTERVAL] (default: %(default)s)",
     )
     parser.add_argument(
+        "--metric-max-points",
+        type=int,
+        default=int(_env("METRIC_MAX_POINTS", "0")),
+        help="downsample any metric series (task, attempt, key) longer than this, keeping every "
+        "k-th point and the last; 0 keeps every point [MATREC_METRIC_MAX_POINTS] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metric-retention-days",
+        type=float,
+        default=float(_env("METRIC_RETENTION_DAYS", "0")),
+        help="delete the metrics and log lines of jobs finished more than this many days ago; "
+        "0 keeps them forever [MATREC_METRIC_RETENTION_DAYS] (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-check-paths",
         dest="check_paths",
         action="store_false",
@@ -111,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
     args = build_parser().parse_args(argv)
+    if args.metric_max_points < 0 or args.metric_retention_days < 0:
+        build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
     if args.lease_ttl <= args.heartbeat_interval:
         build_parser().error("--lease-ttl must be longer than --heartbeat-interval")
     return CoordinatorSettings(
@@ -123,6 +142,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval,
         check_paths=args.check_paths,
+        metric_max_points=args.metric_max_points,
+        metric_retention_days=args.metric_retention_days,
         ready_file=args.ready_file,
         log_level=args.log_level,
     )

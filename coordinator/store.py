@@ -701,6 +701,38 @@ class Store:
             )
             return _records(LogRecord, rows)
 
+    def downsample_metrics(self, max_points_per_series: int) -> int:
+        """Thin every (task, attempt, key) series longer than `max_points_per_series`: keep every
+        k-th point (k = ceil(length / max)) and the last one. Returns how many points went."""
+        m = schema.training_progress
+        series = (m.c.task_id, m.c.attempt, m.c.key)
+        numbered = sa.select(
+            m.c.id,
+            sa.func.row_number().over(partition_by=series, order_by=m.c.step).label("rn"),
+            sa.func.count().over(partition_by=series).label("n"),
+        ).subquery()
+        stride = (numbered.c.n + max_points_per_series - 1) // max_points_per_series
+        doomed = sa.select(numbered.c.id).where(
+            numbered.c.n > max_points_per_series,
+            numbered.c.rn != numbered.c.n,
+            sa.func.mod(numbered.c.rn, stride) != 0,
+        )
+        with self.engine.begin() as conn:
+            result = conn.execute(m.delete().where(m.c.id.in_(doomed)))
+            return int(result.rowcount or 0)
+
+    def delete_metrics_of_jobs_finished_before(self, cutoff: datetime) -> int:
+        """Retention: drop the metrics (and log lines) of jobs that ended before `cutoff`."""
+        j = schema.training_jobs
+        old = sa.select(j.c.id).where(j.c.finished_at < cutoff)
+        deleted = 0
+        with self.engine.begin() as conn:
+            for table in (schema.training_progress, schema.task_logs):
+                deleted += int(
+                    conn.execute(table.delete().where(table.c.job_id.in_(old))).rowcount or 0
+                )
+        return deleted
+
     def job_of_task(self, task_id: str) -> str | None:
         t = schema.tasks
         with self.engine.connect() as conn:

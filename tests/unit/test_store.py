@@ -4,7 +4,7 @@ fencing, retries and metric deduplication."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,10 @@ from matrec.coordinator.database import (
     normalize_url,
     schema_revision,
 )
+from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
 from matrec.coordinator.job_service import effective_metrics
 from matrec.coordinator.schema import metadata
+from matrec.coordinator.settings import parse_settings
 from matrec.coordinator.states import JobState, TaskOutcome, TaskState, job_state_from_tasks
 from matrec.coordinator.store import MetricRecord, Store
 
@@ -257,3 +259,68 @@ def test_database_urls_are_normalised(
 def test_unknown_database_url_names_the_accepted_forms() -> None:
     with pytest.raises(ValueError, match="postgresql://USER:PASSWORD@HOST:PORT/DB"):
         create_engine_for("mysql://u@h/db")
+
+
+def test_downsampling_thins_long_series_and_keeps_the_last_point(
+    store: Store, tmp_path: Path
+) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    now = datetime.now(UTC)
+
+    def points(key: str, count: int) -> list[dict[str, object]]:
+        return [
+            {"task_id": task.id, "attempt": 1, "step": s, "key": key, "value": float(s),
+             "time": now}
+            for s in range(1, count + 1)
+        ]  # fmt: skip
+
+    store.add_metrics(job_id, points("train/loss", 1000) + points("val/accuracy", 10))
+    removed = store.downsample_metrics(max_points_per_series=100)
+    kept = store.metrics(job_id)
+    loss_steps = [m.step for m in kept if m.key == "train/loss"]
+    assert removed == 1000 - len(loss_steps)
+    assert len(loss_steps) <= 101 and loss_steps[-1] == 1000
+    assert loss_steps == sorted(loss_steps) and loss_steps[:3] == [10, 20, 30]
+    # Short series are untouched.
+    assert [m.step for m in kept if m.key == "val/accuracy"] == list(range(1, 11))
+    assert store.downsample_metrics(max_points_per_series=100) == 0
+
+
+def test_retention_drops_metrics_of_old_finished_jobs_only(store: Store, tmp_path: Path) -> None:
+    finished = make_job(store, tmp_path)
+    running = make_job(store, tmp_path)
+    now = datetime.now(UTC)
+    for job_id in (finished, running):
+        task = next(t for t in store.queued_tasks() if t.job_id == job_id)
+        store.add_metrics(
+            job_id,
+            [{"task_id": task.id, "attempt": 1, "step": 1, "key": "loss", "value": 1.0,
+              "time": now}],
+        )  # fmt: skip
+    store.request_cancel(finished, "done")
+    assert store.delete_metrics_of_jobs_finished_before(now - timedelta(days=1)) == 0
+    assert store.delete_metrics_of_jobs_finished_before(datetime.now(UTC) + timedelta(1)) == 1
+    assert store.metrics(finished) == []
+    assert len(store.metrics(running)) == 1
+
+
+def test_housekeeper_applies_the_retention_policy(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    now = datetime.now(UTC)
+    store.add_metrics(
+        job_id,
+        [{"task_id": task.id, "attempt": 1, "step": s, "key": "loss", "value": 1.0, "time": now}
+         for s in range(1, 51)],
+    )  # fmt: skip
+    assert not MetricRetention().enabled
+    assert Housekeeper(store, MetricRetention()).run_once() == 0
+    assert Housekeeper(store, MetricRetention(max_points_per_series=10)).run_once() > 0
+    assert len(store.metrics(job_id)) <= 11
+
+
+def test_negative_retention_settings_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--metric-max-points", "-1"])
+    assert "--metric-max-points" in capsys.readouterr().err

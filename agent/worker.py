@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = EventReporter(events)
     try:
         _set_torch_threads()
+        from matrec.agent.training.data import DatasetError
         from matrec.agent.training.finetune import TrainingPreempted, run_finetune
 
         try:
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingPreempted as exc:
             reporter.log(f"stopped by SIGTERM: {exc}")
             return EXIT_PREEMPTED
+        except DatasetError as exc:
+            # Found before training started; another attempt would find the same.
+            print(f"matrec worker: invalid dataset: {exc}", file=sys.stderr)
+            return EXIT_INVALID_TASK
         reporter.result(result.to_dict())
         return EXIT_OK
     except Exception:

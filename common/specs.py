@@ -7,10 +7,18 @@ cannot disagree. This module must stay importable without torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 #: Backbones the finetune task can build (torchvision constructors of the same name).
 KNOWN_MODELS: tuple[str, ...] = (
@@ -22,6 +30,27 @@ KNOWN_MODELS: tuple[str, ...] = (
     "efficientnet_b0",
     "convnext_tiny",
 )
+
+#: File endings counted as images, as torchvision's ImageFolder counts them.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+
+Strategy = Literal["full", "head_only", "last_n", "gradual", "discriminative"]
+AugmentationPreset = Literal["none", "light", "strong"]
+AugmentationOp = Literal[
+    "random_resized_crop", "hflip", "vflip", "rotation", "color_jitter", "blur"
+]
+Descriptor = Literal["lbp", "gabor", "color"]
+DEFAULT_DESCRIPTORS: tuple[Descriptor, ...] = ("lbp", "gabor", "color")
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_MAX_ATTEMPTS = 100
@@ -37,7 +66,10 @@ class SpecError(ValueError):
 
 
 class FinetuneConfig(BaseModel):
-    """Fine-tune a torchvision classifier on an ImageFolder dataset."""
+    """Fine-tune a torchvision classifier on an ImageFolder dataset.
+
+    docs/transfer-learning.md explains the strategies, the hybrid model and its descriptors.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,9 +78,20 @@ class FinetuneConfig(BaseModel):
         "or class folders directly (then val_fraction of each class is held out)."
     )
     model: str = Field(default="resnet18", description="Backbone: " + ", ".join(KNOWN_MODELS))
+    model_type: Literal["cnn", "hybrid"] = Field(
+        default="cnn",
+        description="cnn: the backbone with a new head; hybrid: the backbone's pooled embedding "
+        "and classical texture descriptors feed the head.",
+    )
     pretrained_path: str | None = Field(
         default=None,
-        description="Local weights to start from: a matrec checkpoint or a torchvision state_dict.",
+        description="Local weights to start from: a matrec model or checkpoint, or a "
+        "torchvision/timm state_dict.",
+    )
+    pretrained_weights: str | None = Field(
+        default=None,
+        description="torchvision weights to download, e.g. 'DEFAULT' or 'IMAGENET1K_V1' "
+        "(needs internet access on the agent); exclusive with pretrained_path.",
     )
     epochs: int = Field(default=5, ge=1, le=10_000)
     batch_size: int = Field(default=32, ge=1, le=65_536)
@@ -56,7 +99,35 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0.0)
     image_size: int = Field(default=224, ge=16, le=4096)
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    freeze_backbone: bool = Field(default=False, description="Train only the new head.")
+    strategy: Strategy = Field(
+        default="full",
+        description="full: everything trains; head_only: frozen backbone; last_n: the last "
+        "trainable_blocks block groups and the head; gradual: head first, one more block group "
+        "every unfreeze_every_epochs epochs; discriminative: group i from the top gets "
+        "learning_rate * lr_decay**i.",
+    )
+    trainable_blocks: int = Field(default=1, ge=1, description="last_n: block groups that train.")
+    unfreeze_every_epochs: int = Field(default=1, ge=1)
+    lr_decay: float = Field(default=0.5, gt=0.0, le=1.0)
+    augmentation: AugmentationPreset | list[AugmentationOp] = Field(
+        default="light", description="A preset (none, light, strong) or a list of operations."
+    )
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0.0, description="Linear warm-up length.")
+    step_size_epochs: int = Field(default=10, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="step: the decay factor.")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many epochs without a lower val loss."
+    )
+    grad_clip_norm: float | None = Field(default=None, gt=0.0)
+    descriptors: list[Descriptor] = Field(
+        default_factory=lambda: list(DEFAULT_DESCRIPTORS),
+        description="hybrid: the texture descriptors computed per image.",
+    )
+    top_k: int = Field(default=3, ge=1, description="Evaluation: top-k accuracy's k.")
     seed: int = Field(default=0, ge=0)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
     log_every_steps: int = Field(default=10, ge=1, description="Report train loss every N steps.")
@@ -67,6 +138,40 @@ class FinetuneConfig(BaseModel):
     def _known_model(cls, value: str) -> str:
         if value not in KNOWN_MODELS:
             raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(KNOWN_MODELS)}")
+        return value
+
+    @field_validator("pretrained_weights")
+    @classmethod
+    def _one_pretrained_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("pretrained_path") is not None:
+            raise ValueError("give pretrained_path or pretrained_weights, not both")
+        if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", value):
+            raise ValueError(
+                f"{value!r} is not a torchvision weights name such as 'DEFAULT', "
+                "'IMAGENET1K_V1' or 'ResNet18_Weights.IMAGENET1K_V1'"
+            )
+        return value
+
+    @field_validator("augmentation")
+    @classmethod
+    def _no_repeated_ops(
+        cls, value: AugmentationPreset | list[AugmentationOp]
+    ) -> AugmentationPreset | list[AugmentationOp]:
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("each augmentation may appear once")
+        return value
+
+    @field_validator("descriptors")
+    @classmethod
+    def _descriptors_for_hybrid(
+        cls, value: list[Descriptor], info: ValidationInfo
+    ) -> list[Descriptor]:
+        if len(set(value)) != len(value):
+            raise ValueError("each descriptor may appear once")
+        if not value and info.data.get("model_type") == "hybrid":
+            raise ValueError("a hybrid model needs at least one descriptor (lbp, gabor, color)")
         return value
 
 
@@ -138,12 +243,23 @@ def check_dataset_path(config: BaseModel) -> None:
             "(e.g. `matrec-ctl dataset demo PATH`) or fix the path",
         )
     train_root = root / "train" if (root / "train").is_dir() else root
-    classes = [p for p in train_root.iterdir() if p.is_dir() and p.name != "val"]
+    classes = sorted(
+        p
+        for p in train_root.iterdir()
+        if p.is_dir() and p.name != "val" and not p.name.startswith(".")
+    )
+    for folder in classes:
+        if not _has_image(folder):
+            raise SpecError(
+                "config.dataset_path",
+                f"class folder {str(folder)!r} holds no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder",
+            )
     if len(classes) < 2:
         raise SpecError(
             "config.dataset_path",
-            f"{str(train_root)!r} needs at least two class folders (ImageFolder layout); "
-            f"found {len(classes)}",
+            f"{str(train_root)!r} needs at least two class folders with images "
+            f"(ImageFolder layout); found {len(classes)}",
         )
     if (
         config.pretrained_path is not None
@@ -152,3 +268,10 @@ def check_dataset_path(config: BaseModel) -> None:
         raise SpecError(
             "config.pretrained_path", f"{config.pretrained_path!r} is not a file; fix the path"
         )
+
+
+def _has_image(folder: Path) -> bool:
+    # Stops at the first image: a big class folder costs one directory listing, not a walk.
+    return any(
+        path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() for path in folder.rglob("*")
+    )

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from matrec.agent.training.finetune import (
-    FinetuneResult,
-    TrainingPreempted,
-    build_model,
-    epoch_batches,
-    head_name,
-    load_pretrained,
-    run_finetune,
-    split_indices,
-)
+from matrec.agent.training.data import epoch_batches, split_indices
+from matrec.agent.training.finetune import FinetuneResult, TrainingPreempted, run_finetune
+from matrec.agent.training.models import build_model, head_name, load_pretrained
 from matrec.common.specs import KNOWN_MODELS, FinetuneConfig
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from torch import nn
@@ -99,6 +92,7 @@ def test_training_learns_and_writes_artifacts(
         "train/accuracy",
         "val/loss",
         "val/accuracy",
+        "val/macro_f1",
         "lr",
         "epoch",
     }
@@ -195,10 +189,8 @@ def test_resume_refuses_a_checkpoint_for_another_config(
         run_finetune(config, tmp_path, RecordingReporter(), resume_from=checkpoint)
 
 
-def test_freeze_backbone_trains_only_the_head(
-    small_dataset: DemoDatasetInfo, tmp_path: Path
-) -> None:
-    config = make_config(small_dataset.path, epochs=1, freeze_backbone=True)
+def test_head_only_trains_only_the_head(small_dataset: DemoDatasetInfo, tmp_path: Path) -> None:
+    config = make_config(small_dataset.path, epochs=1, strategy="head_only")
     result = run_finetune(config, tmp_path, RecordingReporter())
 
     torch.manual_seed(config.seed)  # run_finetune builds its model right after this seeding

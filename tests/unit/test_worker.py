@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,6 +168,17 @@ def test_invalid_task_exits_2_with_one_line(
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], run.stderr
     assert str(task_file) in lines[0]
+
+
+def test_an_unusable_dataset_exits_2_with_the_reason(
+    small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    root = tmp_path / "one-class"
+    shutil.copytree(small_dataset.train_dir / small_dataset.classes[0], root / "only")
+    run = run_worker(write_task(tmp_path, small_config(root)))
+    assert run.returncode == EXIT_INVALID_TASK
+    assert run.stderr.startswith("matrec worker: invalid dataset: ")
+    assert f"{root} needs at least two class folders" in run.stderr
 
 
 def test_a_failing_task_exits_1_with_a_traceback(tmp_path: Path) -> None:

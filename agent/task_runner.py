@@ -142,6 +142,8 @@ class TaskRun:
         env = dict(os.environ)
         threads = max(1, int(self.env.cpus))
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        # NVML numbers GPUs by PCI bus; make CUDA use the same order so the indices agree.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.env.gpu_indices)
         env["PYTHONUNBUFFERED"] = "1"
         env[PARENT_PID_ENV] = str(os.getpid())

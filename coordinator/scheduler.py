@@ -13,6 +13,7 @@ from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.sessions import AgentSessions
+from matrec.coordinator.states import TaskState
 from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2
@@ -175,9 +176,9 @@ class Scheduler:
 
     def update_gauges(self) -> None:
         counts = self.store.count_tasks_by_state()
-        self.telemetry.queue_depth.set(counts.get("queued", 0))
-        for state, count in counts.items():
-            self.telemetry.tasks_by_state.labels(state).set(count)
+        self.telemetry.queue_depth.set(counts.get(TaskState.QUEUED, 0))
+        for state in TaskState:
+            self.telemetry.tasks_by_state.labels(state.value).set(counts.get(state.value, 0))
         by_state: defaultdict[str, int] = defaultdict(int)
         for agent in self.store.list_agents():
             by_state[agent.state.value] += 1

@@ -158,5 +158,7 @@ def test_prometheus_endpoint(channel: grpc.Channel, metrics_port: int, dataset: 
         assert 'matrec_rpc_latency_seconds_count{method="SubmitJob"}' in text
         assert "matrec_lease_expiries_total" in text
         assert 'matrec_agents{state="connected"}' in text
+        # Every state is reported, also the empty ones (no stale values).
+        assert 'matrec_tasks{state="running"} 0.0' in text
     finally:
         stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)

@@ -5,6 +5,9 @@
 ...     job = client.submit_job({"name": "wood", "config": {"dataset_path": "/data/wood"}})
 ...     print(client.wait(job.id).result["val_accuracy"])
 
+>>> from matrec.sdk import transfer_learn    # the seed's call: on a cluster, or in-process
+>>> transfer_learn("/data/wood", "/models/textures.pt", model_type="hybrid").evaluation.macro_f1
+
 Names are loaded on first use, so that importing a submodule (the CLI does) does not pull in
 grpc and protobuf before they are needed.
 """
@@ -19,10 +22,13 @@ if TYPE_CHECKING:
     from matrec.sdk.errors import (
         CoordinatorUnavailableError,
         InvalidSpecError,
+        JobFailedError,
         JobNotFoundError,
         JobStateError,
         MatrecError,
     )
+    from matrec.sdk.evaluation import ClassMetrics, Evaluation
+    from matrec.sdk.transfer import TransferResult, transfer_learn
     from matrec.sdk.types import (
         Agent,
         GpuInfo,
@@ -42,13 +48,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Agent",
+    "ClassMetrics",
     "Client",
     "CoordinatorUnavailableError",
+    "Evaluation",
     "GpuInfo",
     "HistoryEntry",
     "InvalidSpecError",
     "Job",
     "JobEvent",
+    "JobFailedError",
     "JobNotFoundError",
     "JobSpec",
     "JobStateError",
@@ -60,11 +69,20 @@ __all__ = [
     "MetricsEvent",
     "Resources",
     "Task",
+    "TransferResult",
     "WatchEvent",
+    "transfer_learn",
 ]
 
-# Cheapest first: types and errors need neither grpc nor protobuf.
-_MODULES = ("matrec.sdk.types", "matrec.sdk.errors", "matrec.sdk.client")
+# Cheapest first: types, errors and evaluation need neither grpc nor protobuf; transfer needs
+# pydantic (grpc only once it submits a job).
+_MODULES = (
+    "matrec.sdk.types",
+    "matrec.sdk.errors",
+    "matrec.sdk.evaluation",
+    "matrec.sdk.transfer",
+    "matrec.sdk.client",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -128,6 +128,50 @@ def submit(
     pretrained: Annotated[
         Path | None, typer.Option(help="Local weights to start from (checkpoint or state_dict).")
     ] = None,
+    pretrained_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="torchvision weights to start from, e.g. IMAGENET1K_V1 (agents must be online)."
+        ),
+    ] = None,
+    model_type: Annotated[
+        str | None,
+        typer.Option(help="cnn (backbone only) or hybrid (backbone + texture descriptors)."),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="What trains: full, head_only, last_n, gradual or discriminative."),
+    ] = None,
+    trainable_blocks: Annotated[
+        int | None, typer.Option(help="Blocks below the head that train with last_n.")
+    ] = None,
+    augmentation: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PRESET|LIST",
+            help="none, light, strong, or a comma list of random_resized_crop, hflip, vflip, "
+            "rotation, color_jitter, blur.",
+        ),
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw or sgd.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Learning-rate schedule: cosine, step or constant.")
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option(help="Linear learning-rate warm-up, in epochs.")
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option(help="Label smoothing of the loss, 0 to <1.")
+    ] = None,
+    early_stopping: Annotated[
+        int | None,
+        typer.Option(
+            metavar="EPOCHS", help="Stop after this many epochs without a lower validation loss."
+        ),
+    ] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option(metavar="NORM", help="Clip the gradient norm to this.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Display name of the job.")] = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Attempts per task before the job fails.")
@@ -153,7 +197,9 @@ def submit(
     Relative paths become absolute: flags against this directory, spec files against their own.
 
     [dim]$ matrec-ctl submit --dataset ./demo-output/dataset --epochs 5 --watch
-    $ matrec-ctl submit --file spec.json --set freeze_backbone=true --gpus 1[/]
+    $ matrec-ctl submit --dataset ./wood --pretrained textures.pt --model-type hybrid \\
+        --strategy head_only --augmentation strong --early-stopping 3
+    $ matrec-ctl submit --file spec.json --set lr_decay=0.3 --gpus 1[/]
     """
     from matrec.sdk.ctl.spec_input import SubmitFlags, build_spec
 
@@ -165,6 +211,17 @@ def submit(
         learning_rate=lr,
         image_size=image_size,
         pretrained=pretrained,
+        pretrained_weights=pretrained_weights,
+        model_type=model_type,
+        strategy=strategy,
+        trainable_blocks=trainable_blocks,
+        augmentation=augmentation,
+        optimizer=optimizer,
+        schedule=schedule,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        early_stopping=early_stopping,
+        grad_clip=grad_clip,
         name=name,
         max_attempts=max_attempts,
         cpus=cpus,

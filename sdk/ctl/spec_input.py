@@ -16,6 +16,9 @@ from matrec.sdk.errors import InvalidSpecError
 
 _PATH_KEYS = ("dataset_path", "pretrained_path")
 
+#: `--augmentation` values that name a preset; anything else is a comma-separated list.
+AUGMENTATION_PRESETS = ("none", "light", "strong")
+
 
 @dataclass(frozen=True)
 class SubmitFlags:
@@ -28,6 +31,17 @@ class SubmitFlags:
     learning_rate: float | None = None
     image_size: int | None = None
     pretrained: Path | None = None
+    pretrained_weights: str | None = None
+    model_type: str | None = None
+    strategy: str | None = None
+    trainable_blocks: int | None = None
+    augmentation: str | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    early_stopping: int | None = None
+    grad_clip: float | None = None
     name: str | None = None
     max_attempts: int | None = None
     cpus: float | None = None
@@ -45,6 +59,22 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def parse_augmentation(text: str) -> str | list[str]:
+    """``"strong"`` -> "strong"; ``"hflip, rotation"`` -> ["hflip", "rotation"]. The names are
+    checked later, with the rest of the spec."""
+    value = text.strip()
+    if value in AUGMENTATION_PRESETS:
+        return value
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise InvalidSpecError(
+            "--augmentation",
+            f"expected a preset ({', '.join(AUGMENTATION_PRESETS)}) or a comma-separated list "
+            f"of transforms, got {text!r}",
+        )
+    return names
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -104,6 +134,19 @@ def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
         "learning_rate": flags.learning_rate,
         "image_size": flags.image_size,
         "pretrained_path": None if flags.pretrained is None else _absolute(flags.pretrained, cwd),
+        "pretrained_weights": flags.pretrained_weights,
+        "model_type": flags.model_type,
+        "strategy": flags.strategy,
+        "trainable_blocks": flags.trainable_blocks,
+        "augmentation": (
+            None if flags.augmentation is None else parse_augmentation(flags.augmentation)
+        ),
+        "optimizer": flags.optimizer,
+        "schedule": flags.schedule,
+        "warmup_epochs": flags.warmup_epochs,
+        "label_smoothing": flags.label_smoothing,
+        "early_stopping_patience": flags.early_stopping,
+        "grad_clip_norm": flags.grad_clip,
     }
     config.update({key: value for key, value in config_flags.items() if value is not None})
     config.update(parse_assignment(text) for text in flags.assignments)

@@ -38,6 +38,12 @@ def _single_error_line(stderr: str) -> str:
         (["--set", "colour"], "--set"),
         (["--max-attempts", "0"], "max_attempts"),
         (["--gpus", "-1"], "resources.gpus"),
+        (["--model-type", "transformer"], "config.model_type"),
+        (["--strategy", "everything"], "config.strategy"),
+        (["--augmentation", ","], "--augmentation"),
+        (["--optimizer", "lbfgs"], "config.optimizer"),
+        (["--schedule", "linear"], "config.schedule"),
+        (["--label-smoothing", "-0.5"], "config.label_smoothing"),
     ],
 )
 def test_invalid_submit_is_one_line_and_exit_2(args: list[str], field: str) -> None:
@@ -46,6 +52,14 @@ def test_invalid_submit_is_one_line_and_exit_2(args: list[str], field: str) -> N
     assert result.exit_code == 2, result.output
     assert _single_error_line(result.stderr).startswith(f"error: {field}: ")
     assert result.stdout == ""
+
+
+def test_unknown_augmentation_is_reported_locally() -> None:
+    args = ["submit", "--dataset", "/data", "--augmentation", "hflip,sparkle"]
+    result = runner.invoke(app, ["-c", _unused_address(), *args])
+    assert result.exit_code == 2, result.output
+    # The field path may carry pydantic's union branch after "config.augmentation".
+    assert _single_error_line(result.stderr).startswith("error: config.augmentation")
 
 
 def test_missing_dataset_is_reported_locally() -> None:

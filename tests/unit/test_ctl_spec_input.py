@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 from matrec.common.specs import parse_job_spec
-from matrec.sdk.ctl.spec_input import SubmitFlags, build_spec, parse_assignment
+from matrec.sdk.ctl.spec_input import (
+    SubmitFlags,
+    build_spec,
+    parse_assignment,
+    parse_augmentation,
+)
 from matrec.sdk.errors import InvalidSpecError
 
 
@@ -22,11 +27,21 @@ def test_flags_make_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         learning_rate=0.01,
         image_size=96,
         pretrained=Path("~/weights.pt"),
+        model_type="hybrid",
+        strategy="last_n",
+        trainable_blocks=2,
+        augmentation="hflip, rotation,blur",
+        optimizer="sgd",
+        schedule="step",
+        warmup_epochs=0.5,
+        label_smoothing=0.1,
+        early_stopping=3,
+        grad_clip=1.0,
         name="wood",
         max_attempts=5,
         cpus=2.0,
         gpus=1,
-        assignments=["freeze_backbone=true", "weight_decay=0"],
+        assignments=["lr_decay=0.3", "weight_decay=0"],
     )
     spec = build_spec(None, flags)
     assert spec == {
@@ -42,7 +57,17 @@ def test_flags_make_a_valid_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             "learning_rate": 0.01,
             "image_size": 96,
             "pretrained_path": os.path.expanduser("~/weights.pt"),
-            "freeze_backbone": True,
+            "model_type": "hybrid",
+            "strategy": "last_n",
+            "trainable_blocks": 2,
+            "augmentation": ["hflip", "rotation", "blur"],
+            "optimizer": "sgd",
+            "schedule": "step",
+            "warmup_epochs": 0.5,
+            "label_smoothing": 0.1,
+            "early_stopping_patience": 3,
+            "grad_clip_norm": 1.0,
+            "lr_decay": 0.3,
             "weight_decay": 0,
         },
     }
@@ -81,7 +106,8 @@ def test_file_then_flags_then_set(tmp_path: Path) -> None:
     [
         ("epochs=3", ("epochs", 3)),
         ("learning_rate=1e-3", ("learning_rate", 0.001)),
-        ("freeze_backbone=false", ("freeze_backbone", False)),
+        ("grad_clip_norm=null", ("grad_clip_norm", None)),
+        ('augmentation=["hflip"]', ("augmentation", ["hflip"])),
         ("model=resnet18", ("model", "resnet18")),
         ("device=", ("device", "")),
         ("name=a=b", ("name", "a=b")),
@@ -97,6 +123,32 @@ def test_parse_assignment_rejects(text: str) -> None:
     with pytest.raises(InvalidSpecError) as caught:
         parse_assignment(text)
     assert caught.value.field == "--set"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("strong", "strong"),
+        (" none ", "none"),
+        ("hflip", ["hflip"]),
+        ("random_resized_crop,color_jitter", ["random_resized_crop", "color_jitter"]),
+        ("hflip, ,vflip,", ["hflip", "vflip"]),
+    ],
+)
+def test_parse_augmentation(text: str, expected: object) -> None:
+    assert parse_augmentation(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " , "])
+def test_parse_augmentation_rejects_empty(text: str) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_augmentation(text)
+    assert caught.value.field == "--augmentation"
+
+
+def test_preset_augmentation_flag_stays_a_string() -> None:
+    spec = build_spec(None, SubmitFlags(dataset=Path("/data"), augmentation="light"))
+    assert spec["config"]["augmentation"] == "light"
 
 
 def test_bad_files(tmp_path: Path) -> None:

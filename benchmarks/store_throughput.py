@@ -32,7 +32,6 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -45,6 +44,7 @@ from matrec.v1 import (  # noqa: E402
     jobs_pb2,
     jobs_pb2_grpc,
 )
+from support.datasets import write_minimal_image_folder  # noqa: E402
 from support.postgres import start_postgres  # noqa: E402
 
 
@@ -204,9 +204,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_backend(name: str, url: str, workdir: Path, args: argparse.Namespace) -> BackendResult:
     dataset = workdir / "dataset"
     # Submission checks the dataset; the simulated agents never read it.
-    for cls in ("oak", "steel"):
-        (dataset / cls).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8)).save(dataset / cls / "0.png")
+    write_minimal_image_folder(dataset)
     with LocalCluster(workdir / name, agents=0, database_url=url) as cluster:
         points, seconds = asyncio.run(
             measure_ingest(cluster.address, dataset, args.batches, args.points)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from matrec.sdk import InvalidSpecError, JobNotFoundError, JobStateError
 from matrec.sdk.local_cluster import LocalCluster
+from support.datasets import write_minimal_image_folder
 
 CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
 
@@ -28,9 +29,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    for name in ("oak", "steel"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-    return tmp_path / "data"
+    return write_minimal_image_folder(tmp_path / "data")
 
 
 BAD_SPECS: list[tuple[dict[str, Any], str]] = [

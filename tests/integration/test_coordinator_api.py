@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2, jobs_pb2, jobs_pb2_grpc
+from support.datasets import write_minimal_image_folder
 
 
 def free_port() -> int:
@@ -50,9 +51,7 @@ def channel(cluster: LocalCluster) -> Iterator[grpc.Channel]:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    for name in ("oak", "steel"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-    return tmp_path / "data"
+    return write_minimal_image_folder(tmp_path / "data")
 
 
 def spec(config: dict[str, Any], kind: str = "finetune") -> jobs_pb2.JobSpec:

@@ -35,7 +35,7 @@ from matrec.agent.worker_protocol import (
     WorkerTask,
     encode_event,
 )
-from matrec.common.specs import FinetuneConfig, SpecError, parse_job_spec
+from matrec.common.specs import DiagnosticConfig, FinetuneConfig, SpecError, parse_job_spec
 
 
 class EventReporter:
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_TASK
 
     reporter = EventReporter(events)
+    if isinstance(config, DiagnosticConfig):
+        return _run_diagnostic(config, reporter, stop, events)
     try:
         _set_torch_threads()
         from matrec.agent.training.data import DatasetError
@@ -147,13 +149,32 @@ def main(argv: list[str] | None = None) -> int:
             events.close()
 
 
-def _read_task(path: Path) -> tuple[WorkerTask, FinetuneConfig]:
+def _run_diagnostic(
+    config: DiagnosticConfig, reporter: EventReporter, stop: _StopFlag, events: TextIO
+) -> int:
+    from matrec.agent.diagnostic import DiagnosticStopped, run_diagnostic
+
+    try:
+        reporter.result(run_diagnostic(config, reporter, stop))
+        return EXIT_OK
+    except DiagnosticStopped as exc:
+        reporter.log(f"stopped by SIGTERM: {exc}")
+        return EXIT_PREEMPTED
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        with contextlib.suppress(OSError):
+            events.close()
+
+
+def _read_task(path: Path) -> tuple[WorkerTask, FinetuneConfig | DiagnosticConfig]:
     task = WorkerTask.from_json(path.read_text(encoding="utf-8"))
     try:
         _, config = parse_job_spec({"kind": task.kind, "config": task.config})
     except SpecError as exc:
         raise ValueError(str(exc)) from None
-    if not isinstance(config, FinetuneConfig):
+    if not isinstance(config, FinetuneConfig | DiagnosticConfig):
         raise ValueError(f"kind: this worker cannot run {task.kind!r} tasks")
     return task, config
 

@@ -176,7 +176,18 @@ class FinetuneConfig(BaseModel):
 
 
 #: Job kinds and the config model of each.
-JOB_KINDS: dict[str, type[BaseModel]] = {"finetune": FinetuneConfig}
+class DiagnosticConfig(BaseModel):
+    """A task with no torch and no data: it sleeps through `steps` steps, reporting a metric at
+    each, and fails on request. For checking a cluster end to end in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duration_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
+    steps: int = Field(default=1, ge=1, le=100_000)
+    fail: bool = False
+
+
+JOB_KINDS: dict[str, type[BaseModel]] = {"finetune": FinetuneConfig, "diagnostic": DiagnosticConfig}
 
 
 class ResourceRequest(BaseModel):

@@ -128,3 +128,143 @@ task_logs = sa.Table(
     sa.UniqueConstraint("task_id", "attempt", "seq", name="uq_task_logs_line"),
     sa.Index("ix_task_logs_job_id", "job_id", "id"),
 )
+
+# The job's validated settings, one row per name, for dashboards and parameter sharing.
+training_parameters = sa.Table(
+    "training_parameters",
+    metadata,
+    sa.Column(
+        "job_id",
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=True),
+)
+
+# Files a task produced (checkpoints, models, reports), as the coordinator was told of them.
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "job_id",
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("task_id", sa.String(80), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("task_id", "kind", "uri", name="uq_artifacts_file"),
+    sa.Index("ix_artifacts_job", "job_id"),
+)
+
+# Hyperparameter optimisation: a study asks its search algorithm for trials; each runs as a job.
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("algorithm", sa.String(32), nullable=False),
+    sa.Column("objective", sa.String(128), nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("search_space", sa.JSON, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("finished_at", TS, nullable=True),
+)
+
+trials = sa.Table(
+    "trials",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column(
+        "study_id", sa.String(64), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column(
+        "job_id",
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("objective_value", sa.Float, nullable=True),
+    # The search algorithm's own record of the trial (hyperopt's trial document), for resuming.
+    sa.Column("algorithm_state", sa.JSON, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("finished_at", TS, nullable=True),
+    sa.UniqueConstraint("study_id", "number", name="uq_trials_number"),
+)
+
+# Active learning: batches of candidate images proposed for labelling, and the labels given.
+active_learning_batches = sa.Table(
+    "active_learning_batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "model_job_id",
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    sa.Column("strategy", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("closed_at", TS, nullable=True),
+)
+
+active_learning_candidates = sa.Table(
+    "active_learning_candidates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "batch_id",
+        sa.String(64),
+        sa.ForeignKey("active_learning_batches.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("sample_id", sa.String(255), nullable=False),
+    sa.Column("sample_uri", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("scores", sa.JSON, nullable=False),
+    sa.Column("predicted_class", sa.String(128), nullable=True),
+    sa.Column("label", sa.String(128), nullable=True),
+    sa.Column("labelled_at", TS, nullable=True),
+    sa.UniqueConstraint("batch_id", "sample_id", name="uq_al_candidate"),
+)
+
+retraining_triggers = sa.Table(
+    "retraining_triggers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("fired_at", TS, nullable=False),
+    sa.Column(
+        "job_id",
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+)
+
+# API tokens: only a hash of each token is stored, never the token.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=True),
+    sa.Column("revoked_at", TS, nullable=True),
+)

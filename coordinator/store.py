@@ -261,6 +261,12 @@ class Store:
                         created_at=now,
                     )
                 )
+            config = spec.get("config", {})
+            if config:
+                conn.execute(
+                    schema.training_parameters.insert(),
+                    [{"job_id": job_id, "name": k, "value": v} for k, v in sorted(config.items())],
+                )
             self._event(conn, job_id, "submitted", f"{kind} job submitted")
         job = self.get_job(job_id)
         assert job is not None
@@ -511,6 +517,7 @@ class Store:
                     t.update().where(t.c.id == task_id).values(checkpoint_path=checkpoint_path)
                 )
             if outcome == TaskOutcome.SUCCEEDED:
+                self._record_artifacts(conn, task, result or {})
                 return self._end_task(conn, task, TaskState.SUCCEEDED, "succeeded", "", result)
             if outcome == TaskOutcome.CANCELLED or job_row.cancel_requested:
                 return self._end_task(conn, task, TaskState.CANCELLED, "cancelled", error, None)
@@ -522,6 +529,36 @@ class Store:
             if permanent:
                 return self._end_task(conn, task, TaskState.FAILED, "failed", error, None)
             return self._retry_or_fail(conn, task, "failed", error)
+
+    def _record_artifacts(
+        self, conn: sa.Connection, task: TaskRecord, result: dict[str, Any]
+    ) -> None:
+        """The files a finished task names in its result (model, last checkpoint)."""
+        rows = []
+        for kind, key in (("model", "model_path"), ("checkpoint", "checkpoint_path")):
+            uri = result.get(key)
+            if isinstance(uri, str) and uri:
+                path = Path(uri)
+                # Sizes only where the coordinator sees the same (shared) storage.
+                size = path.stat().st_size if path.is_file() else None
+                rows.append(
+                    {"job_id": task.job_id, "task_id": task.id, "kind": kind, "uri": uri,
+                     "size_bytes": size, "created_at": utcnow()}
+                )  # fmt: skip
+        if rows:
+            conn.execute(self._insert_ignore(schema.artifacts), rows)
+
+    def parameters(self, job_id: str) -> dict[str, Any]:
+        p = schema.training_parameters
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(p.c.name, p.c.value).where(p.c.job_id == job_id))
+            return {r.name: r.value for r in rows}
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        a = schema.artifacts
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(a).where(a.c.job_id == job_id).order_by(a.c.id))
+            return [dict(r._mapping) for r in rows]
 
     def expire_leases(self) -> list[TaskChange]:
         """Requeue (or fail) tasks whose agent stopped renewing their lease."""

@@ -114,6 +114,8 @@ def test_migrations_apply_and_lock_down_the_private_schema(
         for statement in (
             "SELECT * FROM matrec.training_jobs",
             "SELECT * FROM matrec.agents",
+            "SELECT * FROM matrec.tokens",
+            "SELECT * FROM matrec.training_parameters",
             "INSERT INTO matrec_api.jobs (id) VALUES ('x')",
             "DELETE FROM matrec_api.progress",
             "DELETE FROM matrec.training_progress",
@@ -203,8 +205,11 @@ def test_data_api_reads_progress_and_refuses_writes_and_private_tables(
         with pytest.raises(APIError):
             client.from_("progress").delete().eq("job_id", job.id).execute()
         # The coordinator's own tables are not reachable through the Data API.
-        with pytest.raises(APIError):
-            client.from_("training_jobs").select("*").execute()
+        for private_table in ("training_jobs", "tokens"):
+            with pytest.raises(APIError):
+                client.from_(private_table).select("*").execute()
     private = SyncPostgrestClient(base, schema="matrec", headers=headers)
-    with private, pytest.raises(APIError):
-        private.from_("training_jobs").select("spec").execute()
+    with private:
+        for statement in ("training_jobs", "tokens"):
+            with pytest.raises(APIError):
+                private.from_(statement).select("*").execute()

@@ -73,20 +73,24 @@ def test_reopening_an_existing_database_keeps_its_data(tmp_path: Path) -> None:
 
 def test_successful_lifecycle(store: Store, tmp_path: Path) -> None:
     job_id = make_job(store, tmp_path)
+    assert store.parameters(job_id) == {"dataset_path": "/d"}
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"1234")
     task = store.queued_tasks()[0]
     assigned = store.assign_task(task.id, "agent-a", LEASE)
     assert assigned is not None and assigned.attempt == 1 and assigned.state == TaskState.ASSIGNED
     # A second claim of the same task loses the compare-and-set.
     assert store.assign_task(task.id, "agent-b", LEASE) is None
     assert store.mark_running(task.id, 1, "agent-a") is not None
-    change = store.finish_task(
-        task.id, 1, "agent-a", TaskOutcome.SUCCEEDED, result={"val_accuracy": 0.9}
-    )
+    result = {"val_accuracy": 0.9, "model_path": str(model), "checkpoint_path": "/gone/last.pt"}
+    change = store.finish_task(task.id, 1, "agent-a", TaskOutcome.SUCCEEDED, result=result)
     assert change is not None and change.job_state == JobState.SUCCEEDED
     job = store.get_job(job_id)
     assert job is not None
     assert job.state == JobState.SUCCEEDED
-    assert job.result == {"val_accuracy": 0.9}
+    assert job.result == result
+    artifacts = {a["kind"]: (a["uri"], a["size_bytes"]) for a in store.artifacts(job_id)}
+    assert artifacts == {"model": (str(model), 4), "checkpoint": ("/gone/last.pt", None)}
     assert job.started_at is not None and job.finished_at is not None
     kinds = [e.kind for e in store.history(job_id)]
     assert kinds == ["submitted", "assigned", "job_state", "started", "succeeded", "job_state"]

@@ -118,8 +118,8 @@ INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING alembic_vers
 COMMIT;
 
 
--- Row level security on every coordinator table, with no policy: roles other than the owner
--- (the coordinator's connection) can neither read nor write them.
+-- Row level security with no policy: roles other than the owner (the coordinator's
+-- connection) can neither read nor write these tables.
 ALTER TABLE matrec.alembic_version ENABLE ROW LEVEL SECURITY;
 ALTER TABLE matrec.agents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE matrec.training_jobs ENABLE ROW LEVEL SECURITY;
@@ -131,26 +131,25 @@ REVOKE ALL ON SCHEMA matrec FROM PUBLIC;
 
 -- Read-only views for dashboards through the Data API (PostgREST): no specs, paths or secrets.
 CREATE SCHEMA IF NOT EXISTS matrec_api;
+GRANT USAGE ON SCHEMA matrec_api TO anon, authenticated;
+-- Realtime subscribers need to see the schema of the tables they follow.
+GRANT USAGE ON SCHEMA matrec TO anon, authenticated;
+CREATE VIEW matrec_api.agents AS
+    SELECT id, name, hostname, state, resources, last_seen_at
+    FROM matrec.agents;
 CREATE VIEW matrec_api.jobs AS
     SELECT id, name, kind, state, created_at, started_at, finished_at, error,
            (result ->> 'val_accuracy')::double precision AS val_accuracy
     FROM matrec.training_jobs;
-CREATE VIEW matrec_api.progress AS
-    SELECT job_id, task_id, attempt, step, key, value, time
-    FROM matrec.training_progress;
-CREATE VIEW matrec_api.agents AS
-    SELECT id, name, hostname, state, resources, last_seen_at
-    FROM matrec.agents;
 CREATE VIEW matrec_api.tasks AS
     SELECT id, job_id, index, state, attempt, max_attempts, agent_id, created_at, started_at,
            finished_at
     FROM matrec.tasks;
+CREATE VIEW matrec_api.progress AS
+    SELECT job_id, task_id, attempt, step, key, value, time
+    FROM matrec.training_progress;
 REVOKE ALL ON ALL TABLES IN SCHEMA matrec_api FROM PUBLIC;
-GRANT USAGE ON SCHEMA matrec_api TO anon, authenticated;
 GRANT SELECT ON ALL TABLES IN SCHEMA matrec_api TO anon, authenticated;
-
--- Realtime: dashboards may subscribe to new progress rows (and may read only those).
-GRANT USAGE ON SCHEMA matrec TO anon, authenticated;
 GRANT SELECT ON matrec.training_progress TO anon, authenticated;
 CREATE POLICY progress_is_readable ON matrec.training_progress
     FOR SELECT TO anon, authenticated USING (true);

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from matrec.agent.training.reporting import Reporter
+from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import DiagnosticConfig
 
 
-class DiagnosticStopped(Exception):
+class DiagnosticStopped(TaskStopped):
     """SIGTERM arrived; there is nothing to checkpoint."""
 
 

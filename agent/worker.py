@@ -28,9 +28,11 @@ from matrec.agent.worker_protocol import (
     EXIT_PREEMPTED,
     PARENT_PID_ENV,
     CheckpointEvent,
+    InvalidTaskInput,
     LogEvent,
     MetricsEvent,
     ResultEvent,
+    TaskStopped,
     WorkerEvent,
     WorkerTask,
     encode_event,
@@ -117,55 +119,45 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_TASK
 
     reporter = EventReporter(events)
-    if isinstance(config, DiagnosticConfig):
-        return _run_diagnostic(config, reporter, stop, events)
     try:
-        _set_torch_threads()
-        from matrec.agent.training.data import DatasetError
-        from matrec.agent.training.finetune import TrainingPreempted, run_finetune
-
-        try:
-            result = run_finetune(
-                config,
-                Path(task.artifact_dir),
-                reporter,
-                resume_from=Path(task.resume_from) if task.resume_from else None,
-                should_stop=stop,
-            )
-        except TrainingPreempted as exc:
-            reporter.log(f"stopped by SIGTERM: {exc}")
-            return EXIT_PREEMPTED
-        except DatasetError as exc:
-            # Found before training started; another attempt would find the same.
-            print(f"matrec worker: invalid dataset: {exc}", file=sys.stderr)
-            return EXIT_INVALID_TASK
-        reporter.result(result.to_dict())
+        reporter.result(_run(task, config, reporter, stop))
         return EXIT_OK
-    except Exception:
-        traceback.print_exc(file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        with contextlib.suppress(OSError):
-            events.close()
-
-
-def _run_diagnostic(
-    config: DiagnosticConfig, reporter: EventReporter, stop: _StopFlag, events: TextIO
-) -> int:
-    from matrec.agent.diagnostic import DiagnosticStopped, run_diagnostic
-
-    try:
-        reporter.result(run_diagnostic(config, reporter, stop))
-        return EXIT_OK
-    except DiagnosticStopped as exc:
+    except TaskStopped as exc:
         reporter.log(f"stopped by SIGTERM: {exc}")
         return EXIT_PREEMPTED
+    except InvalidTaskInput as exc:
+        # Found before any work was done; another attempt would find the same.
+        print(f"matrec worker: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID_TASK
     except Exception:
         traceback.print_exc(file=sys.stderr)
         return EXIT_FAILED
     finally:
         with contextlib.suppress(OSError):
             events.close()
+
+
+def _run(
+    task: WorkerTask,
+    config: FinetuneConfig | DiagnosticConfig,
+    reporter: EventReporter,
+    stop: _StopFlag,
+) -> dict[str, Any]:
+    """Run the task's kind; torch is imported only for the kinds that train."""
+    if isinstance(config, DiagnosticConfig):
+        from matrec.agent.diagnostic import run_diagnostic
+
+        return run_diagnostic(config, reporter, stop)
+    _set_torch_threads()
+    from matrec.agent.training.finetune import run_finetune
+
+    return run_finetune(
+        config,
+        Path(task.artifact_dir),
+        reporter,
+        resume_from=Path(task.resume_from) if task.resume_from else None,
+        should_stop=stop,
+    ).to_dict()
 
 
 def _read_task(path: Path) -> tuple[WorkerTask, FinetuneConfig | DiagnosticConfig]:

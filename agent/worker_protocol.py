@@ -20,6 +20,16 @@ EXIT_PREEMPTED = 75  # stopped by SIGTERM after writing a checkpoint; resumable 
 PARENT_PID_ENV = "MATREC_AGENT_PID"
 
 
+class TaskStopped(Exception):
+    """Raised by task code that stopped on request (SIGTERM) after saving what it can: the
+    worker exits with EXIT_PREEMPTED and the task is handed back."""
+
+
+class InvalidTaskInput(ValueError):
+    """Raised by task code whose input can never work (e.g. a dataset with one class): the
+    worker exits with EXIT_INVALID_TASK and the task is not retried."""
+
+
 @dataclass(frozen=True)
 class WorkerTask:
     task_id: str

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matrec.agent.worker_protocol import InvalidTaskInput
 from matrec.common.specs import IMAGE_EXTENSIONS
 from PIL import Image
 from torch.utils.data import Dataset, Subset
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset, Subset
 Sample = tuple[Path, int]
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidTaskInput):
     """The dataset cannot be trained on as it is; retrying will not help."""
 
 

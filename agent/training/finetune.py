@@ -47,6 +47,7 @@ from matrec.agent.training.optim import (
 )
 from matrec.agent.training.reporting import Reporter
 from matrec.agent.training.strategies import apply_strategy, describe_plan, param_groups
+from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import FinetuneConfig
 from torch import nn
 from torch.utils.data import DataLoader
@@ -55,7 +56,7 @@ from torch.utils.data import DataLoader
 _SKIPPED_NAMED = 20
 
 
-class TrainingPreempted(Exception):
+class TrainingPreempted(TaskStopped):
     """Training stopped on request after writing a resumable checkpoint."""
 
     def __init__(self, checkpoint_path: Path, epoch: int, step: int) -> None:

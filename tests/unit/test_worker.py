@@ -177,7 +177,7 @@ def test_an_unusable_dataset_exits_2_with_the_reason(
     shutil.copytree(small_dataset.train_dir / small_dataset.classes[0], root / "only")
     run = run_worker(write_task(tmp_path, small_config(root)))
     assert run.returncode == EXIT_INVALID_TASK
-    assert run.stderr.startswith("matrec worker: invalid dataset: ")
+    assert run.stderr.startswith("matrec worker: invalid input: ")
     assert f"{root} needs at least two class folders" in run.stderr
 
 

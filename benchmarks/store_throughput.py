@@ -157,6 +157,14 @@ async def measure_ingest(
                 agent.ack_event.clear()
                 await asyncio.wait_for(agent.ack_event.wait(), 120)
         seconds = time.perf_counter() - start
+        # Finish the tasks, so that no lease runs out later and requeues them.
+        for agent, ref in tasks:
+            done = agent.send(
+                result=agents_pb2.TaskResult(task=ref, outcome=agents_pb2.TASK_OUTCOME_SUCCEEDED)
+            )
+            while done not in agent.acked:
+                agent.ack_event.clear()
+                await asyncio.wait_for(agent.ack_event.wait(), 30)
         for agent in agents:
             await agent.stop()
         return batches * points * len(tasks), seconds
@@ -186,8 +194,10 @@ async def measure_claims(address: str, dataset: Path, agents: int, jobs: int) ->
         for _ in range(jobs):
             response = await stub.SubmitJob(job_request(dataset))
             submitted = time.perf_counter()
-            job_id, when = await asyncio.wait_for(arrivals.get(), 30)
-            assert job_id == response.job.id
+            while True:
+                job_id, when = await asyncio.wait_for(arrivals.get(), 30)
+                if job_id == response.job.id:
+                    break
             latencies.append(when - submitted)
         for forwarder in forwarders:
             forwarder.cancel()
@@ -201,15 +211,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_backend(name: str, url: str, workdir: Path, args: argparse.Namespace) -> BackendResult:
+async def run_backend(
+    name: str, url: str, workdir: Path, args: argparse.Namespace
+) -> BackendResult:
     dataset = workdir / "dataset"
     # Submission checks the dataset; the simulated agents never read it.
     write_minimal_image_folder(dataset)
     with LocalCluster(workdir / name, agents=0, database_url=url) as cluster:
-        points, seconds = asyncio.run(
-            measure_ingest(cluster.address, dataset, args.batches, args.points)
-        )
-        latencies = asyncio.run(measure_claims(cluster.address, dataset, args.agents, args.jobs))
+        points, seconds = await measure_ingest(cluster.address, dataset, args.batches, args.points)
+        latencies = await measure_claims(cluster.address, dataset, args.agents, args.jobs)
     return BackendResult(
         backend=name,
         ingest_points=points,
@@ -219,6 +229,21 @@ def run_backend(name: str, url: str, workdir: Path, args: argparse.Namespace) ->
         claim_p50_ms=round(statistics.median(latencies) * 1000, 2),
         claim_p99_ms=round(percentile(latencies, 0.99) * 1000, 2),
     )
+
+
+async def run_all(args: argparse.Namespace) -> list[BackendResult]:
+    """Both backends in one event loop (grpc.aio channels are bound to the loop they start on)."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="matrec-bench-") as tmp:
+        workdir = Path(tmp)
+        results.append(await run_backend("sqlite", "", workdir, args))
+        server = start_postgres()
+        try:
+            url = server.create_database("matrec_bench")
+            results.append(await run_backend("postgres", url, workdir, args))
+        finally:
+            server.destroy()
+    return results
 
 
 def main() -> None:
@@ -231,16 +256,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = []
-    with tempfile.TemporaryDirectory(prefix="matrec-bench-") as tmp:
-        workdir = Path(tmp)
-        results.append(run_backend("sqlite", "", workdir, args))
-        server = start_postgres()
-        try:
-            url = server.create_database("matrec_bench")
-            results.append(run_backend("postgres", url, workdir, args))
-        finally:
-            server.destroy()
+    results = asyncio.run(run_all(args))
     print(f"{'backend':<10}{'points':>10}{'points/s':>12}{'claims':>8}{'p50 ms':>9}{'p99 ms':>9}")
     for r in results:
         print(

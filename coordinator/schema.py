@@ -9,6 +9,21 @@ metadata = sa.MetaData()
 
 TS = sa.DateTime(timezone=True)
 
+
+def job_ref(
+    name: str = "job_id", *, optional: bool = False, primary_key: bool = False
+) -> sa.Column[str]:
+    """A reference to a job. Required references go with the job (CASCADE); optional ones
+    outlive it (SET NULL)."""
+    return sa.Column(
+        name,
+        sa.String(64),
+        sa.ForeignKey("training_jobs.id", ondelete="SET NULL" if optional else "CASCADE"),
+        nullable=optional,
+        primary_key=primary_key,
+    )
+
+
 agents = sa.Table(
     "agents",
     metadata,
@@ -45,12 +60,7 @@ tasks = sa.Table(
     "tasks",
     metadata,
     sa.Column("id", sa.String(80), primary_key=True),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    job_ref(),
     sa.Column("index", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     # attempt: assignments so far; preemptions: attempts handed back on purpose (not failures).
@@ -75,12 +85,7 @@ job_events = sa.Table(
     "job_events",
     metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    job_ref(),
     sa.Column("task_id", sa.String(80), nullable=False, server_default=""),
     sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
     sa.Column("time", TS, nullable=False),
@@ -94,12 +99,7 @@ training_progress = sa.Table(
     "training_progress",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    job_ref(),
     sa.Column("task_id", sa.String(80), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("step", sa.BigInteger, nullable=False),
@@ -114,12 +114,7 @@ task_logs = sa.Table(
     "task_logs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    job_ref(),
     sa.Column("task_id", sa.String(80), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
@@ -133,12 +128,7 @@ task_logs = sa.Table(
 training_parameters = sa.Table(
     "training_parameters",
     metadata,
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    job_ref(primary_key=True),
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("value", sa.JSON, nullable=True),
 )
@@ -148,12 +138,7 @@ artifacts = sa.Table(
     "artifacts",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    job_ref(),
     sa.Column("task_id", sa.String(80), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("uri", sa.Text, nullable=False),
@@ -187,12 +172,7 @@ trials = sa.Table(
         "study_id", sa.String(64), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("number", sa.Integer, nullable=False),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
-        nullable=True,
-    ),
+    job_ref(optional=True),
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("objective_value", sa.Float, nullable=True),
@@ -208,12 +188,7 @@ active_learning_batches = sa.Table(
     "active_learning_batches",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column(
-        "model_job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
-        nullable=True,
-    ),
+    job_ref("model_job_id", optional=True),
     sa.Column("strategy", sa.String(32), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", TS, nullable=False),
@@ -248,12 +223,7 @@ retraining_triggers = sa.Table(
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("fired_at", TS, nullable=False),
-    sa.Column(
-        "job_id",
-        sa.String(64),
-        sa.ForeignKey("training_jobs.id", ondelete="SET NULL"),
-        nullable=True,
-    ),
+    job_ref(optional=True),
 )
 
 # API tokens: only a hash of each token is stored, never the token.

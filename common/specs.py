@@ -212,8 +212,13 @@ class JobSpecModel(BaseModel):
 
 
 def _first_error(exc: ValidationError, prefix: str) -> SpecError:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"])
+    errors = exc.errors()
+    # Of the errors about the first bad field, the deepest: for a union that is the member
+    # the input was meant for (a list item rather than "not a string").
+    first_field = errors[0]["loc"][:1]
+    err = max((e for e in errors if e["loc"][:1] == first_field), key=lambda e: len(e["loc"]))
+    # Unions add the member type to the path ("literal['none','light']"); users know fields only.
+    loc = ".".join(str(part) for part in err["loc"] if not (isinstance(part, str) and "[" in part))
     field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
     message = err["msg"]
     if err["type"] == "extra_forbidden":

@@ -125,11 +125,8 @@ class Scheduler:
         active = self.store.active_tasks()
         used = used_by_agent(active)
         running = Counter(t.agent_id for t in active)
-        totals = {}
-        for session in sessions:
-            agent = self.store.get_agent(session.agent_id)
-            if agent is not None:
-                totals[session.agent_id] = agent.resources
+        available = {session.agent_id for session in sessions}
+        totals = {a.id: a.resources for a in self.store.list_agents() if a.id in available}
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         for task in queued:

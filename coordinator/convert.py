@@ -124,7 +124,11 @@ def log_line(record: LogRecord) -> common_pb2.LogLine:
 
 
 def agent(
-    record: AgentRecord, state: AgentState, free: Mapping[str, Any], running: list[str]
+    record: AgentRecord,
+    state: AgentState,
+    free: Mapping[str, Any],
+    running: list[str],
+    usage: common_pb2.ResourceUsage | None,
 ) -> jobs_pb2.Agent:
     return jobs_pb2.Agent(
         id=record.id,
@@ -137,4 +141,5 @@ def agent(
         last_seen=timestamp(record.last_seen_at),
         running_task_ids=running,
         version=record.version,
+        usage=usage,
     )

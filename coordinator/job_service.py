@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +17,16 @@ from matrec.coordinator import convert
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
 from matrec.coordinator.sessions import AgentSessions
-from matrec.coordinator.states import FINAL_JOB_STATES, AgentState
+from matrec.coordinator.states import FINAL_JOB_STATES, AgentState, JobState, TaskState
 from matrec.coordinator.store import JobRecord, MetricRecord, Store
+from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 WATCH_POLL_SECONDS = 1.0
+CLUSTER_INTERVAL_SECONDS = 2.0
+CLUSTER_MIN_INTERVAL_SECONDS = 0.2
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 
@@ -60,6 +65,20 @@ def _state_signature(job: jobs_pb2.Job) -> bytes:
     return copy.SerializeToString(deterministic=True)
 
 
+def _cluster_signature(snapshot: jobs_pb2.ClusterSnapshot) -> bytes:
+    """What changes a cluster view; the clock, heartbeat times and leases alone do not."""
+    copy = jobs_pb2.ClusterSnapshot()
+    copy.CopyFrom(snapshot)
+    copy.ClearField("time")
+    for agent in copy.agents:
+        agent.ClearField("last_seen")
+        agent.ClearField("usage")
+    for job in copy.active_jobs:
+        for task in job.tasks:
+            task.ClearField("lease_expires_at")
+    return copy.SerializeToString(deterministic=True)
+
+
 def effective_metrics(records: list[MetricRecord]) -> list[MetricRecord]:
     """One point per (task, step, key): a retried attempt's value replaces the earlier one's."""
     latest: dict[tuple[str, int, str], MetricRecord] = {}
@@ -87,8 +106,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         sessions: AgentSessions,
         scheduler: Scheduler,
         notifier: JobNotifier,
+        telemetry: CoordinatorTelemetry,
         policy: SubmitPolicy,
     ) -> None:
+        self.telemetry = telemetry
         self.store = store
         self.sessions = sessions
         self.scheduler = scheduler
@@ -228,6 +249,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def ListAgents(
         self, request: jobs_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListAgentsResponse:
+        return jobs_pb2.ListAgentsResponse(agents=self._agents())
+
+    def _agents(self) -> list[jobs_pb2.Agent]:
+        """Every known agent; state and resource use come from the live sessions."""
         active = self.store.active_tasks()
         used = used_by_agent(active)
         agents = []
@@ -239,5 +264,44 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 state = AgentState.DRAINING if session.draining else AgentState.CONNECTED
             running = [t.id for t in active if t.agent_id == record.id]
             free = free_resources(record.resources, used[record.id])
-            agents.append(convert.agent(record, state, free, running))
-        return jobs_pb2.ListAgentsResponse(agents=agents)
+            usage = session.usage if session is not None else None
+            agents.append(convert.agent(record, state, free, running, usage))
+        return agents
+
+    async def WatchCluster(
+        self, request: jobs_pb2.WatchClusterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchClusterResponse]:
+        interval = request.interval.ToTimedelta().total_seconds() or CLUSTER_INTERVAL_SECONDS
+        if interval < CLUSTER_MIN_INTERVAL_SECONDS:
+            await _invalid(
+                context,
+                SpecError("interval", f"must be at least {CLUSTER_MIN_INTERVAL_SECONDS} s"),
+            )
+        last_signature = b""
+        points = self.telemetry.metric_points_total
+        clock = time.monotonic()
+        while True:
+            now_points, now_clock = self.telemetry.metric_points_total, time.monotonic()
+            snapshot = self._cluster_snapshot()
+            snapshot.metric_points_per_second = (now_points - points) / max(now_clock - clock, 1e-6)
+            points, clock = now_points, now_clock
+            signature = _cluster_signature(snapshot)
+            # An idle cluster sends nothing new; a busy one at most one snapshot per interval.
+            if signature != last_signature or snapshot.metric_points_per_second > 0:
+                last_signature = signature
+                yield jobs_pb2.WatchClusterResponse(snapshot=snapshot)
+            await asyncio.sleep(interval)
+
+    def _cluster_snapshot(self) -> jobs_pb2.ClusterSnapshot:
+        active_states = [JobState.QUEUED, JobState.RUNNING]
+        active = sorted(
+            self.store.list_jobs(active_states, LIST_LIMIT_MAX), key=lambda j: j.created_at
+        )
+        snapshot = jobs_pb2.ClusterSnapshot(
+            agents=self._agents(),
+            active_jobs=[convert.job(j) for j in active],
+            queue_depth=self.store.count_tasks_by_state().get(TaskState.QUEUED, 0),
+            jobs_by_state=self.store.count_jobs_by_state(),
+        )
+        snapshot.time.GetCurrentTime()
+        return snapshot

@@ -77,6 +77,7 @@ class Coordinator:
                 self.sessions,
                 scheduler,
                 notifier,
+                telemetry,
                 SubmitPolicy(s.effective_artifact_root, s.check_paths),
             ),
             server,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from matrec.v1 import agents_pb2
+from matrec.v1 import agents_pb2, common_pb2
 
 
 @dataclass(eq=False)
 class AgentSession:
     agent_id: str
     draining: bool = False
+    usage: common_pb2.ResourceUsage | None = None
     outbox: asyncio.Queue[agents_pb2.CoordinatorMessage | None] = field(
         default_factory=asyncio.Queue
     )

@@ -829,6 +829,12 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(schema.agents.update().values(state=AgentState.DISCONNECTED))
 
+    def count_jobs_by_state(self) -> dict[str, int]:
+        j = schema.training_jobs
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(j.c.state, sa.func.count()).group_by(j.c.state))
+            return {r[0]: int(r[1]) for r in rows}
+
     def count_tasks_by_state(self) -> dict[str, int]:
         t = schema.tasks
         with self.engine.connect() as conn:

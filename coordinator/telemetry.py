@@ -38,12 +38,23 @@ class CoordinatorTelemetry:
             "1 while the database answers, 0 during an outage.",
             registry=self.registry,
         )
+        self.metric_points = Counter(
+            "matrec_metric_points",
+            "Metric points stored (before deduplication).",
+            registry=self.registry,
+        )
+        #: The same count, readable without Prometheus internals (for throughput figures).
+        self.metric_points_total = 0
         self.rpc_latency = Histogram(
             "matrec_rpc_latency_seconds",
             "Latency of unary RPCs.",
             ["method"],
             registry=self.registry,
         )
+
+    def count_metric_points(self, count: int) -> None:
+        self.metric_points.inc(count)
+        self.metric_points_total += count
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""

@@ -12,6 +12,7 @@ from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
 from matrec.sdk.address import default_address
 from matrec.sdk.convert import (
     agent_from_proto,
+    cluster_snapshot_from_proto,
     job_from_proto,
     job_state_to_proto,
     metric_from_proto,
@@ -25,7 +26,7 @@ from matrec.sdk.errors import (
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
-from matrec.sdk.types import Agent, Job, Metric, WatchEvent
+from matrec.sdk.types import Agent, ClusterSnapshot, Job, Metric, WatchEvent
 from matrec.v1 import jobs_pb2, jobs_pb2_grpc
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -141,6 +142,21 @@ class Client:
             return Evaluation.from_result(job.result)
         except EvaluationMissingError as exc:
             raise JobStateError(f"job {job_id} has no evaluation: {exc}") from None
+
+    def watch_cluster(self, interval: float = 2.0) -> Iterator[ClusterSnapshot]:
+        """Follow the whole cluster: a snapshot now, then one whenever something changed (at
+        most one per `interval` seconds). Runs until the caller stops iterating."""
+        request = jobs_pb2.WatchClusterRequest()
+        request.interval.FromMilliseconds(int(interval * 1000))
+        stream = self._stub.WatchCluster(request)
+        try:
+            for message in stream:
+                yield cluster_snapshot_from_proto(message.snapshot)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(exc, address=self.address) from None
+        finally:
+            stream.cancel()
 
     def watch(
         self, job_id: str, include_logs: bool = False, *, timeout: float | None = None

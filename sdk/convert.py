@@ -12,6 +12,7 @@ from matrec.sdk.errors import InvalidSpecError
 from matrec.sdk.types import (
     JOB_STATES,
     Agent,
+    ClusterSnapshot,
     GpuInfo,
     HistoryEntry,
     Job,
@@ -23,6 +24,7 @@ from matrec.sdk.types import (
     Metric,
     MetricsEvent,
     Resources,
+    ResourceUsage,
     Task,
     WatchEvent,
 )
@@ -138,6 +140,27 @@ def agent_from_proto(msg: jobs_pb2.Agent) -> Agent:
         last_seen=_time(msg, "last_seen"),
         running_task_ids=list(msg.running_task_ids),
         version=msg.version,
+        usage=(
+            ResourceUsage(
+                cpu_percent=msg.usage.cpu_percent,
+                memory_used_bytes=msg.usage.memory_used_bytes,
+                gpu_utilization=list(msg.usage.gpu_utilization),
+                gpu_memory_used_bytes=list(msg.usage.gpu_memory_used_bytes),
+            )
+            if msg.HasField("usage")
+            else None
+        ),
+    )
+
+
+def cluster_snapshot_from_proto(msg: jobs_pb2.ClusterSnapshot) -> ClusterSnapshot:
+    return ClusterSnapshot(
+        time=_time(msg, "time"),
+        agents=[agent_from_proto(agent) for agent in msg.agents],
+        active_jobs=[job_from_proto(job) for job in msg.active_jobs],
+        queue_depth=msg.queue_depth,
+        jobs_by_state=dict(msg.jobs_by_state),
+        metric_points_per_second=msg.metric_points_per_second,
     )
 
 

@@ -135,6 +135,28 @@ class Agent:
     last_seen: datetime | None
     running_task_ids: list[str]
     version: str
+    #: From the agent's latest heartbeat; None while it is disconnected.
+    usage: ResourceUsage | None = None
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    cpu_percent: float
+    memory_used_bytes: int
+    gpu_utilization: list[float]
+    gpu_memory_used_bytes: list[int]
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """The whole cluster at one moment (`Client.watch_cluster`)."""
+
+    time: datetime | None
+    agents: list[Agent]
+    active_jobs: list[Job]  # queued and running, oldest first
+    queue_depth: int
+    jobs_by_state: dict[str, int]
+    metric_points_per_second: float
 
 
 @dataclass(frozen=True)

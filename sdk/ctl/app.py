@@ -360,6 +360,31 @@ def agents(
         console.print(agents_table(found))
 
 
+@app.command()
+def top(
+    ctx: typer.Context,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.2, help="Shortest time between two redraws, in seconds."),
+    ] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+) -> None:
+    """Live view of the cluster: agents and their load, queued and running jobs, throughput.
+
+    The coordinator pushes a new snapshot when something changes (its WatchCluster stream), so nothing polls. When the output is not a terminal, one summary line per snapshot is printed.
+
+    Example: [bold]matrec-ctl top --interval 1[/]
+    """  # noqa: E501
+    from matrec.sdk.ctl.top_view import follow_top, render_top
+
+    with _client(ctx) as client:
+        snapshots = client.watch_cluster(interval)
+        if once:
+            console.print(render_top(next(iter(snapshots))))
+            return
+        follow_top(snapshots, console)
+
+
 # -- datasets and the demo ---------------------------------------------------------------------
 
 

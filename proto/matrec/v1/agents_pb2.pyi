@@ -69,18 +69,6 @@ class Hello(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[TaskRef]
     def __init__(self, agent_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
-class ResourceUsage(_message.Message):
-    __slots__ = ("cpu_percent", "memory_used_bytes", "gpu_utilization", "gpu_memory_used_bytes")
-    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
-    GPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
-    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
-    cpu_percent: float
-    memory_used_bytes: int
-    gpu_utilization: _containers.RepeatedScalarFieldContainer[float]
-    gpu_memory_used_bytes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., gpu_utilization: _Optional[_Iterable[float]] = ..., gpu_memory_used_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class Heartbeat(_message.Message):
     __slots__ = ("running", "draining", "usage")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -88,8 +76,8 @@ class Heartbeat(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[TaskRef]
     draining: bool
-    usage: ResourceUsage
-    def __init__(self, running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., draining: _Optional[bool] = ..., usage: _Optional[_Union[ResourceUsage, _Mapping]] = ...) -> None: ...
+    usage: _common_pb2.ResourceUsage
+    def __init__(self, running: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., draining: _Optional[bool] = ..., usage: _Optional[_Union[_common_pb2.ResourceUsage, _Mapping]] = ...) -> None: ...
 
 class TaskStarted(_message.Message):
     __slots__ = ("task",)

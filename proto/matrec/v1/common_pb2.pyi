@@ -93,3 +93,15 @@ class LogBatch(_message.Message):
     LINES_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class ResourceUsage(_message.Message):
+    __slots__ = ("cpu_percent", "memory_used_bytes", "gpu_utilization", "gpu_memory_used_bytes")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_used_bytes: int
+    gpu_utilization: _containers.RepeatedScalarFieldContainer[float]
+    gpu_memory_used_bytes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., gpu_utilization: _Optional[_Iterable[float]] = ..., gpu_memory_used_bytes: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from matrec.v1 import common_pb2 as matrec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/jobs.proto\x12\tmatrec.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\"\xec\x01\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tresources\x18\x04 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.matrec.v1.JobSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.matrec.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x34\n\x10lease_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61rtifact_dir\x18\n \x01(\t\x12\x17\n\x0f\x63heckpoint_path\x18\x0b \x01(\t\"\xda\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.matrec.v1.JobSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.matrec.v1.JobState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1e\n\x05tasks\x18\x08 \x03(\x0b\x32\x0f.matrec.v1.Task\x12\'\n\x06result\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\"\x82\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"4\n\x10SubmitJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.matrec.v1.JobSpec\"0\n\x11SubmitJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"S\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\x12$\n\x07history\x18\x02 \x03(\x0b\x32\x13.matrec.v1.JobEvent\"E\n\x0fListJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.matrec.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.matrec.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x11\x43\x61ncelJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\"7\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_logs\x18\x02 \x01(\x08\"\xb2\x01\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.JobH\x00\x12&\n\x07history\x18\x02 \x01(\x0b\x32\x13.matrec.v1.JobEventH\x00\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x16.matrec.v1.MetricBatchH\x00\x12#\n\x04logs\x18\x04 \x01(\x0b\x32\x13.matrec.v1.LogBatchH\x00\x42\x07\n\x05\x65vent\"\'\n\x15ListJobMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x16ListJobMetricsResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.matrec.v1.Metric\"J\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"\x9e\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.matrec.v1.AgentState\x12#\n\x05total\x18\x05 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\"\n\x04\x66ree\x18\x06 \x01(\x0b\x32\x14.matrec.v1.Resources\x12 \n\x04gpus\x18\x07 \x03(\x0b\x32\x12.matrec.v1.GpuInfo\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10running_task_ids\x18\t \x03(\t\x12\x0f\n\x07version\x18\n \x01(\t\"\x13\n\x11ListAgentsRequest\"6\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Agent*|\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x1c\n\x18\x41GENT_STATE_DISCONNECTED\x10\x03\x32\x89\x04\n\nJobService\x12\x46\n\tSubmitJob\x12\x1b.matrec.v1.SubmitJobRequest\x1a\x1c.matrec.v1.SubmitJobResponse\x12=\n\x06GetJob\x12\x18.matrec.v1.GetJobRequest\x1a\x19.matrec.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.matrec.v1.ListJobsRequest\x1a\x1b.matrec.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.matrec.v1.CancelJobRequest\x1a\x1c.matrec.v1.CancelJobResponse\x12\x45\n\x08WatchJob\x12\x1a.matrec.v1.WatchJobRequest\x1a\x1b.matrec.v1.WatchJobResponse0\x01\x12U\n\x0eListJobMetrics\x12 .matrec.v1.ListJobMetricsRequest\x1a!.matrec.v1.ListJobMetricsResponse\x12I\n\nListAgents\x12\x1c.matrec.v1.ListAgentsRequest\x1a\x1d.matrec.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/jobs.proto\x12\tmatrec.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\"\xec\x01\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tresources\x18\x04 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.matrec.v1.JobSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.matrec.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x34\n\x10lease_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61rtifact_dir\x18\n \x01(\t\x12\x17\n\x0f\x63heckpoint_path\x18\x0b \x01(\t\"\xda\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.matrec.v1.JobSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.matrec.v1.JobState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1e\n\x05tasks\x18\x08 \x03(\x0b\x32\x0f.matrec.v1.Task\x12\'\n\x06result\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\"\x82\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"4\n\x10SubmitJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.matrec.v1.JobSpec\"0\n\x11SubmitJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"S\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\x12$\n\x07history\x18\x02 \x03(\x0b\x32\x13.matrec.v1.JobEvent\"E\n\x0fListJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.matrec.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.matrec.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x11\x43\x61ncelJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.Job\"7\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_logs\x18\x02 \x01(\x08\"\xb2\x01\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x0e.matrec.v1.JobH\x00\x12&\n\x07history\x18\x02 \x01(\x0b\x32\x13.matrec.v1.JobEventH\x00\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x16.matrec.v1.MetricBatchH\x00\x12#\n\x04logs\x18\x04 \x01(\x0b\x32\x13.matrec.v1.LogBatchH\x00\x42\x07\n\x05\x65vent\"\'\n\x15ListJobMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x16ListJobMetricsResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.matrec.v1.Metric\"J\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04uuid\x18\x04 \x01(\t\"\xc7\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.matrec.v1.AgentState\x12#\n\x05total\x18\x05 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\"\n\x04\x66ree\x18\x06 \x01(\x0b\x32\x14.matrec.v1.Resources\x12 \n\x04gpus\x18\x07 \x03(\x0b\x32\x12.matrec.v1.GpuInfo\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10running_task_ids\x18\t \x03(\t\x12\x0f\n\x07version\x18\n \x01(\t\x12\'\n\x05usage\x18\x0b \x01(\x0b\x32\x18.matrec.v1.ResourceUsage\"\x13\n\x11ListAgentsRequest\"6\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Agent\"B\n\x13WatchClusterRequest\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb1\x02\n\x0f\x43lusterSnapshot\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x06\x61gents\x18\x02 \x03(\x0b\x32\x10.matrec.v1.Agent\x12#\n\x0b\x61\x63tive_jobs\x18\x03 \x03(\x0b\x32\x0e.matrec.v1.Job\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x42\n\rjobs_by_state\x18\x05 \x03(\x0b\x32+.matrec.v1.ClusterSnapshot.JobsByStateEntry\x12 \n\x18metric_points_per_second\x18\x06 \x01(\x01\x1a\x32\n\x10JobsByStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"D\n\x14WatchClusterResponse\x12,\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.matrec.v1.ClusterSnapshot*|\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_STATE_CONNECTED\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x1c\n\x18\x41GENT_STATE_DISCONNECTED\x10\x03\x32\xdc\x04\n\nJobService\x12\x46\n\tSubmitJob\x12\x1b.matrec.v1.SubmitJobRequest\x1a\x1c.matrec.v1.SubmitJobResponse\x12=\n\x06GetJob\x12\x18.matrec.v1.GetJobRequest\x1a\x19.matrec.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.matrec.v1.ListJobsRequest\x1a\x1b.matrec.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.matrec.v1.CancelJobRequest\x1a\x1c.matrec.v1.CancelJobResponse\x12\x45\n\x08WatchJob\x12\x1a.matrec.v1.WatchJobRequest\x1a\x1b.matrec.v1.WatchJobResponse0\x01\x12U\n\x0eListJobMetrics\x12 .matrec.v1.ListJobMetricsRequest\x1a!.matrec.v1.ListJobMetricsResponse\x12I\n\nListAgents\x12\x1c.matrec.v1.ListAgentsRequest\x1a\x1d.matrec.v1.ListAgentsResponse\x12Q\n\x0cWatchCluster\x12\x1e.matrec.v1.WatchClusterRequest\x1a\x1f.matrec.v1.WatchClusterResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,50 +37,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_LABELSENTRY']._loaded_options = None
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=2333
-  _globals['_AGENTSTATE']._serialized_end=2457
-  _globals['_JOBSPEC']._serialized_start=123
-  _globals['_JOBSPEC']._serialized_end=359
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=314
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=359
-  _globals['_TASK']._serialized_start=362
-  _globals['_TASK']._serialized_end=621
-  _globals['_JOB']._serialized_start=624
-  _globals['_JOB']._serialized_end=970
-  _globals['_JOBEVENT']._serialized_start=973
-  _globals['_JOBEVENT']._serialized_end=1103
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1105
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1157
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=1159
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=1207
-  _globals['_GETJOBREQUEST']._serialized_start=1209
-  _globals['_GETJOBREQUEST']._serialized_end=1240
-  _globals['_GETJOBRESPONSE']._serialized_start=1242
-  _globals['_GETJOBRESPONSE']._serialized_end=1325
-  _globals['_LISTJOBSREQUEST']._serialized_start=1327
-  _globals['_LISTJOBSREQUEST']._serialized_end=1396
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1398
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1446
-  _globals['_CANCELJOBREQUEST']._serialized_start=1448
-  _globals['_CANCELJOBREQUEST']._serialized_end=1498
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1500
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1548
-  _globals['_WATCHJOBREQUEST']._serialized_start=1550
-  _globals['_WATCHJOBREQUEST']._serialized_end=1605
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1608
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1786
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=1788
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=1827
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=1829
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=1889
-  _globals['_GPUINFO']._serialized_start=1891
-  _globals['_GPUINFO']._serialized_end=1965
-  _globals['_AGENT']._serialized_start=1968
-  _globals['_AGENT']._serialized_end=2254
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2256
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2275
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2277
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2331
-  _globals['_JOBSERVICE']._serialized_start=2460
-  _globals['_JOBSERVICE']._serialized_end=2981
+  _globals['_CLUSTERSNAPSHOT_JOBSBYSTATEENTRY']._loaded_options = None
+  _globals['_CLUSTERSNAPSHOT_JOBSBYSTATEENTRY']._serialized_options = b'8\001'
+  _globals['_AGENTSTATE']._serialized_start=2852
+  _globals['_AGENTSTATE']._serialized_end=2976
+  _globals['_JOBSPEC']._serialized_start=155
+  _globals['_JOBSPEC']._serialized_end=391
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=346
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=391
+  _globals['_TASK']._serialized_start=394
+  _globals['_TASK']._serialized_end=653
+  _globals['_JOB']._serialized_start=656
+  _globals['_JOB']._serialized_end=1002
+  _globals['_JOBEVENT']._serialized_start=1005
+  _globals['_JOBEVENT']._serialized_end=1135
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1137
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1189
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=1191
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1239
+  _globals['_GETJOBREQUEST']._serialized_start=1241
+  _globals['_GETJOBREQUEST']._serialized_end=1272
+  _globals['_GETJOBRESPONSE']._serialized_start=1274
+  _globals['_GETJOBRESPONSE']._serialized_end=1357
+  _globals['_LISTJOBSREQUEST']._serialized_start=1359
+  _globals['_LISTJOBSREQUEST']._serialized_end=1428
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1430
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1478
+  _globals['_CANCELJOBREQUEST']._serialized_start=1480
+  _globals['_CANCELJOBREQUEST']._serialized_end=1530
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1532
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1580
+  _globals['_WATCHJOBREQUEST']._serialized_start=1582
+  _globals['_WATCHJOBREQUEST']._serialized_end=1637
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1640
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1818
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=1820
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=1859
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=1861
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=1921
+  _globals['_GPUINFO']._serialized_start=1923
+  _globals['_GPUINFO']._serialized_end=1997
+  _globals['_AGENT']._serialized_start=2000
+  _globals['_AGENT']._serialized_end=2327
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2329
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2348
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2350
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2404
+  _globals['_WATCHCLUSTERREQUEST']._serialized_start=2406
+  _globals['_WATCHCLUSTERREQUEST']._serialized_end=2472
+  _globals['_CLUSTERSNAPSHOT']._serialized_start=2475
+  _globals['_CLUSTERSNAPSHOT']._serialized_end=2780
+  _globals['_CLUSTERSNAPSHOT_JOBSBYSTATEENTRY']._serialized_start=2730
+  _globals['_CLUSTERSNAPSHOT_JOBSBYSTATEENTRY']._serialized_end=2780
+  _globals['_WATCHCLUSTERRESPONSE']._serialized_start=2782
+  _globals['_WATCHCLUSTERRESPONSE']._serialized_end=2850
+  _globals['_JOBSERVICE']._serialized_start=2979
+  _globals['_JOBSERVICE']._serialized_end=3583
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from matrec.v1 import common_pb2 as _common_pb2
@@ -211,7 +212,7 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "name", "hostname", "state", "total", "free", "gpus", "last_seen", "running_task_ids", "version")
+    __slots__ = ("id", "name", "hostname", "state", "total", "free", "gpus", "last_seen", "running_task_ids", "version", "usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +223,7 @@ class Agent(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     hostname: str
@@ -232,7 +234,8 @@ class Agent(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     running_task_ids: _containers.RepeatedScalarFieldContainer[str]
     version: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., total: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., free: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_task_ids: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
+    usage: _common_pb2.ResourceUsage
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., total: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., free: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_task_ids: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.ResourceUsage, _Mapping]] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
     __slots__ = ()
@@ -243,3 +246,38 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[Agent]
     def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ...) -> None: ...
+
+class WatchClusterRequest(_message.Message):
+    __slots__ = ("interval",)
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    interval: _duration_pb2.Duration
+    def __init__(self, interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ClusterSnapshot(_message.Message):
+    __slots__ = ("time", "agents", "active_jobs", "queue_depth", "jobs_by_state", "metric_points_per_second")
+    class JobsByStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    JOBS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_POINTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    agents: _containers.RepeatedCompositeFieldContainer[Agent]
+    active_jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    queue_depth: int
+    jobs_by_state: _containers.ScalarMap[str, int]
+    metric_points_per_second: float
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ..., active_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., metric_points_per_second: _Optional[float] = ...) -> None: ...
+
+class WatchClusterResponse(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: ClusterSnapshot
+    def __init__(self, snapshot: _Optional[_Union[ClusterSnapshot, _Mapping]] = ...) -> None: ...

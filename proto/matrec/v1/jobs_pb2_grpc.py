@@ -70,6 +70,11 @@ class JobServiceStub:
                 request_serializer=matrec_dot_v1_dot_jobs__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=matrec_dot_v1_dot_jobs__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.WatchCluster = channel.unary_stream(
+                '/matrec.v1.JobService/WatchCluster',
+                request_serializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -122,6 +127,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchCluster(self, request, context):
+        """A snapshot of the whole cluster now, then a new one whenever something changed (at most one
+        per interval): agents and their resource use, active jobs, queue depth, metric throughput.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +172,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=matrec_dot_v1_dot_jobs__pb2.ListAgentsRequest.FromString,
                     response_serializer=matrec_dot_v1_dot_jobs__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'WatchCluster': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCluster,
+                    request_deserializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class JobService:
             '/matrec.v1.JobService/ListAgents',
             matrec_dot_v1_dot_jobs__pb2.ListAgentsRequest.SerializeToString,
             matrec_dot_v1_dot_jobs__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/matrec.v1.JobService/WatchCluster',
+            matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.SerializeToString,
+            matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ Commands import the SDK (grpc, protobuf, pydantic) only when they run, so `--hel
 
 from __future__ import annotations
 
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -383,6 +384,72 @@ def top(
             console.print(render_top(next(iter(snapshots))))
             return
         follow_top(snapshots, console)
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+class ReportFormat(StrEnum):
+    html = "html"
+    json = "json"
+    png = "png"
+
+
+FormatOption = Annotated[
+    ReportFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="html: one self-contained file; json: see report.schema.json; png: the charts.",
+    ),
+]
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: FormatOption = ReportFormat.html,
+) -> None:
+    """Write a job's report: learning curves, confusion matrix, per-class metrics.
+
+    A job that has not finished gets a report of what is stored so far.
+
+    [dim]$ matrec-ctl report job-733ad4e0b95d --format html --out report.html[/]
+    """
+    from matrec.sdk.reports import export_report, fetch_report
+
+    with _client(ctx) as client:
+        found = fetch_report(client, job_id)
+    out.write_bytes(export_report(found, fmt.value))
+    console.print(f"job {found.job_id} ({found.state}): {fmt.value} report written to {out}")
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    job_ids: Annotated[list[str], typer.Argument(metavar="JOB...", help="Job ids.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write; a table if not given.")
+    ] = None,
+    fmt: FormatOption = ReportFormat.html,
+) -> None:
+    """Compare jobs: final validation accuracy, macro-F1, epochs, model and strategy.
+
+    [dim]$ matrec-ctl compare job-733ad4e0b95d job-91c0d2a4e7f1 --format html --out cmp.html[/]
+    """
+    from matrec.sdk.reports import compare as build_comparison
+    from matrec.sdk.reports import export_comparison, fetch_report
+    from matrec.sdk.reports.compare import comparison_table
+
+    with _client(ctx) as client:
+        reports = [fetch_report(client, job_id) for job_id in job_ids]
+    if out is None:
+        console.print(comparison_table(build_comparison(reports)))
+        return
+    out.write_bytes(export_comparison(reports, fmt.value))
+    console.print(f"comparison of {len(reports)} jobs: {fmt.value} written to {out}")
 
 
 # -- datasets and the demo ---------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Training reports: learning curves, confusion matrices, per-class metrics and comparisons of
+several jobs, as self-contained HTML, JSON (``report.schema.json``) or PNG.
+
+>>> from matrec.sdk import Client
+>>> from matrec.sdk.reports import fetch_report, export_report
+>>> with Client() as client:
+...     Path("report.html").write_bytes(export_report(fetch_report(client, job_id), "html"))
+
+matplotlib and jsonschema are imported only when a chart is drawn or a document validated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from matrec.sdk.reports.compare import Comparison, ComparisonRow, compare
+from matrec.sdk.reports.model import (
+    JobReport,
+    ReportSchemaError,
+    build_report,
+    load_schema,
+    validate_document,
+)
+
+if TYPE_CHECKING:
+    from matrec.sdk.client import Client
+
+FORMATS: tuple[str, ...] = ("html", "json", "png")
+
+__all__ = [
+    "FORMATS",
+    "Comparison",
+    "ComparisonRow",
+    "JobReport",
+    "ReportSchemaError",
+    "build_report",
+    "compare",
+    "export_comparison",
+    "export_report",
+    "fetch_report",
+    "load_schema",
+    "validate_document",
+]
+
+
+def fetch_report(client: Client, job_id: str) -> JobReport:
+    """The report of a job as the coordinator stores it now (raises JobNotFoundError)."""
+    job = client.get_job(job_id)
+    return build_report(job, client.job_metrics(job_id))
+
+
+def export_report(report: JobReport, fmt: str) -> bytes:
+    """The report as a file's bytes: "html", "json" (validated against the schema) or "png"
+    (learning curves and the normalised confusion matrix side by side)."""
+    if fmt == "json":
+        return _json_bytes(report.to_json_dict())
+    if fmt == "html":
+        from matrec.sdk.reports.html import report_html
+
+        return report_html(report).encode("utf-8")
+    if fmt == "png":
+        from matrec.sdk.reports.charts import summary_png
+
+        return summary_png(report)
+    raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def export_comparison(reports: Sequence[JobReport], fmt: str) -> bytes:
+    """The comparison of several jobs as a file's bytes (see export_report for the formats)."""
+    comparison = compare(reports)
+    if fmt == "json":
+        return _json_bytes(comparison.to_json_dict())
+    if fmt == "html":
+        from matrec.sdk.reports.html import comparison_html
+
+        return comparison_html(comparison).encode("utf-8")
+    if fmt == "png":
+        from matrec.sdk.reports.charts import comparison_png
+
+        return comparison_png(comparison)
+    raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    validate_document(document)
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")

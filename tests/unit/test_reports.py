@@ -169,7 +169,7 @@ def test_comparison() -> None:
     comparison = compare([first, second])
     # The running job has no result yet: its last stored val/accuracy stands in.
     assert [row.final_val_accuracy for row in comparison.rows] == [0.875, 0.6]
-    assert comparison.rows[1].epochs == 1
+    assert comparison.rows[1].epochs == 0  # its "epoch" point is not stored yet
     assert comparison.rows[0].epochs == 2 and comparison.rows[0].model == "resnet18"
     assert comparison.rows[0].macro_f1 == 0.6
     document = json.loads(export_comparison([first, second], "json"))

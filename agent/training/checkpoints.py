@@ -22,6 +22,7 @@ RESUME_TOLERANT_FIELDS = frozenset(
         "pretrained_weights",
         "num_workers",
         "log_every_steps",
+        "visualization_level",
         "device",
         "top_k",
     }

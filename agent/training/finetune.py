@@ -236,9 +236,11 @@ def run_finetune(
             progress.epoch_correct += int((logits.argmax(dim=1) == labels).sum().item())
             progress.epoch_seen += len(labels)
             if progress.step % config.log_every_steps == 0:
-                reporter.metrics(
-                    progress.step, {"train/loss": progress.run_loss_sum / progress.run_steps}
-                )
+                step_metrics = {"train/loss": progress.run_loss_sum / progress.run_steps}
+                if config.visualization_level == "detailed":
+                    step_metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+                if config.visualization_level != "minimal":
+                    reporter.metrics(progress.step, step_metrics)
                 progress.run_loss_sum, progress.run_steps = 0.0, 0
             if should_stop():
                 save_checkpoint()
@@ -256,6 +258,9 @@ def run_finetune(
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch": float(epoch + 1),
         }
+        if config.visualization_level == "detailed":
+            for name, scores in report["per_class"].items():
+                epoch_metrics[f"val/f1/{name}"] = scores["f1"]
         # Metrics first, then the checkpoint. A crash in between makes the next attempt redo
         # this epoch from the previous checkpoint and report the same steps with the same
         # values (the order and RNG are restored), which the coordinator deduplicates; the

@@ -46,12 +46,19 @@ def report_html(report: JobReport) -> str:
     ]
     if report.error:
         parts.append(f'<p class="error">{escape(report.error)}</p>')
+    # The job's visualization_level: minimal reports numbers only, detailed adds per-class curves.
+    level = report.setting("visualization_level", "standard")
+    if level != "minimal":
+        parts += [
+            "<h2>Learning curves</h2>",
+            _image(charts.learning_curves_png(report), "learning curves", "chart-curves"),
+        ]
     parts += [
-        "<h2>Learning curves</h2>",
-        _image(charts.learning_curves_png(report), "learning curves", "chart-curves"),
         "<h2>Epochs</h2>",
         _epoch_table(report) if report.epochs else "<p>no epoch finished yet</p>",
     ]
+    if level == "detailed":
+        parts.append(_class_f1_table(report))
     if report.evaluation is None:
         parts.append("<h2>Evaluation</h2><p>no evaluation stored</p>")
     else:
@@ -76,18 +83,21 @@ def report_html(report: JobReport) -> str:
                     for row in ev.per_class
                 ],
             ),
-            "<h3>Confusion matrix</h3>",
-            _image(
-                charts.confusion_png(report, normalized=False),
-                "confusion matrix (counts)",
-                "chart-confusion-counts",
-            ),
-            _image(
-                charts.confusion_png(report, normalized=True),
-                "confusion matrix (normalised)",
-                "chart-confusion-normalized",
-            ),
         ]
+        if level != "minimal":
+            parts += [
+                "<h3>Confusion matrix</h3>",
+                _image(
+                    charts.confusion_png(report, normalized=False),
+                    "confusion matrix (counts)",
+                    "chart-confusion-counts",
+                ),
+                _image(
+                    charts.confusion_png(report, normalized=True),
+                    "confusion matrix (normalised)",
+                    "chart-confusion-normalized",
+                ),
+            ]
     parts += [
         "<h2>Config</h2>",
         f"<pre>{escape(json.dumps(report.config, indent=2, sort_keys=True, default=str))}</pre>",
@@ -154,6 +164,21 @@ def _epoch_table(report: JobReport) -> str:
         for row in report.epochs
     ]
     return _table(["epoch", "step", *keys], rows)
+
+
+def _class_f1_table(report: JobReport) -> str:
+    """Each class's validation F1 per epoch (stored at visualization_level "detailed")."""
+    prefix = "val/f1/"
+    classes = sorted(key.removeprefix(prefix) for key in report.curves if key.startswith(prefix))
+    if not classes:
+        return "<h3>Per-class F1 by epoch</h3><p>none stored</p>"
+    series = {name: report.curves[prefix + name] for name in classes}
+    epochs = max(len(points) for points in series.values())
+    rows = [
+        [_num(i + 1), *(_num(series[n][i].value) if i < len(series[n]) else "" for n in classes)]
+        for i in range(epochs)
+    ]
+    return "<h3>Per-class F1 by epoch</h3>" + _table(["epoch", *classes], rows)
 
 
 def _table(headers: list[str], rows: list[list[str]], *, header: bool = True) -> str:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real PostgreSQL server, started once per session."""
+"""Fixtures shared by the whole suite: a real PostgreSQL server and a small real dataset, each
+made once per session."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from support.postgres import PostgresServer, start_postgres
 
 
@@ -23,3 +25,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'matrec.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database(f"matrec_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
+    """6 classes x (24 train + 8 val) real texture patches of 32 px."""
+    root = tmp_path_factory.mktemp("data") / "demo"
+    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)

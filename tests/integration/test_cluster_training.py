@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.sdk.types import JobUpdate, MetricsEvent
 from support.cluster_jobs import (
@@ -29,12 +29,6 @@ from support.cluster_jobs import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
-    root = tmp_path_factory.mktemp("data") / "demo"
-    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path / "cluster", agents=2, coordinator_args=FAST_LEASES) as running:
@@ -42,11 +36,11 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def test_finetune_runs_to_success_with_complete_metrics(
-    cluster: LocalCluster, dataset: DemoDatasetInfo
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     epochs = 3
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, epochs))
+        job = client.submit_job(finetune_spec(small_dataset, epochs))
         seen_states: list[str] = []
         streamed: list[tuple[str, int, int, str]] = []
         for event in client.watch(job.id):
@@ -62,7 +56,7 @@ def test_finetune_runs_to_success_with_complete_metrics(
         # What the watch stream delivered is exactly what was stored: nothing twice.
         assert len(streamed) == len(set(streamed))
         assert len(streamed) == len(client.job_metrics(job.id))
-        assert_complete_series(client, final, dataset, epochs)
+        assert_complete_series(client, final, small_dataset, epochs)
         result = final.result
         assert Path(result["model_path"]).is_file()
         # Chance is 1/6; a real fine-tune on real textures does much better.
@@ -73,11 +67,11 @@ def test_finetune_runs_to_success_with_complete_metrics(
 
 
 def test_agent_killed_mid_task_requeues_and_resumes_elsewhere(
-    cluster: LocalCluster, dataset: DemoDatasetInfo
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     epochs = 6
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, epochs))
+        job = client.submit_job(finetune_spec(small_dataset, epochs))
         wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
         first = client.get_job(job.id).tasks[0]
         victim = next(a for a in client.list_agents() if a.id == first.agent_id)
@@ -96,15 +90,15 @@ def test_agent_killed_mid_task_requeues_and_resumes_elsewhere(
         second = [m for m in metrics if m.attempt == 2 and m.key == "train/loss"]
         # Attempt 2 resumed from the checkpoint: it did not start again at step 1.
         assert second and min(m.step for m in second) > 1
-        assert_complete_series(client, final, dataset, epochs)
+        assert_complete_series(client, final, small_dataset, epochs)
 
 
 def test_coordinator_restart_mid_task_keeps_history(
-    cluster: LocalCluster, dataset: DemoDatasetInfo
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     epochs = 5
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, epochs))
+        job = client.submit_job(finetune_spec(small_dataset, epochs))
         wait_until(lambda: client.get_job(job.id).state == "running", 60, "the job to run")
         wait_until(lambda: len(client.job_metrics(job.id)) > 3, 60, "the first metrics")
         before = client.get_job(job.id)
@@ -121,15 +115,15 @@ def test_coordinator_restart_mid_task_keeps_history(
             (e.seq, e.kind) for e in before.history
         ]
         assert "lease_expired" not in [e.kind for e in final.history]
-        assert_complete_series(client, final, dataset, epochs)
+        assert_complete_series(client, final, small_dataset, epochs)
 
 
 def test_agent_sigterm_hands_task_back_after_checkpoint(
-    cluster: LocalCluster, dataset: DemoDatasetInfo
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     epochs = 6
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, epochs))
+        job = client.submit_job(finetune_spec(small_dataset, epochs))
         wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
         first = client.get_job(job.id).tasks[0]
         victim = next(a for a in client.list_agents() if a.id == first.agent_id)
@@ -140,12 +134,14 @@ def test_agent_sigterm_hands_task_back_after_checkpoint(
         kinds = [e.kind for e in final.history]
         assert "preempted" in kinds and "lease_expired" not in kinds
         assert final.tasks[0].agent_id != first.agent_id
-        assert_complete_series(client, final, dataset, epochs)
+        assert_complete_series(client, final, small_dataset, epochs)
 
 
-def test_cancel_running_job_stops_worker(cluster: LocalCluster, dataset: DemoDatasetInfo) -> None:
+def test_cancel_running_job_stops_worker(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
+) -> None:
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, 50))
+        job = client.submit_job(finetune_spec(small_dataset, 50))
         wait_until(lambda: len(client.job_metrics(job.id)) > 0, 60, "the first metrics")
         client.cancel_job(job.id, reason="test cancel")
         final = client.wait(job.id, timeout=60)
@@ -161,12 +157,12 @@ def test_cancel_running_job_stops_worker(cluster: LocalCluster, dataset: DemoDat
 
 
 def test_worker_failure_is_retried_then_fails_with_its_error(
-    cluster: LocalCluster, dataset: DemoDatasetInfo, tmp_path: Path
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo, tmp_path: Path
 ) -> None:
     # A pretrained file that exists (so the spec is valid) but holds no usable weights.
     bogus = tmp_path / "not-weights.pt"
     bogus.write_bytes(b"this is not a checkpoint")
-    spec = finetune_spec(dataset, 1, pretrained_path=str(bogus))
+    spec = finetune_spec(small_dataset, 1, pretrained_path=str(bogus))
     spec["max_attempts"] = 2
     with cluster.client() as client:
         job = client.submit_job(spec)

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from support.cluster_jobs import FAST_LEASES, assert_complete_series, finetune_spec, wait_until
 from support.postgres import PostgresServer
@@ -19,12 +19,6 @@ from support.postgres import PostgresServer
 pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = 10
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
-    root = tmp_path_factory.mktemp("data") / "demo"
-    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)
 
 
 @pytest.fixture
@@ -42,22 +36,22 @@ def service_health(address: str, service: str) -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
-def test_finetune_on_postgres(cluster: LocalCluster, dataset: DemoDatasetInfo) -> None:
+def test_finetune_on_postgres(cluster: LocalCluster, small_dataset: DemoDatasetInfo) -> None:
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, 2))
+        job = client.submit_job(finetune_spec(small_dataset, 2))
         final = client.wait(job.id, timeout=300)
         assert final.state == "succeeded", final.error
         assert final.tasks[0].attempt == 1
-        assert_complete_series(client, final, dataset, 2)
+        assert_complete_series(client, final, small_dataset, 2)
 
 
 def test_database_outage_mid_job_loses_nothing(
-    cluster: LocalCluster, dataset: DemoDatasetInfo, postgres_server: PostgresServer
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo, postgres_server: PostgresServer
 ) -> None:
     epochs = 6
     serving = health_pb2.HealthCheckResponse.SERVING
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, epochs))
+        job = client.submit_job(finetune_spec(small_dataset, epochs))
         wait_until(lambda: len(client.job_metrics(job.id)) > 5, 120, "the first metrics")
         postgres_server.stop()
         try:
@@ -77,5 +71,5 @@ def test_database_outage_mid_job_loses_nothing(
         assert final.tasks[0].attempt == 1
         assert "lease_expired" not in [e.kind for e in final.history]
         # Every metric the agent produced, during the outage included, was stored once.
-        assert_complete_series(client, final, dataset, epochs)
+        assert_complete_series(client, final, small_dataset, epochs)
         assert service_health(cluster.address, "matrec.v1.JobService") == serving

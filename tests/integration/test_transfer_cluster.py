@@ -13,17 +13,11 @@ from pathlib import Path
 import pytest
 from matrec.sdk import Client, Evaluation, JobFailedError, JobStateError, transfer_learn
 from matrec.sdk.ctl.app import app
-from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
-    root = tmp_path_factory.mktemp("data") / "demo"
-    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +26,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield running
 
 
-def test_transfer_learn_on_the_cluster(cluster: LocalCluster, dataset: DemoDatasetInfo) -> None:
+def test_transfer_learn_on_the_cluster(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
+) -> None:
     reports: list[tuple[int, dict[str, float]]] = []
     result = transfer_learn(
-        dataset.path,
+        small_dataset.path,
         model_type="cnn",
         epochs=1,
         batch_size=16,
@@ -48,8 +44,8 @@ def test_transfer_learn_on_the_cluster(cluster: LocalCluster, dataset: DemoDatas
     )
     assert result.job_id is not None
     evaluation = result.evaluation
-    assert evaluation.classes == sorted(dataset.val_counts)
-    assert evaluation.support == sum(dataset.val_counts.values())
+    assert evaluation.classes == sorted(small_dataset.val_counts)
+    assert evaluation.support == sum(small_dataset.val_counts.values())
     assert evaluation.accuracy == pytest.approx(result.val_accuracy)
     assert isinstance(evaluation.confusion_matrix[0][0], int)
     assert Path(result.model_path).is_file()
@@ -68,13 +64,13 @@ def test_transfer_learn_on_the_cluster(cluster: LocalCluster, dataset: DemoDatas
 
 
 def test_a_failed_job_raises_with_its_error(
-    cluster: LocalCluster, dataset: DemoDatasetInfo, tmp_path: Path
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo, tmp_path: Path
 ) -> None:
     garbage = tmp_path / "weights.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(JobFailedError) as caught:
         transfer_learn(
-            dataset.path,
+            small_dataset.path,
             garbage,
             epochs=1,
             batch_size=16,

@@ -13,18 +13,12 @@ import pytest
 from matrec.sdk.ctl.render import format_value
 from matrec.sdk.ctl.terminal_chart import sparkline
 from matrec.sdk.ctl.watch_view import CHART_WIDTH, WatchState, render
-from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from rich.console import Console
 from support.cluster_jobs import finetune_spec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
-    root = tmp_path_factory.mktemp("data") / "demo"
-    return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +28,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def test_watch_view_shows_the_stored_curves(
-    cluster: LocalCluster, dataset: DemoDatasetInfo
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, 3))
+        job = client.submit_job(finetune_spec(small_dataset, 3))
         state = WatchState()
         for event in client.watch(job.id):
             state.apply(event)
@@ -57,10 +51,12 @@ def test_watch_view_shows_the_stored_curves(
     assert format_value(min(train_loss)) in loss_row
 
 
-def test_watch_updates_live_in_a_terminal(cluster: LocalCluster, dataset: DemoDatasetInfo) -> None:
+def test_watch_updates_live_in_a_terminal(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
+) -> None:
     assert shutil.which("tmux"), "tmux is missing: `make setup` installs it"
     with cluster.client() as client:
-        job = client.submit_job(finetune_spec(dataset, 4))
+        job = client.submit_job(finetune_spec(small_dataset, 4))
         session = f"matrec-watch-{time.monotonic_ns()}"
         command = (
             f"{sys.executable} -c 'from matrec.sdk.ctl.app import main; main()' "

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from matrec.sdk import Client
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import JobUpdate, MetricsEvent
+from matrec.sdk.types import JobUpdate, MetricsEvent, Task
 from support.cluster_jobs import (
     FAST_LEASES,
     assert_complete_series,
@@ -66,16 +67,22 @@ def test_finetune_runs_to_success_with_complete_metrics(
         assert "started" in kinds and kinds[-1] == "job_state"
 
 
+def running_after_checkpoint(client: Client, job_id: str) -> tuple[Task, int]:
+    """Once the job's task has checkpointed: the task, and the index of the agent running it."""
+    wait_until(lambda: checkpoint_written(client, job_id), 120, "the first checkpoint")
+    task = client.get_job(job_id).tasks[0]
+    agent = next(a for a in client.list_agents() if a.id == task.agent_id)
+    return task, int(agent.name.rsplit("-", 1)[1])
+
+
 def test_agent_killed_mid_task_requeues_and_resumes_elsewhere(
     cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
     epochs = 6
     with cluster.client() as client:
         job = client.submit_job(finetune_spec(small_dataset, epochs))
-        wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
-        first = client.get_job(job.id).tasks[0]
-        victim = next(a for a in client.list_agents() if a.id == first.agent_id)
-        cluster.kill_agent(int(victim.name.rsplit("-", 1)[1]))
+        first, victim = running_after_checkpoint(client, job.id)
+        cluster.kill_agent(victim)
         # The killed agent's worker dies with it instead of training on unsupervised.
         wait_until(lambda: not worker_processes(first.id, 1), 10, "the orphaned worker to die")
 
@@ -124,10 +131,8 @@ def test_agent_sigterm_hands_task_back_after_checkpoint(
     epochs = 6
     with cluster.client() as client:
         job = client.submit_job(finetune_spec(small_dataset, epochs))
-        wait_until(lambda: checkpoint_written(client, job.id), 120, "the first checkpoint")
-        first = client.get_job(job.id).tasks[0]
-        victim = next(a for a in client.list_agents() if a.id == first.agent_id)
-        cluster.stop_agent(int(victim.name.rsplit("-", 1)[1]))
+        first, victim = running_after_checkpoint(client, job.id)
+        cluster.stop_agent(victim)
 
         final = client.wait(job.id, timeout=300)
         assert final.state == "succeeded", final.error

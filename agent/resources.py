@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -31,8 +32,9 @@ class Usage:
     gpu_memory_used_bytes: list[int]
 
 
+@functools.cache
 def _nvml() -> object | None:
-    """pynvml, initialised, or None where there is no NVIDIA driver."""
+    """pynvml, initialised once per process, or None where there is no NVIDIA driver."""
     try:
         import pynvml
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import json_format
 from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
 from matrec.coordinator import convert
 from matrec.coordinator.notifier import JobNotifier
@@ -42,7 +41,7 @@ def spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind or "finetune",
-        "config": json_format.MessageToDict(spec.config),
+        "config": convert.struct_to_dict(spec.config),
         "labels": dict(spec.labels),
     }
     if spec.max_attempts:

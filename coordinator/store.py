@@ -202,6 +202,11 @@ def _records(cls: type[R], rows: Iterable[sa.Row[Any]]) -> list[R]:
     return out
 
 
+def _cancel_requested(conn: sa.Connection, job_id: str) -> bool:
+    j = schema.training_jobs
+    return bool(conn.execute(sa.select(j.c.cancel_requested).where(j.c.id == job_id)).scalar())
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -507,11 +512,6 @@ class Store:
             if row is None:
                 return None
             task = _task(row)
-            job_row = conn.execute(
-                sa.select(schema.training_jobs.c.cancel_requested).where(
-                    schema.training_jobs.c.id == task.job_id
-                )
-            ).one()
             if checkpoint_path:
                 conn.execute(
                     t.update().where(t.c.id == task_id).values(checkpoint_path=checkpoint_path)
@@ -519,7 +519,7 @@ class Store:
             if outcome == TaskOutcome.SUCCEEDED:
                 self._record_artifacts(conn, task, result or {})
                 return self._end_task(conn, task, TaskState.SUCCEEDED, "succeeded", "", result)
-            if outcome == TaskOutcome.CANCELLED or job_row.cancel_requested:
+            if outcome == TaskOutcome.CANCELLED or _cancel_requested(conn, task.job_id):
                 return self._end_task(conn, task, TaskState.CANCELLED, "cancelled", error, None)
             if outcome == TaskOutcome.PREEMPTED:
                 conn.execute(
@@ -575,13 +575,8 @@ class Store:
             ).all()
             for row in rows:
                 task = _task(row)
-                cancel = conn.execute(
-                    sa.select(schema.training_jobs.c.cancel_requested).where(
-                        schema.training_jobs.c.id == task.job_id
-                    )
-                ).scalar()
                 reason = f"lease expired: agent {task.agent_id} stopped heartbeating"
-                if cancel:
+                if _cancel_requested(conn, task.job_id):
                     changes.append(
                         self._end_task(
                             conn, task, TaskState.CANCELLED, "lease_expired", reason, None

@@ -54,7 +54,10 @@ def load_checkpoint(
             f"{path} was trained on {checkpoint['train_size']} images, the dataset now has "
             f"{train_size}; use a new artifact directory to start over"
         )
-    saved = checkpoint["config"]
+    # A field added to FinetuneConfig after the checkpoint was written (such as dense_units)
+    # counts as its default there: the code that wrote the checkpoint behaved that way.
+    defaults = FinetuneConfig.model_construct(dataset_path="").model_dump(mode="json")
+    saved = {**defaults, **checkpoint["config"]}
     current = config.model_dump(mode="json")
     changed = sorted(
         key

@@ -320,9 +320,16 @@ def _build_model(
 ) -> tuple[nn.Module, torch.Tensor | None]:
     """The model, and for a hybrid one the descriptor table (one row per image in data.paths)
     after setting the model's standardisation from the training split."""
+    classes, dense, dropout = len(data.classes), config.dense_units, config.dropout_rate
     if config.model_type == "cnn":
-        return build_model(config.model, len(data.classes)), None
-    model = build_hybrid(config.model, len(data.classes), descriptor_dim(config.descriptors))
+        return build_model(config.model, classes, dense_units=dense, dropout_rate=dropout), None
+    model = build_hybrid(
+        config.model,
+        classes,
+        descriptor_dim(config.descriptors),
+        dense_units=dense,
+        dropout_rate=dropout,
+    )
     began = time.monotonic()
     table = torch.from_numpy(
         describe_files(data.paths, config.descriptors, artifact_dir / "cache")

@@ -3,11 +3,14 @@
 Every model is split into the head (what a new dataset always has to learn) and block groups,
 ordered from the input to the output, that the fine-tuning strategies freeze, unfreeze or give
 their own learning rate (see strategies.py). A parameter belongs to the group whose module
-prefix it starts with; `block_groups` covers every parameter outside the head exactly once.
+prefix it starts with; `block_groups` covers every parameter outside the head exactly once. The
+head is one module, named by `head_name`: a Linear, or with FinetuneConfig.dense_units or
+dropout_rate set a ClassifierHead (hybrid: always a small MLP).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,42 @@ _CONVNEXT_GROUPS = [
     ["features.4", "features.5"],
     ["features.6", "features.7", "classifier.0"],
 ]
-#: Width of the hybrid model's hidden layer.
+#: Width of the hybrid model's hidden layer, and its dropout, when the config leaves them at 0.
 HYBRID_HIDDEN = 256
+HYBRID_DROPOUT = 0.2
+
+
+class ClassifierHead(nn.Sequential):
+    """A cnn model's head when `dense_units` or `dropout_rate` is set; it takes the place of the
+    single Linear (`fc` or `classifier.N`), so its parameters are named `fc.hidden.weight`,
+    `fc.out.weight` and so on. Its children, in order, each only where it applies:
+
+    * `hidden`: Linear(in_features, dense_units), and `act`: ReLU (dense_units > 0);
+    * `dropout`: Dropout(dropout_rate) (dropout_rate > 0);
+    * `out`: Linear(dense_units or in_features, classes).
+    """
+
+    def __init__(self, in_features: int, classes: int, dense_units: int, dropout_rate: float):
+        layers: dict[str, nn.Module] = {}
+        width = in_features
+        if dense_units > 0:
+            layers["hidden"] = nn.Linear(in_features, dense_units)
+            layers["act"] = nn.ReLU(inplace=True)
+            width = dense_units
+        if dropout_rate > 0.0:
+            layers["dropout"] = nn.Dropout(dropout_rate)
+        layers["out"] = nn.Linear(width, classes)
+        super().__init__(OrderedDict(layers))
+
+
+def new_head(
+    in_features: int, classes: int, *, dense_units: int = 0, dropout_rate: float = 0.0
+) -> nn.Module:
+    """A cnn model's head: a single Linear with the defaults (as before these settings
+    existed, so older checkpoints still load), else a ClassifierHead."""
+    if dense_units == 0 and dropout_rate == 0.0:
+        return nn.Linear(in_features, classes)
+    return ClassifierHead(in_features, classes, dense_units, dropout_rate)
 
 
 class HybridModel(nn.Module):
@@ -39,16 +76,25 @@ class HybridModel(nn.Module):
     desc_mean: torch.Tensor
     desc_std: torch.Tensor
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, descriptor_dim: int, classes: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embed_dim: int,
+        descriptor_dim: int,
+        classes: int,
+        *,
+        hidden: int = HYBRID_HIDDEN,
+        dropout: float = HYBRID_DROPOUT,
+    ):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("desc_mean", torch.zeros(descriptor_dim))
         self.register_buffer("desc_std", torch.ones(descriptor_dim))
         self.head = nn.Sequential(
-            nn.Linear(embed_dim + descriptor_dim, HYBRID_HIDDEN),
+            nn.Linear(embed_dim + descriptor_dim, hidden),
             nn.ReLU(inplace=True),
-            nn.Dropout(0.2),
-            nn.Linear(HYBRID_HIDDEN, classes),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, classes),
         )
 
     def set_descriptor_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -62,52 +108,86 @@ class HybridModel(nn.Module):
         return self.head(torch.cat([embedding, standardised.to(embedding.dtype)], dim=1))
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """A torchvision classifier with random weights and a new `num_classes`-way head."""
+def build_model(
+    name: str, num_classes: int, *, dense_units: int = 0, dropout_rate: float = 0.0
+) -> nn.Module:
+    """A torchvision classifier with random weights and a new `num_classes`-way head in place
+    of its classification layer (see new_head)."""
     model = _torchvision_model(name)
     head = head_name(model)
     old = model.get_submodule(head)
     assert isinstance(old, nn.Linear)
-    _replace(model, head, nn.Linear(old.in_features, num_classes))
+    _replace(
+        model,
+        head,
+        new_head(old.in_features, num_classes, dense_units=dense_units, dropout_rate=dropout_rate),
+    )
     return model
 
 
-def build_hybrid(name: str, num_classes: int, descriptor_dim: int) -> HybridModel:
-    """A HybridModel on a torchvision backbone whose classification layer is removed."""
+def build_hybrid(
+    name: str,
+    num_classes: int,
+    descriptor_dim: int,
+    *,
+    dense_units: int = 0,
+    dropout_rate: float = 0.0,
+) -> HybridModel:
+    """A HybridModel on a torchvision backbone whose classification layer is removed. Its head's
+    hidden width is `dense_units` and its dropout `dropout_rate`; 0 keeps the defaults,
+    HYBRID_HIDDEN and HYBRID_DROPOUT."""
     backbone = _torchvision_model(name)
     head = head_name(backbone)
     old = backbone.get_submodule(head)
     assert isinstance(old, nn.Linear)
     _replace(backbone, head, nn.Identity())
-    return HybridModel(backbone, old.in_features, descriptor_dim, num_classes)
+    return HybridModel(
+        backbone,
+        old.in_features,
+        descriptor_dim,
+        num_classes,
+        hidden=dense_units or HYBRID_HIDDEN,
+        dropout=dropout_rate or HYBRID_DROPOUT,
+    )
 
 
 def model_from_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a matrec model.pt or checkpoint; also return the file's
-    description (classes, image_size, model_type, descriptors, config)."""
+    description (classes, image_size, model_type, descriptors, config). The head's shape comes
+    from the config's dense_units and dropout_rate (absent from older files: the defaults)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "model_state" not in saved:
         raise ValueError(f"{path} is not a matrec model or checkpoint")
     classes = len(saved["classes"])
+    config = saved.get("config") or {}
+    dense = int(config.get("dense_units", 0))
+    dropout = float(config.get("dropout_rate", 0.0))
     if saved.get("model_type", "cnn") == "hybrid":
         model: nn.Module = build_hybrid(
-            saved["model"], classes, descriptor_dim(saved["descriptors"])
+            saved["model"],
+            classes,
+            descriptor_dim(saved["descriptors"]),
+            dense_units=dense,
+            dropout_rate=dropout,
         )
     else:
-        model = build_model(saved["model"], classes)
+        model = build_model(saved["model"], classes, dense_units=dense, dropout_rate=dropout)
     model.load_state_dict(saved["model_state"])
     model.eval()
     return model, {k: v for k, v in saved.items() if not k.endswith("_state")}
 
 
 def head_name(model: nn.Module) -> str:
-    """The dotted name of the head: `head` (hybrid), `fc` (ResNets) or `classifier.N`."""
+    """The dotted name of the head: `head` (hybrid), `fc` (ResNets) or `classifier.N`; a
+    ClassifierHead there is the head as a whole."""
     if isinstance(model, HybridModel):
         return "head"
-    if isinstance(getattr(model, "fc", None), nn.Linear):
+    if isinstance(getattr(model, "fc", None), (nn.Linear, ClassifierHead)):
         return "fc"
     classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear):
+    if isinstance(classifier, nn.Sequential) and isinstance(
+        classifier[-1], (nn.Linear, ClassifierHead)
+    ):
         return f"classifier.{len(classifier) - 1}"
     raise ValueError(f"cannot find the classification head of {type(model).__name__}")
 

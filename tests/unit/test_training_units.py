@@ -10,6 +10,11 @@ import pytest
 import torch
 import torchvision
 from matrec.agent.training.augmentation import OPERATIONS, eval_transform, train_transform
+from matrec.agent.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+)
 from matrec.agent.training.descriptors import DESCRIPTOR_DIMS, describe_files, describe_image
 from matrec.agent.training.evaluation import (
     Predictions,
@@ -19,12 +24,17 @@ from matrec.agent.training.evaluation import (
     per_class_scores,
     top_k_accuracy,
 )
+from matrec.agent.training.finetune import run_finetune
 from matrec.agent.training.models import (
+    HYBRID_DROPOUT,
+    HYBRID_HIDDEN,
+    ClassifierHead,
     block_groups,
     build_hybrid,
     build_model,
     head_name,
     load_pretrained,
+    model_from_file,
     resolve_torchvision_weights,
 )
 from matrec.agent.training.optim import (
@@ -36,7 +46,9 @@ from matrec.agent.training.optim import (
 )
 from matrec.agent.training.strategies import apply_strategy, param_groups
 from matrec.common.specs import KNOWN_MODELS, FinetuneConfig
+from matrec.sdk.demo_dataset import DemoDatasetInfo
 from PIL import Image
+from test_training_runs import Reporter, tiny_config
 from torch import nn
 from torch.nn import functional as F
 
@@ -214,6 +226,176 @@ def test_hybrid_model_shapes_and_groups() -> None:
     assert model.head[0].in_features == 1024 + 64
     assert block_groups(model)[-1] == ["backbone.features.12", "backbone.classifier.0"]
     assert sum(DESCRIPTOR_DIMS.values()) == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "in_features"),
+    [("resnet18", "fc", 512), ("mobilenet_v3_small", "classifier.3", 1024)],
+)
+def test_default_head_is_the_single_linear_layer_it_always_was(
+    name: str, head: str, in_features: int
+) -> None:
+    model = build_model(name, 3)
+    assert head_name(model) == head
+    layer = model.get_submodule(head)
+    assert type(layer) is nn.Linear
+    assert (layer.in_features, layer.out_features) == (in_features, 3)
+    # The same parameter names as torchvision's network: older checkpoints still load.
+    reference = getattr(torchvision.models, name)(weights=None).state_dict()
+    assert model.state_dict().keys() == reference.keys()
+    assert build_model(name, 3, dense_units=0, dropout_rate=0.0).state_dict().keys() == (
+        reference.keys()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "in_features"),
+    [
+        ("resnet18", "fc", 512),
+        ("mobilenet_v3_small", "classifier.3", 1024),
+        ("efficientnet_b0", "classifier.1", 1280),
+        ("convnext_tiny", "classifier.2", 768),
+    ],
+)
+def test_dense_units_and_dropout_build_a_head_that_trains_as_a_whole(
+    name: str, head: str, in_features: int
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 3, dense_units=64, dropout_rate=0.3)
+    assert head_name(model) == head
+    layer = model.get_submodule(head)
+    assert isinstance(layer, ClassifierHead)
+    assert [child for child, _ in layer.named_children()] == ["hidden", "act", "dropout", "out"]
+    assert (layer.hidden.in_features, layer.hidden.out_features) == (in_features, 64)
+    assert isinstance(layer.act, nn.ReLU)
+    assert isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.3
+    assert (layer.out.in_features, layer.out.out_features) == (64, 3)
+
+    groups = block_groups(model)
+    for param_name, _ in model.named_parameters():
+        owners = [
+            i for i, g in enumerate(groups) if param_name.startswith(tuple(p + "." for p in g))
+        ]
+        assert len(owners) == (0 if param_name.startswith(head + ".") else 1), param_name
+
+    apply_strategy(model, config(strategy="head_only"), epoch=0)
+    head_params = {f"{head}.{n}" for n, _ in layer.named_parameters()}
+    assert len(head_params) == 4
+    for param_name, param in model.named_parameters():
+        assert param.requires_grad == (param_name in head_params), param_name
+    assert layer.training and not model.get_submodule(groups[-1][0]).training
+    first = param_groups(model, config(strategy="discriminative"))[0]["params"]
+    assert first == list(layer.parameters())
+
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in head_params)
+
+
+@pytest.mark.parametrize(
+    ("dense_units", "dropout_rate", "children", "out_in"),
+    [(0, 0.5, ["dropout", "out"], 512), (32, 0.0, ["hidden", "act", "out"], 32)],
+)
+def test_a_head_setting_alone_adds_only_its_layer(
+    dense_units: int, dropout_rate: float, children: list[str], out_in: int
+) -> None:
+    model = build_model("resnet18", 4, dense_units=dense_units, dropout_rate=dropout_rate)
+    assert isinstance(model.fc, ClassifierHead) and head_name(model) == "fc"
+    assert [child for child, _ in model.fc.named_children()] == children
+    assert model.fc.out.in_features == out_in and model.fc.out.out_features == 4
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_hybrid_head_uses_dense_units_and_dropout_rate_when_given() -> None:
+    default = build_hybrid("resnet18", 4, descriptor_dim=12)
+    assert default.head[0].out_features == HYBRID_HIDDEN == 256
+    assert default.head[2].p == HYBRID_DROPOUT == 0.2
+    model = build_hybrid("resnet18", 4, descriptor_dim=12, dense_units=32, dropout_rate=0.5)
+    assert (model.head[0].in_features, model.head[0].out_features) == (512 + 12, 32)
+    assert isinstance(model.head[2], nn.Dropout) and model.head[2].p == 0.5
+    assert (model.head[3].in_features, model.head[3].out_features) == (32, 4)
+    assert head_name(model) == "head"
+    assert model(torch.randn(2, 3, 32, 32), torch.randn(2, 12)).shape == (2, 4)
+    apply_strategy(model, config(strategy="head_only"), epoch=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"head.{i}.{w}" for i in (0, 3) for w in ("weight", "bias")}
+
+
+def test_pretrained_weights_skip_or_replace_a_classifier_head(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    source = build_model("resnet18", 3, dense_units=16, dropout_rate=0.1)
+    path = tmp_path / "model.pt"
+    torch.save({"model_state": source.state_dict(), "classes": ["a", "b", "c"]}, path)
+    same = build_model("resnet18", 3, dense_units=16, dropout_rate=0.1)
+    assert load_pretrained(same, path, ["a", "b", "c"]).startswith("loaded 124/124 tensors")
+    torch.testing.assert_close(same.fc.hidden.weight, source.fc.hidden.weight)
+    other = build_model("resnet18", 3, dense_units=16, dropout_rate=0.1)
+    assert "new head" in load_pretrained(other, path, ["x", "y", "z"])
+    torch.testing.assert_close(other.conv1.weight, source.conv1.weight)
+    assert not torch.equal(other.fc.hidden.weight, source.fc.hidden.weight)
+    # ImageNet-style weights (a plain `fc`) leave the new head as initialised.
+    plain = tmp_path / "plain.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), plain)
+    assert load_pretrained(build_model("resnet18", 3, dense_units=16), plain).startswith(
+        "loaded 120/124 tensors"
+    )
+
+
+def _write_checkpoint(path: Path, saved_config: dict[str, object]) -> None:
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "classes": ["a", "b"],
+            "train_size": 4,
+            "config": saved_config,
+        },
+        path,
+    )
+
+
+def test_resume_needs_the_same_head_settings_and_accepts_older_checkpoints(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "last.pt"
+    older = config().model_dump(mode="json")
+    del older["dense_units"], older["dropout_rate"]  # written before the settings existed
+    _write_checkpoint(path, older)
+    load_checkpoint(path, config(), ["a", "b"], 4)
+    with pytest.raises(ValueError, match=r"dense_units: 0 -> 64"):
+        load_checkpoint(path, config(dense_units=64), ["a", "b"], 4)
+    _write_checkpoint(path, config(dense_units=64, dropout_rate=0.3).model_dump(mode="json"))
+    load_checkpoint(path, config(dense_units=64, dropout_rate=0.3), ["a", "b"], 4)
+    with pytest.raises(ValueError, match=r"dropout_rate: 0.3 -> 0.2"):
+        load_checkpoint(path, config(dense_units=64, dropout_rate=0.2), ["a", "b"], 4)
+
+
+def test_finetune_with_a_dense_head_trains_and_checkpoints(
+    small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        small_dataset.path, strategy="head_only", batch_size=48, dense_units=64, dropout_rate=0.3
+    )
+    classes = len(small_dataset.classes)
+    torch.manual_seed(cfg.seed)  # run_finetune builds its model right after this seeding
+    before = build_model(cfg.model, classes, dense_units=64, dropout_rate=0.3).state_dict()
+    reporter = Reporter()
+    result = run_finetune(cfg, tmp_path, reporter)
+
+    assert result.epochs == 1 and result.steps == 3
+    assert (tmp_path / "checkpoints" / "last.pt").is_file() and len(reporter.checkpoints) == 1
+    model, saved = model_from_file(Path(result.model_path))
+    assert isinstance(model.classifier[3], ClassifierHead)
+    assert model.classifier[3].hidden.out_features == 64
+    assert saved["config"]["dense_units"] == 64 and saved["config"]["dropout_rate"] == 0.3
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {
+        f"classifier.3.{n}.{w}" for n in ("hidden", "out") for w in ("weight", "bias")
+    }
 
 
 def test_pretrained_matrec_model_for_other_classes_loads_all_but_the_head(tmp_path: Path) -> None:

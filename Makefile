@@ -123,6 +123,7 @@ supabase: setup ## regenerate deploy/supabase (config.toml, migrations/) from th
 	$(VENV_PYTHON) scripts/gen_supabase.py
 
 bench: setup ## run the benchmarks in benchmarks/ (BENCH_ARGS)
+	$(VENV_PYTHON) -m pip install -q -e '.[dev,bench]'
 	@set -e; for script in benchmarks/*.py; do \
 		echo "== $$script"; \
 		$(VENV_PYTHON) $$script $(BENCH_ARGS); \

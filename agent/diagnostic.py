@@ -27,7 +27,10 @@ def run_diagnostic(
         if should_stop():
             raise DiagnosticStopped(f"stopped before step {step}")
         time.sleep(pause)
-        reporter.metrics(step, {"diagnostic/step": float(step)})
+        values = {"diagnostic/step": float(step)}
+        if config.score is not None:
+            values["diagnostic/score"] = config.score * step / config.steps
+        reporter.metrics(step, values)
     if config.fail:
         raise RuntimeError("the diagnostic task was asked to fail (config.fail)")
     return {

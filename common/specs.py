@@ -83,6 +83,21 @@ class FinetuneConfig(BaseModel):
         description="cnn: the backbone with a new head; hybrid: the backbone's pooled embedding "
         "and classical texture descriptors feed the head.",
     )
+    dense_units: int = Field(
+        default=0,
+        ge=0,
+        le=65_536,
+        description="Width of a hidden layer (Linear + ReLU) in the head. cnn: 0 means a single "
+        "linear layer; hybrid: 0 means the default hidden width, 256.",
+    )
+    dropout_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout before the head's last linear layer. cnn: 0 means none (besides "
+        "the dropout MobileNetV3 and EfficientNet have in front of their head); hybrid: 0 "
+        "means the default, 0.2.",
+    )
     pretrained_path: str | None = Field(
         default=None,
         description="Local weights to start from: a matrec model or checkpoint, or a "
@@ -191,9 +206,28 @@ class DiagnosticConfig(BaseModel):
     duration_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
     steps: int = Field(default=1, ge=1, le=100_000)
     fail: bool = False
+    score: float | None = Field(
+        default=None,
+        description="Also report a synthetic learning curve, diagnostic/score, rising linearly "
+        "to this value at the last step: an objective for trying HPO studies and pruning "
+        "without training anything.",
+    )
 
 
 JOB_KINDS: dict[str, type[BaseModel]] = {"finetune": FinetuneConfig, "diagnostic": DiagnosticConfig}
+
+#: The metrics each kind reports once per epoch (per step for diagnostic), usable as an HPO
+#: objective, and whether a higher value is better.
+OBJECTIVES: dict[str, dict[str, bool]] = {
+    "finetune": {
+        "val/accuracy": True,
+        "val/macro_f1": True,
+        "val/loss": False,
+        "train/accuracy": True,
+        "train/loss_epoch": False,
+    },
+    "diagnostic": {"diagnostic/score": True},
+}
 
 
 class ResourceRequest(BaseModel):

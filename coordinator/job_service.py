@@ -8,18 +8,20 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
+from matrec.common.wire import job_spec_to_dict
 from matrec.coordinator import convert
+from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, AgentState, JobState, TaskState
 from matrec.coordinator.store import JobRecord, MetricRecord, Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import agents_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc
+from matrec.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +37,6 @@ class SubmitPolicy:
     artifact_root: Path
     # Dataset paths must be visible to the coordinator (shared storage); turn off otherwise.
     check_paths: bool = True
-
-
-def spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        "name": spec.name,
-        "kind": spec.kind or "finetune",
-        "config": convert.struct_to_dict(spec.config),
-        "labels": dict(spec.labels),
-    }
-    if spec.max_attempts:
-        raw["max_attempts"] = spec.max_attempts
-    if spec.HasField("resources"):
-        raw["resources"] = {
-            "gpus": spec.resources.gpus,
-            "cpus": spec.resources.cpus,
-            "memory_bytes": spec.resources.memory_bytes,
-        }
-    return raw
 
 
 def _state_signature(job: jobs_pb2.Job) -> bytes:
@@ -131,7 +115,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobResponse:
         try:
-            spec, config = parse_job_spec(spec_to_dict(request.spec))
+            spec, config = parse_job_spec(job_spec_to_dict(request.spec))
             if self.policy.check_paths:
                 check_dataset_path(config)
         except SpecError as error:
@@ -182,19 +166,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job.id} already {job.state.value}; there is nothing to cancel",
             )
-        active = self.store.request_cancel(job.id, request.reason or "cancelled by user")
-        for task in active:
-            if task.agent_id:
-                self.sessions.send(
-                    task.agent_id,
-                    agents_pb2.CoordinatorMessage(
-                        cancel=agents_pb2.CancelTask(
-                            task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
-                            reason=request.reason or "cancelled by user",
-                        )
-                    ),
-                )
-        self.notifier.notify(job.id)
+        cancel_job(
+            self.store, self.sessions, self.notifier, job.id, request.reason or "cancelled by user"
+        )
         updated = self.store.get_job(job.id)
         assert updated is not None
         return jobs_pb2.CancelJobResponse(job=convert.job(updated))

@@ -162,6 +162,8 @@ studies = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("finished_at", TS, nullable=True),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_studies_state", "state"),
 )
 
 trials = sa.Table(
@@ -176,11 +178,17 @@ trials = sa.Table(
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("objective_value", sa.Float, nullable=True),
-    # The search algorithm's own record of the trial (hyperopt's trial document), for resuming.
+    # The search algorithm's own record of the trial (hyperopt's encoding of the values).
     sa.Column("algorithm_state", sa.JSON, nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("finished_at", TS, nullable=True),
+    # How far the pruner has judged the trial (ASHA: rungs passed; median: last resource).
+    sa.Column("judged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pruned_rung", sa.Integer, nullable=True),
+    sa.Column("pruned_resource", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("study_id", "number", name="uq_trials_number"),
+    sa.Index("ix_trials_job", "job_id"),
 )
 
 # Active learning: batches of candidate images proposed for labelling, and the labels given.

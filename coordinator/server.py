@@ -12,6 +12,9 @@ from grpc_reflection.v1alpha import reflection
 from matrec.coordinator.agent_service import AgentService
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
 from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
+from matrec.coordinator.hpo.driver import StudyDriver
+from matrec.coordinator.hpo.study_service import StudyService
+from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_service import JobService, SubmitPolicy
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
@@ -19,7 +22,14 @@ from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.settings import CoordinatorSettings
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
-from matrec.v1 import agents_pb2, agents_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from matrec.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    studies_pb2,
+    studies_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,7 @@ GRPC_SERVER_OPTIONS = [
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    studies_pb2.DESCRIPTOR.services_by_name["StudyService"].full_name,
 )
 
 
@@ -95,6 +106,13 @@ class Coordinator:
             ),
             server,
         )
+        studies = StudyStore(store.engine)
+        study_driver = StudyDriver(
+            store, studies, self.sessions, scheduler, notifier, s.effective_artifact_root
+        )
+        studies_pb2_grpc.add_StudyServiceServicer_to_server(
+            StudyService(studies, study_driver, notifier, check_paths=s.check_paths), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -108,7 +126,10 @@ class Coordinator:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port:
             self.metrics_port = telemetry.serve(s.host, s.metrics_port)
-        self._background = [asyncio.create_task(scheduler.run())]
+        self._background = [
+            asyncio.create_task(scheduler.run()),
+            asyncio.create_task(study_driver.run()),
+        ]
         retention = MetricRetention(s.metric_max_points, s.metric_retention_days)
         if retention.enabled:
             self._background.append(asyncio.create_task(Housekeeper(store, retention).run()))

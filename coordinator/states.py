@@ -55,3 +55,21 @@ def job_state_from_tasks(task_states: Iterable[TaskState], cancel_requested: boo
     if any(s != TaskState.QUEUED for s in states):
         return JobState.RUNNING
     return JobState.QUEUED
+
+
+class StudyState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TrialState(StrEnum):
+    RUNNING = "running"  # its job is queued or running
+    COMPLETED = "completed"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STUDY_STATES = frozenset({StudyState.COMPLETED, StudyState.FAILED, StudyState.CANCELLED})

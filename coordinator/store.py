@@ -35,7 +35,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands timestamps back without a zone; they were written in UTC."""
     if value is None or value.tzinfo is not None:
         return value
@@ -146,7 +146,7 @@ def _task(row: sa.Row[Any]) -> TaskRecord:
         max_attempts=m["max_attempts"],
         resources=dict(m["resources"] or {}),
         agent_id=m["agent_id"],
-        lease_expires_at=_aware(m["lease_expires_at"]),
+        lease_expires_at=as_utc(m["lease_expires_at"]),
         artifact_dir=m["artifact_dir"],
         checkpoint_path=m["checkpoint_path"],
         error=m["error"],
@@ -156,7 +156,7 @@ def _task(row: sa.Row[Any]) -> TaskRecord:
 
 def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
     m = row._mapping
-    created = _aware(m["created_at"])
+    created = as_utc(m["created_at"])
     assert created is not None
     return JobRecord(
         id=m["id"],
@@ -169,15 +169,15 @@ def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
         error=m["error"],
         result=m["result"],
         created_at=created,
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
+        started_at=as_utc(m["started_at"]),
+        finished_at=as_utc(m["finished_at"]),
         tasks=tasks,
     )
 
 
 def _agent(row: sa.Row[Any]) -> AgentRecord:
     m = row._mapping
-    seen = _aware(m["last_seen_at"])
+    seen = as_utc(m["last_seen_at"])
     assert seen is not None
     return AgentRecord(
         id=m["id"],
@@ -197,7 +197,7 @@ def _records(cls: type[R], rows: Iterable[sa.Row[Any]]) -> list[R]:
     out = []
     for row in rows:
         m = row._mapping
-        values = {n: _aware(m[n]) if isinstance(m[n], datetime) else m[n] for n in names}
+        values = {n: as_utc(m[n]) if isinstance(m[n], datetime) else m[n] for n in names}
         out.append(cls(**values))
     return out
 
@@ -209,6 +209,76 @@ def _cancel_requested(conn: sa.Connection, job_id: str) -> bool:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def add_event(
+    conn: sa.Connection,
+    job_id: str,
+    kind: str,
+    message: str,
+    task_id: str = "",
+    attempt: int = 0,
+) -> None:
+    conn.execute(
+        schema.job_events.insert().values(
+            job_id=job_id,
+            task_id=task_id,
+            attempt=attempt,
+            time=utcnow(),
+            kind=kind,
+            message=message,
+        )
+    )
+
+
+def insert_job(
+    conn: sa.Connection,
+    *,
+    name: str,
+    kind: str,
+    spec: dict[str, Any],
+    resources: dict[str, Any],
+    max_attempts: int,
+    artifact_root: Path,
+    num_tasks: int = 1,
+) -> str:
+    """Insert a queued job, its tasks, parameters and first event in `conn`'s transaction (so
+    that a caller can store something else atomically with it). Returns the job's id."""
+    job_id = new_id("job")
+    now = utcnow()
+    conn.execute(
+        schema.training_jobs.insert().values(
+            id=job_id,
+            name=name,
+            kind=kind,
+            spec=spec,
+            state=JobState.QUEUED,
+            max_attempts=max_attempts,
+            created_at=now,
+        )
+    )
+    for index in range(num_tasks):
+        task_id = f"{job_id}-t{index}"
+        conn.execute(
+            schema.tasks.insert().values(
+                id=task_id,
+                job_id=job_id,
+                index=index,
+                state=TaskState.QUEUED,
+                max_attempts=max_attempts,
+                resources=resources,
+                artifact_dir=str(artifact_root / job_id / task_id),
+                created_at=now,
+            )
+        )
+    config = spec.get("config", {})
+    if config:
+        conn.execute(
+            schema.training_parameters.insert(),
+            [{"job_id": job_id, "name": k, "value": v} for k, v in sorted(config.items())],
+        )
+    add_event(conn, job_id, "submitted", f"{kind} job submitted")
+    return job_id
 
 
 class Store:
@@ -238,41 +308,17 @@ class Store:
         artifact_root: Path,
         num_tasks: int = 1,
     ) -> JobRecord:
-        job_id = new_id("job")
-        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(
-                schema.training_jobs.insert().values(
-                    id=job_id,
-                    name=name,
-                    kind=kind,
-                    spec=spec,
-                    state=JobState.QUEUED,
-                    max_attempts=max_attempts,
-                    created_at=now,
-                )
+            job_id = insert_job(
+                conn,
+                name=name,
+                kind=kind,
+                spec=spec,
+                resources=resources,
+                max_attempts=max_attempts,
+                artifact_root=artifact_root,
+                num_tasks=num_tasks,
             )
-            for index in range(num_tasks):
-                task_id = f"{job_id}-t{index}"
-                conn.execute(
-                    schema.tasks.insert().values(
-                        id=task_id,
-                        job_id=job_id,
-                        index=index,
-                        state=TaskState.QUEUED,
-                        max_attempts=max_attempts,
-                        resources=resources,
-                        artifact_dir=str(artifact_root / job_id / task_id),
-                        created_at=now,
-                    )
-                )
-            config = spec.get("config", {})
-            if config:
-                conn.execute(
-                    schema.training_parameters.insert(),
-                    [{"job_id": job_id, "name": k, "value": v} for k, v in sorted(config.items())],
-                )
-            self._event(conn, job_id, "submitted", f"{kind} job submitted")
         job = self.get_job(job_id)
         assert job is not None
         return job
@@ -331,7 +377,7 @@ class Store:
                 .where(t.c.job_id == job_id, t.c.state == TaskState.QUEUED)
                 .values(state=TaskState.CANCELLED, finished_at=now, error=reason)
             )
-            self._event(conn, job_id, "cancel_requested", reason or "cancel requested")
+            add_event(conn, job_id, "cancel_requested", reason or "cancel requested")
             active = [
                 _task(r)
                 for r in conn.execute(
@@ -394,7 +440,7 @@ class Store:
             if updated.rowcount != 1:
                 return None
             task = _task(conn.execute(sa.select(t).where(t.c.id == task_id)).one())
-            self._event(
+            add_event(
                 conn,
                 task.job_id,
                 "assigned",
@@ -470,7 +516,7 @@ class Store:
             if updated.rowcount != 1:
                 return None
             task = _task(conn.execute(sa.select(t).where(t.c.id == task_id)).one())
-            self._event(
+            add_event(
                 conn, task.job_id, "started", f"running on agent {agent_id}", task_id, attempt
             )
             job_state = self._refresh_job(conn, task.job_id)
@@ -601,7 +647,7 @@ class Store:
             .where(t.c.id == task.id)
             .values(state=TaskState.QUEUED, agent_id=None, lease_expires_at=None, error=why)
         )
-        self._event(conn, task.job_id, event, f"{why}; requeued", task.id, task.attempt)
+        add_event(conn, task.job_id, event, f"{why}; requeued", task.id, task.attempt)
         job_state = self._refresh_job(conn, task.job_id)
         return TaskChange(
             _task(conn.execute(sa.select(t).where(t.c.id == task.id)).one()), job_state, event
@@ -629,7 +675,7 @@ class Store:
             )
         )
         message = f"{state.value}" + (f": {error}" if error else "")
-        self._event(conn, task.job_id, event, message, task.id, task.attempt)
+        add_event(conn, task.job_id, event, message, task.id, task.attempt)
         job_state = self._refresh_job(conn, task.job_id)
         return TaskChange(
             _task(conn.execute(sa.select(t).where(t.c.id == task.id)).one()), job_state, event
@@ -665,30 +711,10 @@ class Store:
             elif results:
                 values["result"] = {"tasks": results}
         conn.execute(j.update().where(j.c.id == job_id).values(**values))
-        self._event(conn, job_id, "job_state", f"job {new.value}")
+        add_event(conn, job_id, "job_state", f"job {new.value}")
         return new
 
     # ---- history, metrics, logs ---------------------------------------------------------------
-
-    def _event(
-        self,
-        conn: sa.Connection,
-        job_id: str,
-        kind: str,
-        message: str,
-        task_id: str = "",
-        attempt: int = 0,
-    ) -> None:
-        conn.execute(
-            schema.job_events.insert().values(
-                job_id=job_id,
-                task_id=task_id,
-                attempt=attempt,
-                time=utcnow(),
-                kind=kind,
-                message=message,
-            )
-        )
 
     def history(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
         e = schema.job_events

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
+from matrec.common.studies import StudySpecModel, parse_study_spec
+from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
 from matrec.sdk.address import default_address
 from matrec.sdk.convert import (
     agent_from_proto,
@@ -16,20 +18,24 @@ from matrec.sdk.convert import (
     job_from_proto,
     job_state_to_proto,
     metric_from_proto,
-    spec_to_proto,
+    study_from_proto,
     watch_event_from_proto,
 )
 from matrec.sdk.errors import (
     CoordinatorUnavailableError,
     InvalidSpecError,
+    JobNotFoundError,
     JobStateError,
+    NotFoundError,
+    StudyNotFoundError,
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
-from matrec.sdk.types import Agent, ClusterSnapshot, Job, Metric, WatchEvent
-from matrec.v1 import jobs_pb2, jobs_pb2_grpc
+from matrec.sdk.types import Agent, ClusterSnapshot, Job, Metric, Study, WatchEvent
+from matrec.v1 import jobs_pb2, jobs_pb2_grpc, studies_pb2, studies_pb2_grpc
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+T = TypeVar("T")
 
 # Keepalive pings only while a call is open (a long WatchJob); a coordinator must allow pings this
 # often (grpc.http2.min_ping_interval_without_data_ms <= 60 s) or it answers with GOAWAY.
@@ -64,6 +70,7 @@ class Client:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._studies = studies_pb2_grpc.StudyServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -79,11 +86,13 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(
+        self, method: Any, request: Any, not_found: type[NotFoundError] = JobNotFoundError
+    ) -> Any:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address) from None
+            raise from_rpc_error(exc, address=self.address, not_found=not_found) from None
 
     def submit_job(self, spec: JobSpecModel | Mapping[str, Any]) -> Job:
         """Validate `spec` locally, then submit it. Raises InvalidSpecError naming the field."""
@@ -92,7 +101,7 @@ class Client:
             model, config = parse_job_spec(raw)
         except SpecError as exc:
             raise InvalidSpecError(exc.field, exc.message) from None
-        message = spec_to_proto(model, config.model_dump(mode="json", exclude_none=True))
+        message = job_spec_to_proto(model, config.model_dump(mode="json", exclude_none=True))
         response = self._call(self._stub.SubmitJob, jobs_pb2.SubmitJobRequest(spec=message))
         return job_from_proto(response.job)
 
@@ -192,21 +201,118 @@ class Client:
         With `reconnect` (the default) a coordinator restart is ridden out: the watch is resumed,
         retrying with backoff, until the job is final or `timeout` runs out.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = RECONNECT_INITIAL_SECONDS
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
-            try:
-                for _ in self._watch(job_id, include_logs=False, timeout=remaining):
-                    pass
-                job = self.get_job(job_id)
-                if job.finished:
-                    return job
-            except CoordinatorUnavailableError:
-                if not reconnect:
-                    raise
-            pause = delay if remaining is None else min(delay, max(remaining, 0.0))
-            time.sleep(pause)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        return _wait_until_final(
+            f"job {job_id}",
+            lambda remaining: self._watch(job_id, include_logs=False, timeout=remaining),
+            lambda: self.get_job(job_id),
+            lambda job: job.finished,
+            timeout,
+            reconnect,
+        )
+
+    # ---- hyperparameter studies ---------------------------------------------------------------
+
+    def create_study(self, spec: StudySpecModel | Mapping[str, Any]) -> Study:
+        """Validate `spec` locally, then start the study. Raises InvalidSpecError naming the
+        field (e.g. ``search_space.learning_rate.min``)."""
+        raw = spec.model_dump() if isinstance(spec, StudySpecModel) else dict(spec)
+        try:
+            model = parse_study_spec(raw)
+        except SpecError as exc:
+            raise InvalidSpecError(exc.field, exc.message) from None
+        message = study_spec_to_proto(model)
+        if "max_trials" not in raw:
+            message.max_trials = 0  # the coordinator's default (grid: the whole grid)
+        response = self._call(
+            self._studies.CreateStudy, studies_pb2.CreateStudyRequest(spec=message)
+        )
+        return study_from_proto(response.study)
+
+    def get_study(self, study_id: str) -> Study:
+        """The study with every trial and its intermediate values. Raises StudyNotFoundError."""
+        response = self._call(
+            self._studies.GetStudy,
+            studies_pb2.GetStudyRequest(study_id=study_id),
+            StudyNotFoundError,
+        )
+        return study_from_proto(response.study)
+
+    def list_studies(self, limit: int = 100) -> list[Study]:
+        """Newest first, without intermediate values."""
+        response = self._call(
+            self._studies.ListStudies, studies_pb2.ListStudiesRequest(limit=limit)
+        )
+        return [study_from_proto(s) for s in response.studies]
+
+    def cancel_study(self, study_id: str, reason: str = "") -> Study:
+        """Stop the study: no new trials, running ones cancelled. JobStateError once final."""
+        response = self._call(
+            self._studies.CancelStudy,
+            studies_pb2.CancelStudyRequest(study_id=study_id, reason=reason),
+            StudyNotFoundError,
+        )
+        return study_from_proto(response.study)
+
+    def watch_study(
+        self, study_id: str, interval: float = 1.0, *, timeout: float | None = None
+    ) -> Iterator[Study]:
+        """The study now, then again whenever it changed (at most once per `interval`);
+        iteration ends once the study is final. TimeoutError after `timeout` seconds."""
+        request = studies_pb2.WatchStudyRequest(study_id=study_id)
+        request.interval.FromMilliseconds(int(interval * 1000))
+        stream = self._studies.WatchStudy(request, timeout=timeout)
+        try:
+            for message in stream:
+                yield study_from_proto(message.study)
+        except grpc.RpcError as exc:
+            if timeout is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(
+                    f"study {study_id} did not finish within {timeout:g} s"
+                ) from None
+            raise from_rpc_error(exc, address=self.address, not_found=StudyNotFoundError) from None
+        finally:
+            stream.cancel()
+
+    def wait_study(
+        self, study_id: str, timeout: float | None = None, *, reconnect: bool = True
+    ) -> Study:
+        """Block until the study is final and return it; rides out coordinator restarts like
+        `wait`. Raises TimeoutError."""
+        return _wait_until_final(
+            f"study {study_id}",
+            lambda remaining: self.watch_study(study_id, timeout=remaining),
+            lambda: self.get_study(study_id),
+            lambda study: study.finished,
+            timeout,
+            reconnect,
+        )
+
+
+def _wait_until_final(
+    what: str,
+    watch: Callable[[float | None], Iterator[Any]],
+    fetch: Callable[[], T],
+    finished: Callable[[T], bool],
+    timeout: float | None,
+    reconnect: bool,
+) -> T:
+    """Follow `watch` to its end, then `fetch`; repeat (with backoff while the coordinator is
+    unreachable, if `reconnect`) until the fetched thing is `finished` or `timeout` runs out."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = RECONNECT_INITIAL_SECONDS
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"{what} did not finish within {timeout:g} s")
+        try:
+            for _ in watch(remaining):
+                pass
+            current = fetch()
+            if finished(current):
+                return current
+        except CoordinatorUnavailableError:
+            if not reconnect:
+                raise
+        pause = delay if remaining is None else min(delay, max(remaining, 0.0))
+        time.sleep(pause)
+        delay = min(delay * 2, RECONNECT_MAX_SECONDS)

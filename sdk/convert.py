@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from matrec.common.specs import JobSpecModel
+from matrec.common.wire import study_spec_to_dict
 from matrec.sdk.errors import InvalidSpecError
 from matrec.sdk.types import (
     JOB_STATES,
@@ -15,6 +15,7 @@ from matrec.sdk.types import (
     ClusterSnapshot,
     GpuInfo,
     HistoryEntry,
+    IntermediateValue,
     Job,
     JobEvent,
     JobSpec,
@@ -25,10 +26,12 @@ from matrec.sdk.types import (
     MetricsEvent,
     Resources,
     ResourceUsage,
+    Study,
     Task,
+    Trial,
     WatchEvent,
 )
-from matrec.v1 import common_pb2, jobs_pb2
+from matrec.v1 import common_pb2, jobs_pb2, studies_pb2
 
 
 def _state_name(enum: EnumTypeWrapper, prefix: str, value: int) -> str:
@@ -178,23 +181,6 @@ def watch_event_from_proto(msg: jobs_pb2.WatchJobResponse) -> WatchEvent | None:
     return None
 
 
-def spec_to_proto(spec: JobSpecModel, config: dict[str, Any]) -> jobs_pb2.JobSpec:
-    """The wire form of a validated spec; `config` is its validated, normalised config."""
-    message = jobs_pb2.JobSpec(
-        name=spec.name,
-        kind=spec.kind,
-        resources=common_pb2.Resources(
-            gpus=spec.resources.gpus,
-            cpus=spec.resources.cpus,
-            memory_bytes=spec.resources.memory_bytes,
-        ),
-        max_attempts=spec.max_attempts,
-        labels=spec.labels,
-    )
-    message.config.update(config)
-    return message
-
-
 def job_state_to_proto(state: str) -> common_pb2.JobState:
     """Map "running" to JOB_STATE_RUNNING; raises InvalidSpecError for an unknown state."""
     if state.lower() not in JOB_STATES:
@@ -202,3 +188,43 @@ def job_state_to_proto(state: str) -> common_pb2.JobState:
             "states", f"unknown job state {state!r}; choose from {', '.join(JOB_STATES)}"
         )
     return common_pb2.JobState.Value(f"JOB_STATE_{state.upper()}")
+
+
+def study_from_proto(msg: studies_pb2.Study) -> Study:
+    spec = study_spec_to_dict(msg.spec)
+    int_params = {name for name, p in spec["search_space"].items() if p.get("type") == "int"}
+    return Study(
+        id=msg.id,
+        name=msg.spec.name,
+        state=_state_name(studies_pb2.StudyState, "STUDY_STATE_", msg.state),
+        spec=spec,
+        created_at=_time(msg, "created_at"),
+        finished_at=_time(msg, "finished_at"),
+        error=msg.error,
+        trials=[trial_from_proto(t, int_params) for t in msg.trials],
+        best_trial_number=msg.best_trial if msg.HasField("best_trial") else None,
+    )
+
+
+def trial_from_proto(msg: studies_pb2.Trial, int_params: set[str]) -> Trial:
+    params = struct_to_dict(msg.params)
+    for name in int_params & params.keys():
+        params[name] = int(params[name])
+    pruned = msg.state == studies_pb2.TRIAL_STATE_PRUNED
+    return Trial(
+        number=msg.number,
+        job_id=msg.job_id,
+        params=params,
+        state=_state_name(studies_pb2.TrialState, "TRIAL_STATE_", msg.state),
+        objective_value=msg.objective_value if msg.HasField("objective_value") else None,
+        pruned_rung=msg.pruned_rung if pruned else None,
+        pruned_resource=msg.pruned_resource if pruned else None,
+        error=msg.error,
+        intermediate=[
+            IntermediateValue(resource=v.resource, step=v.step, value=v.value)
+            for v in msg.intermediate
+        ],
+        job_state=_state_name(common_pb2.JobState, "JOB_STATE_", msg.job_state),
+        created_at=_time(msg, "created_at"),
+        finished_at=_time(msg, "finished_at"),
+    )

@@ -39,8 +39,16 @@ class InvalidSpecError(MatrecError, ValueError):
         self.message = message
 
 
-class JobNotFoundError(MatrecError):
+class NotFoundError(MatrecError):
+    """No job or study has the given id."""
+
+
+class JobNotFoundError(NotFoundError):
     """No job has the given id."""
+
+
+class StudyNotFoundError(NotFoundError):
+    """No study has the given id."""
 
 
 class JobStateError(MatrecError):
@@ -71,7 +79,9 @@ class CoordinatorUnavailableError(MatrecError, ConnectionError):
         self.address = address
 
 
-def from_rpc_error(exc: grpc.RpcError, *, address: str) -> MatrecError:
+def from_rpc_error(
+    exc: grpc.RpcError, *, address: str, not_found: type[NotFoundError] = JobNotFoundError
+) -> MatrecError:
     """Translate a failed call into the matching SDK error."""
     import grpc
 
@@ -84,7 +94,7 @@ def from_rpc_error(exc: grpc.RpcError, *, address: str) -> MatrecError:
         message = details.removeprefix(f"{field}: ") if field else details
         return InvalidSpecError(field, message)
     if code == grpc.StatusCode.NOT_FOUND:
-        return JobNotFoundError(details or "not found", code=code.name)
+        return not_found(details or "not found", code=code.name)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return JobStateError(details or "failed precondition", code=code.name)
     if code == grpc.StatusCode.UNAVAILABLE:

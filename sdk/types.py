@@ -182,3 +182,85 @@ class LogsEvent:
 
 
 WatchEvent = JobUpdate | HistoryEntry | MetricsEvent | LogsEvent
+
+
+STUDY_STATES: tuple[str, ...] = ("running", "completed", "failed", "cancelled")
+TRIAL_STATES: tuple[str, ...] = ("running", "completed", "pruned", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class IntermediateValue:
+    """One report of a trial's objective; `resource` counts the reports (epochs, for finetune)."""
+
+    resource: int
+    step: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    state: str
+    #: Completed: the final objective; pruned: the last value before it was stopped.
+    objective_value: float | None
+    #: Pruned trials: the rung (ASHA) and the resource at which they were stopped.
+    pruned_rung: int | None
+    pruned_resource: int | None
+    error: str
+    intermediate: list[IntermediateValue]
+    job_state: str
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Study:
+    """A hyperparameter study. `spec` is the validated spec (algorithm, objective, ...) as a
+    dict; integer parameters of `Trial.params` are ints."""
+
+    id: str
+    name: str
+    state: str
+    spec: dict[str, Any]
+    created_at: datetime | None
+    finished_at: datetime | None
+    error: str
+    trials: list[Trial]
+    best_trial_number: int | None
+
+    @property
+    def objective(self) -> str:
+        return str(self.spec["objective"])
+
+    @property
+    def maximize(self) -> bool:
+        return self.spec.get("direction") == "maximize"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled")
+
+    @property
+    def best(self) -> Trial | None:
+        for trial in self.trials:
+            if trial.number == self.best_trial_number:
+                return trial
+        return None
+
+    def ranked(self) -> list[Trial]:
+        """Trials best first: those with a value by it (completed before pruned at equal
+        values), then the others by number."""
+        sign = -1.0 if self.maximize else 1.0
+
+        def key(trial: Trial) -> tuple[int, float, int]:
+            if trial.objective_value is None:
+                return (2, 0.0, trial.number)
+            return (
+                0 if trial.state == "completed" else 1,
+                sign * trial.objective_value,
+                trial.number,
+            )
+
+        return sorted(self.trials, key=key)

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 from matrec.common.specs import parse_job_spec
+from matrec.common.wire import job_spec_to_proto
 from matrec.sdk.convert import (
     agent_from_proto,
     job_from_proto,
     job_state_to_proto,
-    spec_to_proto,
     watch_event_from_proto,
 )
 from matrec.sdk.errors import InvalidSpecError
@@ -127,7 +127,7 @@ def test_watch_events() -> None:
     assert watch_event_from_proto(jobs_pb2.WatchJobResponse()) is None
 
 
-def test_spec_to_proto() -> None:
+def test_job_spec_to_proto() -> None:
     spec, config = parse_job_spec(
         {
             "name": "n",
@@ -137,7 +137,7 @@ def test_spec_to_proto() -> None:
             "labels": {"k": "v"},
         }
     )
-    message = spec_to_proto(spec, config.model_dump(mode="json", exclude_none=True))
+    message = job_spec_to_proto(spec, config.model_dump(mode="json", exclude_none=True))
     assert message.name == "n" and message.kind == "finetune"
     assert message.resources.gpus == 1 and message.resources.cpus == 1.0
     assert message.max_attempts == 2 and dict(message.labels) == {"k": "v"}

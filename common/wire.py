@@ -1,0 +1,95 @@
+"""Job and study specs between their wire form (matrec.v1 messages) and the dicts the validators
+in specs.py and studies.py take. Shared by the SDK (sending) and the coordinator (receiving), so
+the two read proto3's "zero means the default" the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from matrec.common.specs import JobSpecModel
+from matrec.common.studies import StudySpecModel
+from matrec.v1 import common_pb2, jobs_pb2, studies_pb2
+
+
+def job_spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind or "finetune",
+        "config": json_format.MessageToDict(spec.config),
+        "labels": dict(spec.labels),
+    }
+    if spec.max_attempts:
+        raw["max_attempts"] = spec.max_attempts
+    if spec.HasField("resources"):
+        raw["resources"] = {
+            "gpus": spec.resources.gpus,
+            "cpus": spec.resources.cpus,
+            "memory_bytes": spec.resources.memory_bytes,
+        }
+    return raw
+
+
+def job_spec_to_proto(spec: JobSpecModel, config: dict[str, Any]) -> jobs_pb2.JobSpec:
+    """The wire form of a validated spec; `config` is its validated, normalised config."""
+    message = jobs_pb2.JobSpec(
+        name=spec.name,
+        kind=spec.kind,
+        resources=common_pb2.Resources(
+            gpus=spec.resources.gpus,
+            cpus=spec.resources.cpus,
+            memory_bytes=spec.resources.memory_bytes,
+        ),
+        max_attempts=spec.max_attempts,
+        labels=spec.labels,
+    )
+    message.config.update(config)
+    return message
+
+
+def study_spec_to_dict(spec: studies_pb2.StudySpec) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": spec.name,
+        "trial": job_spec_to_dict(spec.trial),
+        "search_space": json_format.MessageToDict(spec.search_space),
+        "algorithm": spec.algorithm or "tpe",
+        "objective": spec.objective,
+        "seed": spec.seed,
+    }
+    for name in ("max_trials", "max_parallel", "grid_points"):
+        if getattr(spec, name):
+            raw[name] = getattr(spec, name)
+    if spec.direction:
+        raw["direction"] = spec.direction
+    if spec.HasField("n_startup_trials"):
+        raw["n_startup_trials"] = spec.n_startup_trials
+    pruner: dict[str, Any] = {"kind": spec.pruner.kind or "none"}
+    for name in ("min_resource", "reduction_factor", "min_trials"):
+        if getattr(spec.pruner, name):
+            pruner[name] = getattr(spec.pruner, name)
+    raw["pruner"] = pruner
+    return raw
+
+
+def study_spec_to_proto(spec: StudySpecModel) -> studies_pb2.StudySpec:
+    message = studies_pb2.StudySpec(
+        name=spec.name,
+        trial=job_spec_to_proto(spec.trial, spec.trial.config),
+        algorithm=spec.algorithm,
+        objective=spec.objective,
+        direction=spec.direction or "",
+        max_trials=spec.max_trials,
+        max_parallel=spec.max_parallel,
+        seed=spec.seed,
+        grid_points=spec.grid_points,
+        pruner=studies_pb2.PrunerSpec(
+            kind=spec.pruner.kind,
+            min_resource=spec.pruner.min_resource,
+            reduction_factor=spec.pruner.reduction_factor,
+            min_trials=spec.pruner.min_trials,
+        ),
+    )
+    if spec.n_startup_trials is not None:
+        message.n_startup_trials = spec.n_startup_trials
+    message.search_space.update({k: v.model_dump() for k, v in spec.search_space.items()})
+    return message

@@ -8,6 +8,9 @@
 >>> from matrec.sdk import transfer_learn    # the seed's call: on a cluster, or in-process
 >>> transfer_learn("/data/wood", "/models/textures.pt", model_type="hybrid").evaluation.macro_f1
 
+>>> from matrec.sdk import optimize_hyperparameters   # the seed's call: a study of finetune trials
+>>> optimize_hyperparameters("/data/wood", max_trials=20, pruner="asha").best_params
+
 Names are loaded on first use, so that importing a submodule (the CLI does) does not pull in
 grpc and protobuf before they are needed.
 """
@@ -26,8 +29,10 @@ if TYPE_CHECKING:
         JobNotFoundError,
         JobStateError,
         MatrecError,
+        StudyNotFoundError,
     )
     from matrec.sdk.evaluation import ClassMetrics, Evaluation
+    from matrec.sdk.hpo import HPOResult, StudyFailedError, optimize_hyperparameters
     from matrec.sdk.transfer import TransferResult, transfer_learn
     from matrec.sdk.types import (
         Agent,
@@ -42,7 +47,9 @@ if TYPE_CHECKING:
         Metric,
         MetricsEvent,
         Resources,
+        Study,
         Task,
+        Trial,
         WatchEvent,
     )
 
@@ -53,6 +60,7 @@ __all__ = [
     "CoordinatorUnavailableError",
     "Evaluation",
     "GpuInfo",
+    "HPOResult",
     "HistoryEntry",
     "InvalidSpecError",
     "Job",
@@ -68,9 +76,14 @@ __all__ = [
     "Metric",
     "MetricsEvent",
     "Resources",
+    "Study",
+    "StudyFailedError",
+    "StudyNotFoundError",
     "Task",
     "TransferResult",
+    "Trial",
     "WatchEvent",
+    "optimize_hyperparameters",
     "transfer_learn",
 ]
 
@@ -81,6 +94,7 @@ _MODULES = (
     "matrec.sdk.errors",
     "matrec.sdk.evaluation",
     "matrec.sdk.transfer",
+    "matrec.sdk.hpo",
     "matrec.sdk.client",
 )
 

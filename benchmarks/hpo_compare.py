@@ -441,7 +441,7 @@ def summarise(
         f"#### {objective.name}: f* = {optimum:g}; budget {budget} units "
         f"(= {budget // max_resource} full trials of R = {max_resource}); {seeds} seeds",
         "",
-        "Best full-resource regret (f_best − f*) within 25 / 50 / 100 % of the budget, "
+        "Best full-resource regret (f_best - f*) within 25 / 50 / 100 % of the budget, "
         "mean ± sd over seeds:",
         "",
         "| method | trials | pruned | "
@@ -519,7 +519,7 @@ def compare_compute(
             f"ratio {ratio:.2f}; clearly less (ratio ≤ 0.67 and earlier in most seeds): {clearly}"
         )
     elif math.isfinite(median_a):
-        summary = f"TPE's median is over the budget; clearly less: yes"
+        summary = "TPE's median is over the budget; clearly less: yes"
     elif math.isfinite(median_b):
         summary = f"{label}'s median is over the budget; clearly less: no"
     else:

@@ -14,6 +14,7 @@ import typer
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
+from matrec.sdk.ctl.hpo import hpo_app
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(hpo_app, name="hpo")
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
@@ -313,16 +315,25 @@ def cancel(
 @app.command()
 def watch(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    job_id: Annotated[
+        str, typer.Argument(metavar="JOB|STUDY", help="Job id, or an HPO study id (study-…).")
+    ],
     logs: Annotated[bool, typer.Option("--logs", "-l", help="Also show worker log lines.")] = False,
 ) -> None:
-    """Follow a job live until it ends: exit code 0 if it succeeded, 1 otherwise.
+    """Follow a job or an HPO study live until it ends: exit code 0 if it succeeded, 1 otherwise.
 
     A live view on a terminal (tasks, epoch progress with ETA, metrics); lines in a pipe.
+    A study shows its trials, best first, pruned and failed ones marked (as `hpo watch`).
 
-    [dim]$ matrec-ctl watch job-733ad4e0b95d --logs[/]
+    [dim]$ matrec-ctl watch job-733ad4e0b95d --logs
+    $ matrec-ctl watch study-3f2a9c1d0b7e[/]
     """
     with _client(ctx) as client:
+        if job_id.startswith("study-"):
+            from matrec.sdk.ctl.hpo import follow_study
+
+            follow_study(client, job_id, console)
+            return
         _follow(client, job_id, logs=logs)
 
 

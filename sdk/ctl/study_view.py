@@ -83,7 +83,7 @@ def short_error(error: str, limit: int = SHORT_ERROR) -> str:
 
 
 def trial_state_text(trial: Trial) -> Text:
-    """"completed"; "pruned @ rung 1 (resource 2)"; "failed: <the start of the error>"."""
+    """The state cell: completed; pruned @ rung 1 (resource 2); failed: <start of the error>."""
     style = TRIAL_STYLES.get(trial.state, "")
     if trial.state == "pruned" and trial.pruned_rung is not None:
         return Text(
@@ -142,7 +142,7 @@ def trial_counts(study: Study) -> dict[str, int]:
 
 
 def counts_text(study: Study) -> str:
-    """"1 running, 2 completed, 3 pruned" in the order trials move through."""
+    """Trial counts, e.g. "1 running, 2 completed, 3 pruned", in the order trials move through."""
     counts = trial_counts(study)
     order = ("running", "completed", "pruned", "failed", "cancelled")
     return ", ".join(f"{counts[state]} {state}" for state in order if counts.get(state))
@@ -169,7 +169,7 @@ def objective_label(study: Study) -> str:
 
 
 def best_text(study: Study) -> Text:
-    """"trial 3: 0.894973 (score=0.895)", or why there is none yet."""
+    """The best trial, e.g. "trial 3: 0.894973  score=0.895", or why there is none yet."""
     best = study.best
     if best is None:
         return Text("no completed trial yet", style="dim")
@@ -254,7 +254,9 @@ def trials_table(
     shown = _visible_rows(ranked, max_rows)
     shown_numbers = {t.number for t in shown}
     all_rows = _trial_rows(study, names)
-    rows = [row for row, trial in zip(all_rows, ranked, strict=True) if trial.number in shown_numbers]
+    rows = [
+        row for row, trial in zip(all_rows, ranked, strict=True) if trial.number in shown_numbers
+    ]
     keep = len(names)
     if width is not None:
         while keep > 0 and _width(study, names, rows, keep) > width:
@@ -282,9 +284,7 @@ def _drop_params(row: list[RenderableType], count: int, keep: int) -> list[Rende
     return [*row[: 3 + keep], *row[3 + count :]]
 
 
-def _width(
-    study: Study, names: Sequence[str], rows: list[list[RenderableType]], keep: int
-) -> int:
+def _width(study: Study, names: Sequence[str], rows: list[list[RenderableType]], keep: int) -> int:
     table = _table(study, names[:keep], (_drop_params(row, len(names), keep) for row in rows))
     return Measurement.get(_MEASURE, _MEASURE.options, table).maximum
 
@@ -445,7 +445,9 @@ class StudyPrinter:
                 continue
             self._states[trial.number] = trial.state
             if known is None and trial.state == "running":
-                line = f"trial {trial.number} started ({trial.job_id}): {format_params(trial.params)}"
+                line = (
+                    f"trial {trial.number} started ({trial.job_id}): {format_params(trial.params)}"
+                )
                 self._print(line, trial.created_at)
             elif trial.state != "running":
                 self._print_end(study, trial, done, total)

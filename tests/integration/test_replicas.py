@@ -1,5 +1,5 @@
 """Two coordinator processes on one PostgreSQL database, agents on each, 200 short tasks: every
-task runs exactly once."""
+task runs exactly once; then one study driven by both: every trial is created once."""
 
 from __future__ import annotations
 
@@ -99,6 +99,27 @@ def test_two_coordinators_share_one_database_and_run_each_task_once(
                     re.findall(r"task (\S+) attempt \d+ started as pid", log.read_text())
                 )
             assert len(started) == TASKS and set(started.values()) == {1}
+
+            # Both replicas drive the same study (each asks for trials on its passes): every
+            # trial number is stored once, with one job, and the study ends on both.
+            study = clients[0].create_study(
+                {
+                    "trial": {"kind": "diagnostic", "config": {"duration_seconds": 0.3}},
+                    "search_space": {"score": {"type": "float", "min": 0.0, "max": 1.0}},
+                    "max_trials": 16,
+                    "max_parallel": 6,
+                }
+            )
+            final = clients[1].wait_study(study.id, timeout=120)
+            assert final.state == "completed"
+            assert [t.number for t in final.trials] == list(range(16))
+            assert {t.state for t in final.trials} == {"completed"}
+            trial_jobs = [
+                j
+                for j in clients[0].list_jobs(limit=1000)
+                if j.spec.labels.get("study") == study.id
+            ]
+            assert sorted(j.id for j in trial_jobs) == sorted(t.job_id for t in final.trials)
         finally:
             for client in clients:
                 client.close()

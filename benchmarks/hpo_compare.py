@@ -52,8 +52,15 @@ most of them stopped early). A value counts once it is reported within the budge
 within 25 %, 50 % and 100 % of the budget, as regret f_best - f*; and the compute needed to first
 reach each of two regret targets with a fully trained configuration (median over seeds, a seed
 that never reaches it counting as "more than the budget"; and in how many seeds it was reached).
-Then two checks: matrec TPE's mean final regret against hyperopt fmin's, and TPE+ASHA's median
-compute to the tight target against TPE's. `--json OUT` keeps every run's reports.
+The targets were set from a pilot of matrec TPE alone (40 seeds), before any pruning method was
+compared: the first (Branin 0.7, Hartmann-3 0.3) is about the 80th percentile of its final
+regret, so TPE reaches it in about 4 seeds out of 5; the second (0.3, 0.15) about the median.
+
+Then the checks: matrec TPE's mean final regret against hyperopt fmin's (with the standard
+error of the difference: the two run the same hyperopt TPE, so only the random streams differ),
+and the TPE+ASHA runs' median compute to the first target against TPE's ("clearly less" means a
+ratio of at most 2/3 and earlier in most seeds). Nothing is asserted: the script prints what it
+measured. `--json OUT` keeps every run's reports.
 """
 
 from __future__ import annotations
@@ -129,7 +136,9 @@ class Objective:
     optimum: float
     # G in the module docstring: about a quarter of the median of f - f* over the domain.
     gap: float
-    # Regret targets (loose, tight) for "compute to reach a target".
+    # Regret targets for "compute to reach a target": the first, used by the check, is about
+    # the 80th percentile of matrec TPE's final regret over 40 pilot seeds (TPE reaches it in
+    # about 4 seeds out of 5); the second is about its median.
     targets: tuple[float, float]
 
     @property
@@ -147,7 +156,7 @@ OBJECTIVES: dict[str, Objective] = {
         function=branin,
         optimum=0.397887,
         gap=10.0,
-        targets=(0.5, 0.1),
+        targets=(0.7, 0.3),
     ),
     "hartmann3": Objective(
         name="hartmann3",
@@ -155,7 +164,7 @@ OBJECTIVES: dict[str, Objective] = {
         function=hartmann3,
         optimum=-3.86278,
         gap=0.8,
-        targets=(0.3, 0.05),
+        targets=(0.3, 0.15),
     ),
 }
 
@@ -205,7 +214,8 @@ class Run:
     pruned: int = 0
     #: Trials that reported all R values and were then judged and pruned at the top rung.
     pruned_at_max_resource: int = 0
-    seconds: float = 0.0
+    #: CPU time of the whole run (the optimiser's own cost: the objective is nearly free).
+    cpu_seconds: float = 0.0
 
     def best_regret(self, optimum: float, compute: float) -> float:
         values = [v for c, v in self.finals if c <= compute]
@@ -370,7 +380,7 @@ METHODS = (
 def run_method(method: str, curves: Curves, seed: int, budget: int, startup: int) -> Run:
     run = Run(curves.objective.name, method, seed, budget)
     space = curves.objective.space
-    started = time.perf_counter()
+    started = time.process_time()
     if method == "matrec random":
         run_matrec(run, curves, RandomSearch(space, seed), NoPruner(), workers=1)
     elif method == "matrec TPE":
@@ -389,7 +399,7 @@ def run_method(method: str, curves: Curves, seed: int, budget: int, startup: int
         run_optuna(run, curves, startup, "asha")
     else:
         raise ValueError(method)
-    run.seconds = time.perf_counter() - started
+    run.cpu_seconds = time.process_time() - started
     return run
 
 
@@ -446,7 +456,7 @@ def summarise(
         "",
         "| method | trials | pruned | "
         + " | ".join(f"regret @ {round(f * 100)} %" for f in BUDGET_FRACTIONS)
-        + " | s / run |",
+        + " | CPU s / run |",
         "|---|---|---|" + "---|" * len(BUDGET_FRACTIONS) + "---|",
     ]
     for method, group in by_method.items():
@@ -458,7 +468,7 @@ def summarise(
         cells += [
             mean_sd([r.best_regret(optimum, f * budget) for r in group]) for f in BUDGET_FRACTIONS
         ]
-        cells.append(f"{statistics.fmean(r.seconds for r in group):.2f}")
+        cells.append(f"{statistics.fmean(r.cpu_seconds for r in group):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -505,8 +515,8 @@ def compare_regret(objective: Objective, mine: list[Run], theirs: list[Run], bud
 def compare_compute(
     objective: Objective, pruned: list[Run], full: list[Run], budget: int, label: str
 ) -> str:
-    """Median compute to the tight target of a pruning method against TPE without pruning."""
-    target = objective.targets[1]
+    """Median compute to the first target of a pruning method against TPE without pruning."""
+    target = objective.targets[0]
     a = [r.compute_to(objective.optimum, target) for r in pruned]
     b = [r.compute_to(objective.optimum, target) for r in full]
     median_a, median_b = statistics.median(a), statistics.median(b)

@@ -41,7 +41,7 @@ TRIAL_STYLES: dict[str, str] = {
 }
 FINISHED_TRIAL_STATES = ("completed", "pruned", "failed", "cancelled")
 #: Longest error text shown in a failed trial's state cell (the whole text is in `hpo show --json`).
-SHORT_ERROR = 40
+SHORT_ERROR = 24
 #: Significant digits of objective values (hyperparameters get format_value's 4).
 OBJECTIVE_DIGITS = 6
 
@@ -216,9 +216,7 @@ def _table(study: Study, names: Sequence[str], rows: Iterable[list[RenderableTyp
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("STATE", overflow="ellipsis", no_wrap=True)
-    table.add_column(
-        f"{study.objective.upper()} {direction_arrow(study)}", justify="right", no_wrap=True
-    )
+    table.add_column(f"OBJECTIVE {direction_arrow(study)}", justify="right", no_wrap=True)
     for name in names:
         table.add_column(Text(name.upper()), justify="right", no_wrap=True, overflow="ellipsis")
     table.add_column("JOB", no_wrap=True)
@@ -334,11 +332,8 @@ def studies_table(studies: Sequence[Study]) -> Table:
     table.add_column("NAME")
     table.add_column("STATE", no_wrap=True)
     table.add_column("ALGORITHM", no_wrap=True)
-    table.add_column("PRUNER", no_wrap=True)
     table.add_column("TRIALS", justify="right", no_wrap=True)
-    table.add_column("OBJECTIVE", no_wrap=True)
     table.add_column("BEST", justify="right", no_wrap=True)
-    table.add_column("CREATED", no_wrap=True)
     for study in studies:
         best = study.best
         table.add_row(
@@ -346,11 +341,8 @@ def studies_table(studies: Sequence[Study]) -> Table:
             Text(study.name or "-"),
             state_text(study.state),
             str(study.spec.get("algorithm", "-")),
-            str((study.spec.get("pruner") or {}).get("kind", "none")),
             f"{finished_trials(study)}/{max_trials(study)}",
-            f"{study.objective} {direction_arrow(study)}",
             format_objective(None if best is None else best.objective_value),
-            format_time(study.created_at),
         )
     return table
 
@@ -420,7 +412,8 @@ def follow_live(studies: Iterable[Study], console: Console) -> Study | None:
 
 
 class StudyPrinter:
-    """One line per change: the study's state, each trial's start and end, a new best."""
+    """One line per change: each trial's start and end (in the order they happened, numbered
+    by how many trials had finished), a new best, the study's end."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -428,44 +421,55 @@ class StudyPrinter:
         self._states: dict[int, str] = {}
         self._study_state: str | None = None
         self._best: int | None = None
+        self._ended = 0
 
     def handle(self, study: Study) -> None:
         if self._study_state is None:
+            self._study_state = "running"
             self._print(
                 f"study {study.id} ({study.name or 'unnamed'}): {study.spec.get('algorithm')}, "
                 f"{objective_label(study)}, pruner {pruner_text(study)}, "
-                f"{max_trials(study)} trials, {study.spec.get('max_parallel')} at a time"
+                f"{max_trials(study)} trials, {study.spec.get('max_parallel')} at a time",
+                study.created_at,
             )
         self.study = study
-        total = max_trials(study)
-        done = finished_trials(study)
-        for trial in sorted(study.trials, key=lambda t: t.number):
+        # (time, 0 for a start / 1 for an end, trial): a trial that started and ended between
+        # two updates gets both lines, in that order.
+        changes: list[tuple[datetime | None, int, Trial]] = []
+        for trial in study.trials:
             known = self._states.get(trial.number)
             if known == trial.state:
                 continue
             self._states[trial.number] = trial.state
-            if known is None and trial.state == "running":
-                line = (
-                    f"trial {trial.number} started ({trial.job_id}): {format_params(trial.params)}"
-                )
-                self._print(line, trial.created_at)
-            elif trial.state != "running":
-                self._print_end(study, trial, done, total)
+            if known is None:
+                changes.append((trial.created_at, 0, trial))
+            if trial.state != "running":
+                changes.append((trial.finished_at, 1, trial))
+        now = datetime.now().astimezone()
+        changes.sort(key=lambda c: (c[0] or now, c[1], c[2].number))
+        for when, end, trial in changes:
+            if end:
+                self._print_end(study, trial, when)
+            else:
+                started = f"trial {trial.number} started ({trial.job_id or 'no job'})"
+                self._print(f"{started}: {format_params(trial.params)}", when)
         if study.best_trial_number is not None and study.best_trial_number != self._best:
             self._best = study.best_trial_number
             self._print(Text.assemble("best so far: ", best_text(study)))
         if study.state != self._study_state:
             self._study_state = study.state
-            if study.state != "running":
-                self._print(Text.assemble(f"study {study.id}: ", state_text(study.state)))
+            self._print(
+                Text.assemble(f"study {study.id}: ", state_text(study.state)), study.finished_at
+            )
 
-    def _print_end(self, study: Study, trial: Trial, done: int, total: int) -> None:
-        line = Text(f"[{done}/{total}] trial {trial.number} ")
+    def _print_end(self, study: Study, trial: Trial, when: datetime | None) -> None:
+        self._ended += 1
+        line = Text(f"[{self._ended}/{max_trials(study)}] trial {trial.number} ")
         line.append_text(trial_state_text(trial))
         if trial.objective_value is not None:
             line.append(f": {study.objective} {format_objective(trial.objective_value)}")
         line.append(f"  {format_params(trial.params)}", style="dim")
-        self._print(line, trial.finished_at)
+        self._print(line, when)
 
     def _print(self, line: str | Text, when: datetime | None = None) -> None:
         stamp = format_time(when or datetime.now().astimezone())

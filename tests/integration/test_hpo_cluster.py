@@ -227,3 +227,28 @@ def test_watch_study_streams_progress_until_final(cluster: LocalCluster) -> None
     assert seen[-1] == ("completed", 4)
     assert len(seen) >= 3, seen  # intermediate snapshots, not just the end
     assert time.monotonic() - started < 120
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(cluster: LocalCluster) -> None:
+    spec = diagnostic_study(
+        trial={
+            "kind": "diagnostic",
+            "config": {"duration_seconds": 0.5, "steps": 2},
+            "max_attempts": 1,
+        },
+        search_space={
+            "score": {"type": "float", "min": 0.0, "max": 1.0},
+            "fail": {"type": "categorical", "choices": [True, False]},
+        },
+        algorithm="random",
+        max_trials=6,
+    )
+    with cluster.client() as client:
+        study = client.wait_study(client.create_study(spec).id, timeout=120)
+    failed = [t for t in study.trials if t.params["fail"]]
+    assert failed and len(failed) < 6, [t.params for t in study.trials]
+    assert {t.state for t in failed} == {"failed"}
+    assert all("asked to fail" in t.error for t in failed)
+    assert {t.state for t in study.trials if not t.params["fail"]} == {"completed"}
+    assert study.state == "completed" and len(study.trials) == 6
+    assert study.best is not None and not study.best.params["fail"]

@@ -14,6 +14,12 @@ import grpc
 from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
 from matrec.common.wire import job_spec_to_dict
 from matrec.coordinator import convert
+from matrec.coordinator.artifact_files import (
+    ArtifactUnavailable,
+    pick_artifact,
+    read_chunks,
+    readable_path,
+)
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
@@ -278,3 +284,55 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
         snapshot.time.GetCurrentTime()
         return snapshot
+
+    async def ListArtifacts(
+        self, request: jobs_pb2.ListArtifactsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListArtifactsResponse:
+        job = await self._job_or_abort(request.job_id, context)
+        artifacts = []
+        for row in self.store.artifacts(job.id):
+            path = Path(row["uri"])
+            size = path.stat().st_size if path.is_file() else -1
+            artifacts.append(
+                jobs_pb2.Artifact(
+                    task_id=row["task_id"],
+                    kind=row["kind"],
+                    uri=row["uri"],
+                    size_bytes=size,
+                    created_at=convert.timestamp(row["created_at"]),
+                )
+            )
+        return jobs_pb2.ListArtifactsResponse(artifacts=artifacts)
+
+    async def DownloadArtifact(
+        self, request: jobs_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.ArtifactChunk]:
+        job = await self._job_or_abort(request.job_id, context)
+        if request.offset < 0:
+            await _invalid(context, SpecError("offset", "must be >= 0"))
+        found = pick_artifact(self.store.artifacts(job.id), request.uri, request.kind)
+        if found is None:
+            what = repr(request.uri) if request.uri else f"a {request.kind or 'model'} artifact"
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"job {job.id} has no {what}; `matrec-ctl artifacts {job.id}` lists its files",
+            )
+        assert found is not None
+        try:
+            path = readable_path(found["uri"], self.policy.artifact_root)
+            chunks = read_chunks(path, request.offset)
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    return
+                yield jobs_pb2.ArtifactChunk(
+                    uri=found["uri"],
+                    offset=chunk.offset,
+                    data=chunk.data,
+                    total_size=chunk.total_size,
+                    sha256=chunk.sha256,
+                )
+        except ArtifactUnavailable as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except ValueError as error:
+            await _invalid(context, SpecError("offset", str(error)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -14,6 +16,7 @@ from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
 from matrec.sdk.address import default_address
 from matrec.sdk.convert import (
     agent_from_proto,
+    artifact_from_proto,
     cluster_snapshot_from_proto,
     job_from_proto,
     job_state_to_proto,
@@ -26,12 +29,13 @@ from matrec.sdk.errors import (
     InvalidSpecError,
     JobNotFoundError,
     JobStateError,
+    MatrecError,
     NotFoundError,
     StudyNotFoundError,
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
-from matrec.sdk.types import Agent, ClusterSnapshot, Job, Metric, Study, WatchEvent
+from matrec.sdk.types import Agent, Artifact, ClusterSnapshot, Job, Metric, Study, WatchEvent
 from matrec.v1 import jobs_pb2, jobs_pb2_grpc, studies_pb2, studies_pb2_grpc
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -210,6 +214,59 @@ class Client:
             reconnect,
         )
 
+    # ---- artifacts -----------------------------------------------------------------------------
+
+    def list_artifacts(self, job_id: str) -> list[Artifact]:
+        """The files the job produced (model, last checkpoint). Raises JobNotFoundError."""
+        response = self._call(
+            self._stub.ListArtifacts, jobs_pb2.ListArtifactsRequest(job_id=job_id)
+        )
+        return [artifact_from_proto(a) for a in response.artifacts]
+
+    def download_artifact(
+        self,
+        job_id: str,
+        destination: str | Path,
+        *,
+        kind: str = "model",
+        uri: str = "",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Copy one of the job's artifacts (`uri`, else its newest `kind`) to `destination` (a
+        file, or a folder to put it in). Bytes go to DESTINATION.part first, so an interrupted
+        download resumes where it stopped; the file is renamed into place only after its SHA-256
+        matched. `progress(done, total)` is called per chunk. Raises JobNotFoundError,
+        JobStateError (the coordinator cannot see the file) or MatrecError (corrupt transfer).
+        """
+        target = Path(destination)
+        if target.is_dir():
+            name = Path(uri).name if uri else f"{job_id}-{kind}.pt"
+            target = target / name
+        partial = target.with_name(target.name + ".part")
+        offset = partial.stat().st_size if partial.exists() else 0
+        request = jobs_pb2.DownloadArtifactRequest(job_id=job_id, uri=uri, kind=kind, offset=offset)
+        digest = ""
+        try:
+            with partial.open("ab") as file:
+                for chunk in self._stub.DownloadArtifact(request):
+                    if chunk.offset != file.tell():
+                        raise MatrecError(
+                            f"download of {chunk.uri} out of step at byte {chunk.offset}"
+                        )
+                    file.write(chunk.data)
+                    if progress is not None:
+                        progress(file.tell(), chunk.total_size)
+                    digest = chunk.sha256 or digest
+        except grpc.RpcError as exc:
+            if partial.stat().st_size == 0:
+                partial.unlink()  # nothing to resume from
+            raise from_rpc_error(exc, address=self.address) from None
+        if not digest or _sha256(partial) != digest:
+            partial.unlink(missing_ok=True)
+            raise MatrecError(f"download of job {job_id}'s {kind or uri} was corrupted; retry")
+        partial.replace(target)
+        return target
+
     # ---- hyperparameter studies ---------------------------------------------------------------
 
     def create_study(self, spec: StudySpecModel | Mapping[str, Any]) -> Study:
@@ -286,6 +343,14 @@ class Client:
             timeout,
             reconnect,
         )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _wait_until_final(

@@ -12,6 +12,7 @@ from matrec.sdk.errors import InvalidSpecError
 from matrec.sdk.types import (
     JOB_STATES,
     Agent,
+    Artifact,
     ClusterSnapshot,
     GpuInfo,
     HistoryEntry,
@@ -227,4 +228,14 @@ def trial_from_proto(msg: studies_pb2.Trial, int_params: set[str]) -> Trial:
         job_state=_state_name(common_pb2.JobState, "JOB_STATE_", msg.job_state),
         created_at=_time(msg, "created_at"),
         finished_at=_time(msg, "finished_at"),
+    )
+
+
+def artifact_from_proto(msg: jobs_pb2.Artifact) -> Artifact:
+    return Artifact(
+        task_id=msg.task_id,
+        kind=msg.kind,
+        uri=msg.uri,
+        size_bytes=msg.size_bytes if msg.size_bytes >= 0 else None,
+        created_at=_time(msg, "created_at"),
     )

@@ -264,3 +264,15 @@ class Study:
             )
 
         return sorted(self.trials, key=key)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a job produced: "model" or "checkpoint". `size_bytes` is None when the
+    coordinator cannot see the file (no shared storage)."""
+
+    task_id: str
+    kind: str
+    uri: str
+    size_bytes: int | None
+    created_at: datetime | None

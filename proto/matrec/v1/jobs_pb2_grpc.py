@@ -75,6 +75,16 @@ class JobServiceStub:
                 request_serializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.SerializeToString,
                 response_deserializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/matrec.v1.JobService/ListArtifacts',
+                request_serializer=matrec_dot_v1_dot_jobs__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_jobs__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/matrec.v1.JobService/DownloadArtifact',
+                request_serializer=matrec_dot_v1_dot_jobs__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_jobs__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -135,6 +145,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """The files a job produced (model, last checkpoint), as recorded when its tasks finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """One artifact's bytes, in chunks of at most 1 MiB, from `offset` on (to resume a download);
+        the last chunk carries the SHA-256 of the whole file. The coordinator reads the file from
+        the artifact root (shared storage): FAILED_PRECONDITION if it cannot see it there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +203,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchCluster,
                     request_deserializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.FromString,
                     response_serializer=matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=matrec_dot_v1_dot_jobs__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_jobs__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=matrec_dot_v1_dot_jobs__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_jobs__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +432,60 @@ class JobService:
             '/matrec.v1.JobService/WatchCluster',
             matrec_dot_v1_dot_jobs__pb2.WatchClusterRequest.SerializeToString,
             matrec_dot_v1_dot_jobs__pb2.WatchClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrec.v1.JobService/ListArtifacts',
+            matrec_dot_v1_dot_jobs__pb2.ListArtifactsRequest.SerializeToString,
+            matrec_dot_v1_dot_jobs__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/matrec.v1.JobService/DownloadArtifact',
+            matrec_dot_v1_dot_jobs__pb2.DownloadArtifactRequest.SerializeToString,
+            matrec_dot_v1_dot_jobs__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,96 @@
+"""Downloading a finished fine-tune's artifacts through the coordinator: listing, chunked
+streaming with progress, resuming a partial download, refusing a corrupt one."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from matrec.sdk import Client, JobNotFoundError, MatrecError
+from matrec.sdk.demo_dataset import DemoDatasetInfo
+from matrec.sdk.local_cluster import LocalCluster
+from matrec.sdk.types import Job
+from support.cluster_jobs import finetune_spec
+
+
+@pytest.fixture(scope="module")
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, small_dataset: DemoDatasetInfo
+) -> Iterator[tuple[LocalCluster, Job]]:
+    with LocalCluster(tmp_path_factory.mktemp("artifacts") / "cluster", agents=1) as cluster:
+        with cluster.client() as client:
+            job = client.wait(client.submit_job(finetune_spec(small_dataset, epochs=1)).id, 180)
+        assert job.state == "succeeded", job.error
+        yield cluster, job
+
+
+def test_list_artifacts(finished: tuple[LocalCluster, Job]) -> None:
+    cluster, job = finished
+    with cluster.client() as client:
+        artifacts = client.list_artifacts(job.id)
+    by_kind = {a.kind: a for a in artifacts}
+    assert set(by_kind) == {"model", "checkpoint"}
+    model = by_kind["model"]
+    assert model.uri == job.result["model_path"]
+    assert model.size_bytes == Path(model.uri).stat().st_size > 0
+
+
+def test_download_streams_the_file_with_progress(
+    finished: tuple[LocalCluster, Job], tmp_path: Path
+) -> None:
+    cluster, job = finished
+    source = Path(job.result["model_path"])
+    seen: list[tuple[int, int]] = []
+    with cluster.client() as client:
+        path = client.download_artifact(
+            job.id, tmp_path, progress=lambda done, total: seen.append((done, total))
+        )
+    assert path.read_bytes() == source.read_bytes()
+    assert not path.with_name(path.name + ".part").exists()
+    size = source.stat().st_size
+    assert seen[-1] == (size, size)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(seen) == -(-size // (1024 * 1024))  # one call per 1 MiB chunk
+
+
+def test_an_interrupted_download_resumes(
+    finished: tuple[LocalCluster, Job], tmp_path: Path
+) -> None:
+    cluster, job = finished
+    source = Path(job.result["checkpoint_path"]).read_bytes()
+    target = tmp_path / "checkpoint.pt"
+    (tmp_path / "checkpoint.pt.part").write_bytes(source[:1500])
+    seen: list[int] = []
+    with cluster.client() as client:
+        client.download_artifact(
+            job.id, target, kind="checkpoint", progress=lambda done, _: seen.append(done)
+        )
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source).digest()
+    assert seen[0] > 1500 or seen[0] == len(source)
+
+
+def test_a_corrupt_partial_download_is_refused_and_dropped(
+    finished: tuple[LocalCluster, Job], tmp_path: Path
+) -> None:
+    cluster, job = finished
+    target = tmp_path / "model.pt"
+    partial = tmp_path / "model.pt.part"
+    partial.write_bytes(b"\0" * 100)
+    with cluster.client() as client, pytest.raises(MatrecError, match="corrupted"):
+        client.download_artifact(job.id, target)
+    assert not partial.exists() and not target.exists()
+    with cluster.client() as client:  # and a retry then succeeds
+        client.download_artifact(job.id, target)
+    assert target.read_bytes() == Path(job.result["model_path"]).read_bytes()
+
+
+def test_unknown_job_or_artifact(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
+    cluster, job = finished
+    with Client(cluster.address) as client:
+        with pytest.raises(JobNotFoundError):
+            client.list_artifacts("job-nope")
+        with pytest.raises(JobNotFoundError, match="matrec-ctl artifacts"):
+            client.download_artifact(job.id, tmp_path, kind="report")
+    assert not list(tmp_path.iterdir()), "a failed download left a file behind"

@@ -147,7 +147,10 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
             spec = parse_study_spec(raw)
             if self.check_paths:
                 _, trial_config = parse_job_spec(spec.trial.model_dump())
-                check_dataset_path(trial_config)
+                try:
+                    check_dataset_path(trial_config)
+                except SpecError as bad_path:
+                    raise SpecError(f"trial.{bad_path.field}", bad_path.message) from None
         except SpecError as error:
             await _invalid(context, error)
         if spec.algorithm == "grid" and "max_trials" not in raw:

@@ -371,9 +371,8 @@ def submit(
     pruner: Annotated[
         PrunerKind | None,
         typer.Option(
-            help="Early stopping of poor trials: asha (asynchronous successive halving, as in "
-            "Ray Tune / Optuna's SuccessiveHalvingPruner), median (Optuna's MedianPruner) "
-            "or none (default).",
+            help="Early stopping of poor trials: asha (asynchronous successive halving, like "
+            "Ray Tune's ASHAScheduler), median (like Optuna's MedianPruner) or none (default).",
         ),
     ] = None,
     min_resource: Annotated[
@@ -431,17 +430,16 @@ def submit(
 ) -> None:
     """Start a study; print its id.
 
-    The spec is checked here, then by the coordinator (which also checks the dataset exists);
-    a bad one is one error line naming the field, exit code 2.
+    The spec is checked here and by the coordinator, which also checks that the dataset exists. A bad spec is one error line naming the field, exit code 2.
 
-    [dim]$ matrec-ctl hpo submit --dataset ./wood --set epochs=6 \\
-        --space '{"learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "log": true},
-                  "optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}' \\
+    A search space maps config settings to ranges, e.g. space.json: {"learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "log": true}, "dense_units": {"type": "int", "min": 64, "max": 512, "step": 64}, "optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}
+
+    [dim]$ matrec-ctl hpo submit --dataset ./wood --space space.json --set epochs=6 \\
         --max-trials 20 --max-parallel 4 --pruner asha --watch
     $ matrec-ctl hpo submit --spec study.json --max-trials 50 --wait
     $ matrec-ctl hpo submit --kind diagnostic --set steps=6 --pruner asha \\
         --space '{"score": {"type": "float", "min": 0, "max": 1}}'[/]
-    """
+    """  # noqa: E501
     flags = StudyFlags(
         name=name,
         kind=kind,
@@ -621,13 +619,12 @@ def watch(
 ) -> None:
     """Follow a study live until it ends: exit code 0 if it completed, 1 otherwise.
 
-    On a terminal: a progress bar (trials finished of max), the best trial so far and the trial
-    table, best first, updating as trials report (running ones show their latest value and
-    resource). Hyperparameter columns that do not fit the width are left out. In a pipe: one
-    line per trial start and end.
+    On a terminal: a progress bar (trials finished of max_trials), the best trial so far and the trial table, best first, updating as trials report (running ones show their newest value @ resource). Hyperparameter columns that do not fit the width are left out.
+
+    In a pipe: one line per trial start and end, and each new best.
 
     [dim]$ matrec-ctl hpo watch study-3f2a9c1d0b7e
     $ matrec-ctl watch study-3f2a9c1d0b7e   (the same)[/]
-    """
+    """  # noqa: E501
     with _client(ctx) as client:
         follow_study(client, study_id, console, interval=interval, timeout=timeout)

@@ -18,6 +18,7 @@ from typing import Any
 from matrec.sdk.ctl.render import format_duration, format_time, format_value, key_value_table
 from matrec.sdk.types import Study, Trial
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.measure import Measurement
@@ -192,9 +193,11 @@ def study_duration(study: Study) -> float | None:
 # -- tables ------------------------------------------------------------------------------------
 
 
-def _trial_rows(study: Study, names: Sequence[str]) -> list[list[RenderableType]]:
+def _trial_rows(
+    study: Study, trials: Sequence[Trial], names: Sequence[str]
+) -> list[list[RenderableType]]:
     rows: list[list[RenderableType]] = []
-    for trial in study.ranked():
+    for trial in trials:
         best = trial.number == study.best_trial_number
         params = [
             Text(format_param(trial.params[name])) if name in trial.params else Text("-")
@@ -212,10 +215,18 @@ def _trial_rows(study: Study, names: Sequence[str]) -> list[list[RenderableType]
     return rows
 
 
-def _table(study: Study, names: Sequence[str], rows: Iterable[list[RenderableType]]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+def _table(
+    study: Study,
+    names: Sequence[str],
+    rows: Iterable[list[RenderableType]],
+    compact: bool = False,
+    state_width: int | None = None,
+) -> Table:
+    # compact: without the blank lines above and below (the live view counts its lines).
+    # state_width: the most the state column may take, the rest of it cut with an ellipsis.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=not compact)
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("STATE", overflow="ellipsis", no_wrap=True)
+    table.add_column("STATE", overflow="ellipsis", no_wrap=True, max_width=state_width)
     table.add_column(f"OBJECTIVE {direction_arrow(study)}", justify="right", no_wrap=True)
     for name in names:
         table.add_column(Text(name.upper()), justify="right", no_wrap=True, overflow="ellipsis")
@@ -237,40 +248,47 @@ def _visible_rows(rows: list[Trial], max_rows: int | None) -> list[Trial]:
 
 
 def trials_table(
-    study: Study, width: int | None = None, max_rows: int | None = None
+    study: Study, width: int | None = None, max_rows: int | None = None, compact: bool = False
 ) -> RenderableType:
     """The trials, best first: #, state, objective, one column per hyperparameter, job id.
 
     `width`: hyperparameter columns that would make the table wider are left out (from the
-    right; a note names how many). `max_rows`: show the best trials and all running ones, and
-    say how many were left out.
+    right; a note names them). `max_rows`: show the best trials and all running ones, and say
+    how many were left out. `compact`: no blank edge lines, short notes (the live view).
     """
     if not study.trials:
         return Text("no trials yet", style="dim")
     names = param_names(study)
     ranked = study.ranked()
     shown = _visible_rows(ranked, max_rows)
-    shown_numbers = {t.number for t in shown}
-    all_rows = _trial_rows(study, names)
-    rows = [
-        row for row, trial in zip(all_rows, ranked, strict=True) if trial.number in shown_numbers
-    ]
+    rows = _trial_rows(study, shown, names)
     keep = len(names)
     if width is not None:
-        while keep > 0 and _width(study, names, rows, keep) > width:
+        while keep > 0 and _width(study, names, rows, keep, compact) > width:
             keep -= 1
-    table = _table(study, names[:keep], (_drop_params(row, len(names), keep) for row in rows))
+    state_width = None
+    if width is not None and keep == 0:
+        # Still too wide: the state column gives way (its text ends in "…"), not the others.
+        excess = _width(study, names, rows, 0, compact) - width
+        if excess > 0:
+            natural = max([len("STATE"), *(cell_len(str(row[1])) for row in rows)])
+            state_width = max(natural - excess, len("running"))
+    kept = (_drop_params(row, len(names), keep) for row in rows)
+    table = _table(study, names[:keep], kept, compact, state_width)
     notes: list[str] = []
     if keep < len(names):
-        hidden = names[keep:]
+        hidden = ", ".join(names[keep:])
         notes.append(
-            f"{len(hidden)} hyperparameter column{'s' if len(hidden) > 1 else ''} not shown "
-            f"({', '.join(hidden)}): widen the terminal, or `matrec-ctl hpo show {study.id} "
-            "--json`"
+            f"not shown, too narrow: {hidden}"
+            if compact
+            else f"not shown, too narrow: {hidden} (matrec-ctl hpo show {study.id} --json)"
         )
     if len(shown) < len(ranked):
+        more = len(ranked) - len(shown)
         notes.append(
-            f"{len(ranked) - len(shown)} more trials: `matrec-ctl hpo show {study.id}` lists all"
+            f"{more} more trials"
+            if compact
+            else f"{more} more trials (matrec-ctl hpo show {study.id} lists them)"
         )
     if not notes:
         return table
@@ -282,8 +300,15 @@ def _drop_params(row: list[RenderableType], count: int, keep: int) -> list[Rende
     return [*row[: 3 + keep], *row[3 + count :]]
 
 
-def _width(study: Study, names: Sequence[str], rows: list[list[RenderableType]], keep: int) -> int:
-    table = _table(study, names[:keep], (_drop_params(row, len(names), keep) for row in rows))
+def _width(
+    study: Study,
+    names: Sequence[str],
+    rows: list[list[RenderableType]],
+    keep: int,
+    compact: bool,
+) -> int:
+    kept = (_drop_params(row, len(names), keep) for row in rows)
+    table = _table(study, names[:keep], kept, compact)
     return Measurement.get(_MEASURE, _MEASURE.options, table).maximum
 
 
@@ -349,50 +374,61 @@ def studies_table(studies: Sequence[Study]) -> Table:
 
 # -- the live view -----------------------------------------------------------------------------
 
-#: Lines of the live view around the trial table (panel, header, progress, table head, notes).
-LIVE_CHROME_LINES = 11
 
-
-def progress_line(study: Study) -> Table:
+def progress_line(study: Study, width: int | None = None) -> Table:
+    """The progress bar of trials finished out of max_trials, and the count of each state."""
     done, total = finished_trials(study), max_trials(study)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
-    grid.add_column(no_wrap=True)
-    grid.add_column()
-    counts = counts_text(study)
-    grid.add_row(
-        ProgressBar(total=max(total, 1), completed=done, width=30),
-        f"{done}/{total} trials",
-        Text(counts, style="dim"),
-    )
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    bar_width = 30 if width is None else max(min(30, width // 3), 10)
+    counts = Text(f"{done}/{total} trials")
+    if study.trials:
+        counts.append(f"  {counts_text(study)}", style="dim")
+    grid.add_row(ProgressBar(total=max(total, 1), completed=done, width=bar_width), counts)
     return grid
+
+
+def _height(renderable: RenderableType, width: int) -> int:
+    return len(_MEASURE.render_lines(renderable, _MEASURE.options.update_width(width), pad=False))
 
 
 def render_live(
     study: Study | None, width: int | None = None, height: int | None = None
 ) -> RenderableType:
     """The live view: state, progress bar, best so far and the trial table, fitted to the
-    terminal (hyperparameter columns by `width`, trial rows by `height`)."""
+    terminal: hyperparameter columns by `width`; by `height`, the best trials and every running
+    one, then how many more there are."""
     if study is None:
         return Text("waiting for the coordinator…", style="dim")
     header = Text.assemble("study ", (study.id, "bold"), "  ", state_text(study.state))
     header.append(f"  elapsed {format_duration(study_duration(study))}", style="dim")
-    header.append(f"\n{objective_label(study)} · pruner {pruner_text(study)}", style="dim")
-    if study.error:
-        header.append(f"\n{study.error}", style="red")
+    settings = Text(
+        f"{objective_label(study)} · pruner {pruner_text(study)}",
+        style="dim",
+        no_wrap=True,
+        overflow="ellipsis",
+    )
     best = Text.assemble(("best so far ", "dim"), best_text(study))
-    max_rows = None if height is None else max(height - LIVE_CHROME_LINES, 3)
+    best.no_wrap, best.overflow = True, "ellipsis"
+    chrome: list[RenderableType] = [header, settings]
+    if study.error:
+        chrome.append(Text(study.error, style="red"))
     inner = None if width is None else max(width - 4, 20)  # the panel's border and padding
-    parts: list[RenderableType] = [
-        header,
-        progress_line(study),
-        best,
-        trials_table(study, width=inner, max_rows=max_rows),
-    ]
+    chrome += [progress_line(study, inner), best]
+    table = trials_table(study, width=inner, compact=True)
+    if height is not None:
+        measure_width = inner or _MEASURE.width
+        # Rows left after the panel's border, the lines above the table and one spare line.
+        room = height - 3 - _height(Group(*chrome), measure_width)
+        if _height(table, measure_width) > room:
+            one_row = trials_table(study, width=inner, max_rows=1, compact=True)
+            overhead = _height(one_row, measure_width) - 1
+            table = trials_table(study, inner, max_rows=max(room - overhead, 1), compact=True)
     title = Text.assemble(
         (study.name or study.id, "bold"), f" · {study.spec.get('algorithm', '?')}"
     )
-    return Panel(Group(*parts), title=title, title_align="left", box=box.ROUNDED)
+    return Panel(Group(*chrome, table), title=title, title_align="left", box=box.ROUNDED)
 
 
 def follow_live(studies: Iterable[Study], console: Console) -> Study | None:

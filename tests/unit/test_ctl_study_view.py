@@ -122,7 +122,7 @@ def _rows(text: str) -> dict[int, str]:
     """Table rows by trial number (a row starts with the number)."""
     rows: dict[int, str] = {}
     for line in text.splitlines():
-        match = re.match(r"\s*(\d+)\s{2,}", line)
+        match = re.match(r"[\s│]*(\d+)\s{2,}", line)
         if match:
             rows[int(match.group(1))] = line
     return rows
@@ -157,7 +157,7 @@ def test_pruned_failed_and_running_are_marked() -> None:
     assert "pruned @ rung 0 (resource 1)" in rows[1]
     assert "pruned @ rung 1 (resource 3)" in rows[5]
     # Failed: the start of the first line of the error, cut with an ellipsis.
-    assert "failed: CUDA out of memory. T…" in rows[3]
+    assert "failed: CUDA out of memory. Tri…" in rows[3]
     assert "Traceback" not in rows[3]
     # Running: its newest report and the resource it was at.
     assert "0.6123 @ 2" in rows[4]
@@ -188,25 +188,24 @@ def test_narrow_terminal_drops_hyperparameter_columns_from_the_right() -> None:
     assert "DENSE_UNITS" in wide and "LEARNING_RATE" in wide and "OPTIMIZER" in wide
     assert "not shown" not in wide
 
-    narrow = _text(trials_table(study, width=90), width=90)
-    table_lines = [line for line in narrow.splitlines() if "not shown" not in line]
-    assert all(len(line.rstrip()) <= 90 for line in table_lines)
-    assert "OPTIMIZER" not in narrow and "DENSE_UNITS" in narrow
-    assert "1 hyperparameter column not shown (optimizer)" in narrow
+    narrow = _text(trials_table(study, width=105), width=105)
+    assert all(len(line.rstrip()) <= 105 for line in narrow.splitlines())
+    assert "OPTIMIZER" not in narrow and "LEARNING_RATE" in narrow
+    assert "not shown, too narrow: optimizer (" in narrow
     # The trial number, state, objective and job id stay, and the order is the same.
     assert _order(narrow) == RANKED
     assert "pruned @ rung 1 (resource 3)" in narrow and TRIALS[2].job_id in narrow
 
     tiny = _text(trials_table(study, width=60), width=60)
     assert not any(name in tiny for name in ("DENSE_UNITS", "LEARNING_RATE", "OPTIMIZER"))
-    assert "3 hyperparameter columns not shown" in tiny
+    assert "not shown, too narrow: dense_units, learning_rate, optimizer" in tiny
     assert _order(tiny) == RANKED
 
 
 def test_row_limit_keeps_the_best_and_the_running() -> None:
     text = _text(trials_table(_study(), max_rows=3))
     assert _order(text) == [2, 0, 4]
-    assert "3 more trials" in text
+    assert "3 more trials (matrec-ctl hpo show study-0123456789ab lists them)" in text
 
 
 def test_no_trials_yet() -> None:

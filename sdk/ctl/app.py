@@ -419,21 +419,32 @@ FormatOption = Annotated[
 @app.command()
 def report(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    target: Annotated[str, typer.Argument(metavar="JOB|STUDY", help="Job or study id.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
     fmt: FormatOption = ReportFormat.html,
 ) -> None:
-    """Write a job's report: learning curves, confusion matrix, per-class metrics.
+    """Write a report of a job or of an HPO study.
 
-    A job that has not finished gets a report of what is stored so far.
+    A job's report: learning curves, confusion matrix (counts and normalised), per-class
+    metrics. A study's: the optimisation history, the objective against each hyperparameter,
+    every trial's intermediate curve, the best trial and the trial table. Something still
+    running gets a report of what is stored so far.
 
     [dim]$ matrec-ctl report job-733ad4e0b95d --format html --out report.html[/]
+    [dim]$ matrec-ctl report study-e8295547f041 --format png --out study.png[/]
     """
-    from matrec.sdk.reports import export_report, fetch_report
+    from matrec.sdk import reports
 
     with _client(ctx) as client:
-        found = fetch_report(client, job_id)
-    out.write_bytes(export_report(found, fmt.value))
+        if target.startswith("study-"):
+            study = reports.fetch_study_report(client, target)
+            out.write_bytes(reports.export_study_report(study, fmt.value))
+            console.print(
+                f"study {study.study_id} ({study.state}): {fmt.value} report written to {out}"
+            )
+            return
+        found = reports.fetch_report(client, target)
+    out.write_bytes(reports.export_report(found, fmt.value))
     console.print(f"job {found.job_id} ({found.state}): {fmt.value} report written to {out}")
 
 
@@ -461,6 +472,74 @@ def compare(
         return
     out.write_bytes(export_comparison(reports, fmt.value))
     console.print(f"comparison of {len(reports)} jobs: {fmt.value} written to {out}")
+
+
+@app.command()
+def artifacts(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+) -> None:
+    """List the files a job produced (model, last checkpoint), with their sizes.
+
+    [dim]$ matrec-ctl artifacts job-733ad4e0b95d[/]
+    """
+    from matrec.sdk.ctl.render import artifacts_table
+
+    with _client(ctx) as client:
+        console.print(artifacts_table(client.list_artifacts(job_id)))
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="File to write, or a folder to put it in.")
+    ] = Path("."),
+    kind: Annotated[
+        str, typer.Option(help="Which artifact: model or checkpoint (the newest of that kind).")
+    ] = "model",
+    uri: Annotated[
+        str, typer.Option(help="A specific file, as `matrec-ctl artifacts` lists it.")
+    ] = "",
+) -> None:
+    """Copy a job's model (or checkpoint) from the cluster, with a progress bar.
+
+    Resumes an interrupted download (the bytes so far wait in OUT.part) and checks the file's
+    SHA-256 before putting it in place.
+
+    [dim]$ matrec-ctl download job-733ad4e0b95d --out models/[/]
+    """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with (
+        Progress(
+            "[bold]download",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        ) as progress,
+        _client(ctx) as client,
+    ):
+        bar = progress.add_task(kind, total=None)
+        path = client.download_artifact(
+            job_id,
+            out,
+            kind=kind,
+            uri=uri,
+            progress=lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+    console.print(f"{path} ({path.stat().st_size:,} bytes, SHA-256 checked)")
 
 
 # -- datasets and the demo ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
-from matrec.sdk.types import Agent, Job, JobEvent, Resources, Task
+from matrec.sdk.types import Agent, Artifact, Job, JobEvent, Resources, Task
 from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -119,6 +119,18 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
             format_time(job.created_at),
             format_value(job.result.get("val_accuracy")),
         )
+    return table
+
+
+def artifacts_table(artifacts: Sequence[Artifact]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("KIND", style="bold", no_wrap=True)
+    table.add_column("SIZE", justify="right", no_wrap=True)
+    table.add_column("CREATED", no_wrap=True)
+    table.add_column("FILE")
+    for artifact in artifacts:
+        size = "not visible" if artifact.size_bytes is None else f"{artifact.size_bytes:,} B"
+        table.add_row(artifact.kind, size, format_time(artifact.created_at), Text(artifact.uri))
     return table
 
 

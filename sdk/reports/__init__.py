@@ -1,10 +1,13 @@
 """Training reports: learning curves, confusion matrices, per-class metrics and comparisons of
-several jobs, as self-contained HTML, JSON (``report.schema.json``) or PNG.
+several jobs, and reports of hyperparameter studies (optimisation history, objective by
+hyperparameter, intermediate values, trials best first), as self-contained HTML, JSON
+(``report.schema.json``) or PNG.
 
 >>> from matrec.sdk import Client
 >>> from matrec.sdk.reports import fetch_report, export_report
 >>> with Client() as client:
 ...     Path("report.html").write_bytes(export_report(fetch_report(client, job_id), "html"))
+...     Path("study.html").write_bytes(export_study_report(fetch_study_report(client, sid), "html"))
 
 matplotlib and jsonschema are imported only when a chart is drawn or a document validated.
 """
@@ -23,6 +26,7 @@ from matrec.sdk.reports.model import (
     load_schema,
     validate_document,
 )
+from matrec.sdk.reports.study import StudyReport, build_study_report
 
 if TYPE_CHECKING:
     from matrec.sdk.client import Client
@@ -35,11 +39,15 @@ __all__ = [
     "ComparisonRow",
     "JobReport",
     "ReportSchemaError",
+    "StudyReport",
     "build_report",
+    "build_study_report",
     "compare",
     "export_comparison",
     "export_report",
+    "export_study_report",
     "fetch_report",
+    "fetch_study_report",
     "load_schema",
     "validate_document",
 ]
@@ -80,6 +88,28 @@ def export_comparison(reports: Sequence[JobReport], fmt: str) -> bytes:
         from matrec.sdk.reports.charts import comparison_png
 
         return comparison_png(comparison)
+    raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def fetch_study_report(client: Client, study_id: str) -> StudyReport:
+    """The report of a study as the coordinator stores it now, every trial with its intermediate
+    values (raises StudyNotFoundError)."""
+    return build_study_report(client.get_study(study_id))
+
+
+def export_study_report(report: StudyReport, fmt: str) -> bytes:
+    """The study's report as a file's bytes: "html", "json" (validated against the schema) or
+    "png" (history and intermediate values on top, the objective by hyperparameter below)."""
+    if fmt == "json":
+        return _json_bytes(report.to_json_dict())
+    if fmt == "html":
+        from matrec.sdk.reports.html import study_html
+
+        return study_html(report).encode("utf-8")
+    if fmt == "png":
+        from matrec.sdk.reports.charts import study_summary_png
+
+        return study_summary_png(report)
     raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 

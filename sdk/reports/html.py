@@ -1,6 +1,7 @@
 """Reports as one self-contained HTML file: inline CSS, charts embedded as base64 PNG data URIs,
 no scripts and no external resources, so the file opens offline and can be archived as is.
-Every piece of text that comes from a job (names, config, class names, errors) is escaped."""
+Every piece of text that comes from a job or a study (names, config, class names, parameters,
+errors) is escaped."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import base64
 import json
 from collections.abc import Iterable
 from html import escape
+from typing import Any
 
 from matrec.sdk.reports import charts
 from matrec.sdk.reports.compare import Comparison, format_number
 from matrec.sdk.reports.model import EPOCH_KEYS, JobReport
+from matrec.sdk.reports.study import StudyReport, StudyTrial
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.nowrap { white-space: nowrap; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .error { color: #b00; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
@@ -142,6 +146,94 @@ def comparison_html(comparison: Comparison) -> str:
     return _document(title, parts)
 
 
+def study_html(report: StudyReport) -> str:
+    """The whole HTML document of a hyperparameter study's report."""
+    title = f"matrec study report: {report.name or report.study_id} ({report.study_id})"
+    counts = ", ".join(f"{count} {state}" for state, count in report.counts.items() if count)
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        _table(
+            ["", ""],
+            [
+                ["study", escape(report.study_id)],
+                ["name", escape(report.name)],
+                ["state", escape(report.state)],
+                ["algorithm", escape(report.algorithm)],
+                ["objective", escape(f"{report.objective} ({report.direction})")],
+                ["pruner", escape(report.pruner_label)],
+                ["trial kind", escape(report.trial_kind)],
+                ["trials", escape(f"{len(report.trials)} ({counts or 'none yet'})")],
+                ["max trials", escape(_when(report.max_trials))],
+                ["max parallel", escape(_when(report.max_parallel))],
+                ["created", escape(_when(report.created_at))],
+                ["finished", escape(_when(report.finished_at))],
+            ],
+            header=False,
+        ),
+    ]
+    if report.error:
+        parts.append(f'<p class="error">{escape(report.error)}</p>')
+    parts += ["<h2>Best trial</h2>", _best_trial(report)]
+    parts += [
+        "<h2>Optimisation history</h2>",
+        _image(charts.history_png(report), "optimisation history", "chart-history"),
+        "<h2>Objective by hyperparameter</h2>",
+        _image(charts.params_png(report), "objective by hyperparameter", "chart-params"),
+        "<h2>Intermediate values</h2>",
+        _image(charts.intermediate_png(report), "intermediate values", "chart-intermediate"),
+        "<h2>Trials (best first)</h2>",
+        _trials_table(report) if report.trials else "<p>no trial yet</p>",
+        "<h2>Spec</h2>",
+        f"<pre>{escape(json.dumps(report.spec, indent=2, sort_keys=True, default=str))}</pre>",
+    ]
+    return _document(title, parts)
+
+
+def _best_trial(report: StudyReport) -> str:
+    best = report.best
+    if best is None:
+        return "<p>no best trial yet (no trial has completed)</p>"
+    rows = [
+        ["trial", _num(best.number)],
+        ["objective", _num(best.objective_value)],
+        ["job", escape(best.job_id)],
+        *([escape(name), _param(value)] for name, value in sorted(best.params.items())),
+    ]
+    note = (
+        "<p>A training report of this trial's job: "
+        f"<code>matrec-ctl report {escape(best.job_id)}</code></p>"
+    )
+    return _table(["", ""], rows, header=False) + note
+
+
+def _trials_table(report: StudyReport) -> str:
+    names = [info.name for info in report.params]
+    rows = [
+        [
+            _num(trial.number),
+            f'<td class="nowrap">{escape(trial.state_label)}</td>',
+            _num(trial.objective_value),
+            *(_param(trial.params[name]) if name in trial.params else "-" for name in names),
+            f'<td class="nowrap">{escape(trial.job_id)}</td>',
+            _error(trial),
+        ]
+        for trial in report.trials
+    ]
+    return _table(["#", "state", report.objective or "objective", *names, "job", "error"], rows)
+
+
+def _error(trial: StudyTrial) -> str:
+    if trial.state == "failed":
+        return f'<td class="error">{escape(trial.error)}</td>'
+    return escape(trial.error)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _num(value)
+    return escape(str(value))
+
+
 def _document(title: str, parts: Iterable[str]) -> str:
     body = "\n".join(parts)
     return (
@@ -198,6 +290,7 @@ def _table(headers: list[str], rows: list[list[str]], *, header: bool = True) ->
 def _num(value: float | int | None) -> str:
     if value is None:
         text = "-"
+
     elif isinstance(value, int):
         text = str(value)
     else:

@@ -4,6 +4,8 @@ streaming with progress, resuming a partial download, refusing a corrupt one."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,29 @@ def test_unknown_job_or_artifact(finished: tuple[LocalCluster, Job], tmp_path: P
         with pytest.raises(JobNotFoundError, match="matrec-ctl artifacts"):
             client.download_artifact(job.id, tmp_path, kind="report")
     assert not list(tmp_path.iterdir()), "a failed download left a file behind"
+
+
+CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
+
+
+def test_cli_lists_and_downloads(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
+    cluster, job = finished
+    listed = subprocess.run(
+        [*CTL, "-c", cluster.address, "artifacts", job.id], capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    size = Path(job.result["model_path"]).stat().st_size
+    assert "model" in listed.stdout and f"{size:,} B" in listed.stdout
+    got = subprocess.run(
+        [*CTL, "-c", cluster.address, "download", job.id, "--out", str(tmp_path / "m.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert got.returncode == 0, got.stderr
+    assert "SHA-256 checked" in got.stdout
+    assert (tmp_path / "m.pt").read_bytes() == Path(job.result["model_path"]).read_bytes()
+    missing = subprocess.run(
+        [*CTL, "-c", cluster.address, "download", "job-nope"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert len((missing.stdout + missing.stderr).strip().splitlines()) == 1

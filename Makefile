@@ -24,7 +24,7 @@ STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VE
 PACKAGES := coordinator agent sdk common
 
 .DEFAULT_GOAL := help
-.PHONY: help setup postgres-server tmux demo test lint proto supabase bench clean distclean
+.PHONY: help setup horovod postgres-server tmux demo test lint proto supabase bench clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -36,7 +36,7 @@ help: ## list the targets
 		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
 	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
 
-setup: $(STAMP) postgres-server tmux $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
+setup: $(STAMP) horovod postgres-server tmux $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ $(STAMP): pyproject.toml | $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install -e '.[dev]'
 	rm -f $(VENV)/.matrec-setup-*.stamp
 	touch $@
+
+# Horovod 0.28.1 (its last release) needs patching to build against current torch; the script
+# builds it once into .cache/wheels/ (keyed by torch version and python) and installs that wheel,
+# and returns at once when `import horovod.torch` already works.  Best effort: a failed build
+# prints why and leaves matrec on torch.distributed (HOROVOD_REQUIRED=1 makes it fail instead).
+horovod: $(STAMP) ## build Horovod 0.28.1 for this torch (cached wheel), best effort
+	@bash scripts/build_horovod.sh $(VENV_PYTHON)
 
 # The tests start a throwaway PostgreSQL server (tests/support/postgres.py) and need its binaries.
 # Best effort: installs the OS package with apt-get where they are missing, never fails the setup.

@@ -287,6 +287,20 @@ def _check_space_fits_kind(trial: JobSpecModel, space: dict[str, Param]) -> None
                         ) from None
 
 
+#: The config setting that is a trial's total resource (its last report), per job kind.
+FINAL_RESOURCE_SETTINGS = {"finetune": "epochs", "diagnostic": "steps"}
+
+
+def final_resource(kind: str, config: dict[str, Any]) -> int | None:
+    """How many times a trial with this config reports its objective, when known."""
+    setting = FINAL_RESOURCE_SETTINGS.get(kind)
+    model = JOB_KINDS.get(kind)
+    if setting is None or model is None:
+        return None
+    value = config.get(setting, model.model_fields[setting].default)
+    return int(value) if isinstance(value, int | float) else None
+
+
 def trial_job_spec(spec: StudySpecModel, params: dict[str, Any]) -> dict[str, Any]:
     """The job spec of one trial: the template with the sampled values in its config."""
     job = spec.trial.model_dump()

@@ -14,7 +14,7 @@ import logging
 import math
 from pathlib import Path
 
-from matrec.common.studies import StudySpecModel, trial_job_spec
+from matrec.common.studies import StudySpecModel, final_resource, trial_job_spec
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.hpo.pruning import build_pruner
@@ -169,7 +169,10 @@ class StudyDriver:
         for trial in study.trials:
             if trial.state != TrialState.RUNNING or trial.job_state != JobState.RUNNING:
                 continue
-            verdict = pruner.judge(trial.number, losses, trial.judged)
+            config = {**spec.trial.config, **trial.params}
+            verdict = pruner.judge(
+                trial.number, losses, trial.judged, final_resource(spec.trial.kind, config)
+            )
             if verdict.prune:
                 curve = curves.get(trial.job_id or "", [])
                 stopped = self.studies.finish_trial(

@@ -52,10 +52,17 @@ class AshaPruner:
     def rung_resource(self, rung: int) -> int:
         return int(self.min_resource * self.reduction_factor**rung)
 
-    def judge(self, number: int, curves: Mapping[int, Sequence[float]], judged: int) -> Verdict:
+    def judge(
+        self,
+        number: int,
+        curves: Mapping[int, Sequence[float]],
+        judged: int,
+        final_resource: int | None = None,
+    ) -> Verdict:
         curve = curves[number]
         rung = judged
-        while (resource := self.rung_resource(rung)) <= len(curve):
+        limit = len(curve) if final_resource is None else min(len(curve), final_resource - 1)
+        while (resource := self.rung_resource(rung)) <= limit:
             value = curve[resource - 1]
             recorded = sorted(c[resource - 1] for c in curves.values() if len(c) >= resource)
             cutoff = recorded[max(len(recorded) // self.reduction_factor - 1, 0)]
@@ -84,10 +91,17 @@ class MedianPruner:
         self.min_resource = min_resource
         self.min_trials = min_trials
 
-    def judge(self, number: int, curves: Mapping[int, Sequence[float]], judged: int) -> Verdict:
+    def judge(
+        self,
+        number: int,
+        curves: Mapping[int, Sequence[float]],
+        judged: int,
+        final_resource: int | None = None,
+    ) -> Verdict:
         curve = curves[number]
         resource = max(judged, self.min_resource - 1)
-        while resource < len(curve):
+        limit = len(curve) if final_resource is None else min(len(curve), final_resource - 1)
+        while resource < limit:
             resource += 1
             others = [
                 c[resource - 1] for n, c in curves.items() if n != number and len(c) >= resource

@@ -283,3 +283,24 @@ def test_median_stops_below_median_after_warmup_and_enough_peers() -> None:
     lonely = {0: [0.5, 0.4], 1: [0.9, 0.9]}
     assert median.judge(1, lonely, judged=0) == median.judge(1, lonely, judged=0)
     assert not median.judge(1, lonely, judged=0).prune  # one peer is not enough
+
+
+def test_a_trial_is_never_judged_at_its_final_resource() -> None:
+    """Stopping a trial after its last epoch saves nothing and would lose its result."""
+    asha = AshaPruner(min_resource=1, reduction_factor=3)  # rungs at 1, 3, 9
+    curves = {0: [0.5, 0.4, 0.1], 1: [0.6, 0.5, 0.2]}
+    assert asha.judge(1, curves, judged=1).prune  # rung 1 at resource 3, worse than trial 0
+    verdict = asha.judge(1, curves, judged=1, final_resource=3)
+    assert not verdict.prune and verdict.judged == 1
+    median = MedianPruner(min_resource=1, min_trials=1)
+    assert median.judge(1, curves, judged=2).prune
+    assert not median.judge(1, curves, judged=2, final_resource=3).prune
+
+
+def test_final_resource_of_a_trial() -> None:
+    from matrec.common.studies import final_resource
+
+    assert final_resource("finetune", {"epochs": 9}) == 9
+    assert final_resource("finetune", {}) == 5  # the default epochs
+    assert final_resource("diagnostic", {"steps": 4}) == 4
+    assert final_resource("unknown", {}) is None

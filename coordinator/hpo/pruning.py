@@ -29,11 +29,26 @@ class Verdict:
 
 
 class Pruner(Protocol):
-    def judge(self, number: int, curves: Mapping[int, Sequence[float]], judged: int) -> Verdict: ...
+    def judge(
+        self,
+        number: int,
+        curves: Mapping[int, Sequence[float]],
+        judged: int,
+        final_resource: int | None = None,
+    ) -> Verdict:
+        """`final_resource`: the resource at which the trial ends anyway (its epochs); a trial
+        is never judged there, since stopping it then saves nothing and loses its result."""
+        ...
 
 
 class NoPruner:
-    def judge(self, number: int, curves: Mapping[int, Sequence[float]], judged: int) -> Verdict:
+    def judge(
+        self,
+        number: int,
+        curves: Mapping[int, Sequence[float]],
+        judged: int,
+        final_resource: int | None = None,
+    ) -> Verdict:
         return Verdict(judged=judged)
 
 

@@ -128,17 +128,21 @@ class TaskRun:
         work_dir.mkdir(parents=True, exist_ok=True)
         Path(a.artifact_dir).mkdir(parents=True, exist_ok=True)
         task_file = work_dir / "task.json"
+        config = json_format.MessageToDict(a.config)
         task_file.write_text(
             WorkerTask(
                 task_id=self.ref.task_id,
                 attempt=self.ref.attempt,
                 job_id=a.job_id,
                 kind=a.kind,
-                config=json_format.MessageToDict(a.config),
+                config=config,
                 artifact_dir=a.artifact_dir,
                 resume_from=a.resume_from or None,
             ).to_json()
         )
+        # A distributed task runs as N ranks under a launcher; the events come from rank 0.
+        ranks = int(config.get("workers_per_host", 1) or 1)
+        program = "matrec.agent.launcher" if ranks > 1 else "matrec.agent.worker"
         env = dict(os.environ)
         threads = max(1, int(self.env.cpus))
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -152,7 +156,7 @@ class TaskRun:
             self.process = await asyncio.create_subprocess_exec(
                 self.env.python,
                 "-m",
-                "matrec.agent.worker",
+                program,
                 "--task-file",
                 str(task_file),
                 "--events-fd",

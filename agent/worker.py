@@ -79,7 +79,7 @@ class _StopFlag:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_agent() -> None:
+def die_with_agent() -> None:
     """Die (SIGKILL) with the agent that started us, so a killed agent leaves no worker training
     on behind the coordinator's back."""
     expected = os.environ.get(PARENT_PID_ENV)
@@ -93,7 +93,7 @@ def _die_with_agent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _die_with_agent()
+    die_with_agent()
     parser = argparse.ArgumentParser(
         prog="python -m matrec.agent.worker", description="Run one matrec training task."
     )

@@ -153,6 +153,18 @@ class FinetuneConfig(BaseModel):
         "detailed: also the learning rate at those steps and each class's F1 per epoch.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers_per_host: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Ranks of a distributed fine-tune on the agent's host (one per GPU, or CPU "
+        "processes); each trains on batch_size / workers_per_host images of every batch.",
+    )
+    backend: Literal["auto", "horovod", "torch"] = Field(
+        default="auto",
+        description="Distributed backend: auto (Horovod when it is installed, else "
+        "torch.distributed), horovod, or torch.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -172,6 +184,17 @@ class FinetuneConfig(BaseModel):
             raise ValueError(
                 f"{value!r} is not a torchvision weights name such as 'DEFAULT', "
                 "'IMAGENET1K_V1' or 'ResNet18_Weights.IMAGENET1K_V1'"
+            )
+        return value
+
+    @field_validator("workers_per_host")
+    @classmethod
+    def _batch_splits_evenly(cls, value: int, info: ValidationInfo) -> int:
+        batch_size = info.data.get("batch_size")
+        if isinstance(batch_size, int) and batch_size % value:
+            raise ValueError(
+                f"batch_size {batch_size} does not split into {value} equal parts; "
+                "make batch_size a multiple of workers_per_host"
             )
         return value
 

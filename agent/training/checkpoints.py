@@ -25,6 +25,9 @@ RESUME_TOLERANT_FIELDS = frozenset(
         "visualization_level",
         "device",
         "top_k",
+        # The ranks split each global batch; any number of them takes the same steps.
+        "workers_per_host",
+        "backend",
     }
 )
 

@@ -6,6 +6,12 @@ trains in an epoch is a function of the epoch (strategies.py), and the torch RNG
 checkpointed, so with num_workers=0 a resumed run reproduces the uninterrupted one step for
 step. (With worker processes the augmentations of a resumed epoch may differ.)
 
+Distributed (collective.py): each of N ranks trains on its slice of every global batch of
+`batch_size` images and the ranks average their gradients each step, so N ranks take the same
+steps as one process with the same global batch (up to float rounding, and to BatchNorm layers
+that train, which see the rank's slice). Every rank evaluates the whole validation set, so all
+take the same early-stopping decisions; rank 0 alone reports, checkpoints and saves the model.
+
 Imported lazily, by worker processes only: it imports torch at module level.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +37,7 @@ from matrec.agent.training.checkpoints import (
     cpu_state,
     load_checkpoint,
 )
+from matrec.agent.training.collective import LOCAL_RANK_ENV, Collective, collective_from_env
 from matrec.agent.training.data import Data, epoch_batches, load_data
 from matrec.agent.training.descriptors import describe_files, descriptor_dim
 from matrec.agent.training.evaluation import Forward, evaluation_report, predict
@@ -45,7 +53,7 @@ from matrec.agent.training.optim import (
     optimizer_step,
     training_loss,
 )
-from matrec.agent.training.reporting import Reporter
+from matrec.agent.training.reporting import NullReporter, Reporter
 from matrec.agent.training.strategies import apply_strategy, describe_plan, param_groups
 from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import FinetuneConfig
@@ -122,9 +130,33 @@ def run_finetune(
     """
     started = time.monotonic()
     artifact_dir = Path(artifact_dir)
-    checkpoint_path = artifact_dir / "checkpoints" / "last.pt"
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    (artifact_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = _pick_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get(LOCAL_RANK_ENV, "0")))
+        torch.cuda.set_device(device)
+    collective = collective_from_env(device)
+    try:
+        return _train(
+            config, artifact_dir, reporter, collective, device, resume_from, should_stop, started
+        )
+    finally:
+        collective.close()
+
+
+def _train(
+    config: FinetuneConfig,
+    artifact_dir: Path,
+    main_reporter: Reporter,
+    collective: Collective,
+    device: torch.device,
+    resume_from: Path | None,
+    should_stop: Callable[[], bool],
+    started: float,
+) -> FinetuneResult:
+    is_main = collective.rank == 0
+    reporter: Reporter = main_reporter if is_main else NullReporter()
+    checkpoint_path = artifact_dir / "checkpoints" / "last.pt"
     torch.manual_seed(config.seed)
 
     data = load_data(
@@ -155,6 +187,9 @@ def run_finetune(
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         scheduler.load_state_dict(checkpoint["scheduler_state"])
         progress = _Progress(**checkpoint["progress"])
+        if not is_main:  # rank 0's checkpoint holds the partial sums of all ranks
+            progress.run_loss_sum = progress.epoch_loss_sum = 0.0
+            progress.epoch_correct = progress.epoch_seen = 0
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if use_cuda and checkpoint["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
@@ -167,15 +202,24 @@ def run_finetune(
         reporter.log(load_pretrained(model, path, data.classes))
     elif config.pretrained_weights is not None:
         reporter.log(load_torchvision_weights(model, config.model, config.pretrained_weights))
+    collective.broadcast_model(model)
     earlier_seconds = progress.seconds
     reporter.log(
         f"fine-tuning {config.model} ({config.model_type}, strategy {config.strategy}) on "
         f"{data.train_size} train / {data.val_size} val images, {len(data.classes)} classes, "
         f"device {device}, {steps_per_epoch} steps per epoch, {config.epochs} epochs"
+        + (
+            f", {collective.size} ranks ({collective.backend}), "
+            f"{config.batch_size // collective.size} images per rank and step"
+            if collective.size > 1
+            else ""
+        )
     )
     forward = _forward_fn(model, descriptors, device)
 
     def save_checkpoint() -> None:
+        if not is_main:
+            return
         progress.seconds = earlier_seconds + (time.monotonic() - started)
         atomic_torch_save(
             {
@@ -213,9 +257,11 @@ def run_finetune(
             reporter.log(describe_plan(model, config, epoch))
             planned = trainable
         batches = epoch_batches(data.train_size, config.batch_size, config.seed + epoch)
+        # This rank's slice of every global batch.
+        shards = [batch[collective.rank :: collective.size] for batch in batches]
         loader = DataLoader(
             data.train,
-            batch_sampler=batches[progress.batch_in_epoch :],
+            batch_sampler=shards[progress.batch_in_epoch :],
             num_workers=config.num_workers,
             pin_memory=use_cuda,
             # Only seeds the loader's worker processes; keeps the global RNG untouched.
@@ -225,7 +271,14 @@ def run_finetune(
             labels = labels.to(device, non_blocking=True)
             logits = forward(images, indices)
             loss = training_loss(logits, labels, config.label_smoothing)
-            optimizer_step(loss, model, optimizer, scheduler, config.grad_clip_norm)
+            stop = optimizer_step(
+                loss,
+                model,
+                optimizer,
+                scheduler,
+                config.grad_clip_norm,
+                sync=lambda params: collective.average_gradients(params, should_stop()),
+            )
 
             loss_value = loss.item()
             progress.step += 1
@@ -236,22 +289,38 @@ def run_finetune(
             progress.epoch_correct += int((logits.argmax(dim=1) == labels).sum().item())
             progress.epoch_seen += len(labels)
             if progress.step % config.log_every_steps == 0:
-                step_metrics = {"train/loss": progress.run_loss_sum / progress.run_steps}
+                (run_loss_sum,) = collective.sum([progress.run_loss_sum])
+                step_metrics = {"train/loss": run_loss_sum / collective.size / progress.run_steps}
                 if config.visualization_level == "detailed":
                     step_metrics["lr"] = float(optimizer.param_groups[0]["lr"])
                 if config.visualization_level != "minimal":
                     reporter.metrics(progress.step, step_metrics)
                 progress.run_loss_sum, progress.run_steps = 0.0, 0
-            if should_stop():
+            if stop:
+                # The epoch so far, over all ranks, goes into rank 0's checkpoint; on resume
+                # the other ranks start these sums from zero (see below).
+                totals = collective.sum(
+                    [
+                        progress.run_loss_sum,
+                        progress.epoch_loss_sum,
+                        progress.epoch_correct,
+                        progress.epoch_seen,
+                    ]
+                )
+                progress.run_loss_sum, progress.epoch_loss_sum = totals[0], totals[1]
+                progress.epoch_correct, progress.epoch_seen = int(totals[2]), int(totals[3])
                 save_checkpoint()
                 raise TrainingPreempted(checkpoint_path, progress.epoch, progress.step)
 
         model.eval()
         val = predict(forward, val_loader)
         report = evaluation_report(val, data.classes, config.top_k)
+        loss_sum, correct, seen = collective.sum(
+            [progress.epoch_loss_sum, progress.epoch_correct, progress.epoch_seen]
+        )
         epoch_metrics = {
-            "train/loss_epoch": progress.epoch_loss_sum / max(1, progress.epoch_seen),
-            "train/accuracy": progress.epoch_correct / max(1, progress.epoch_seen),
+            "train/loss_epoch": loss_sum / max(1, seen),
+            "train/accuracy": correct / max(1, seen),
             "val/loss": val.loss,
             "val/accuracy": val.accuracy,
             "val/macro_f1": report["macro_f1"],
@@ -275,20 +344,22 @@ def run_finetune(
 
     if not progress.history:
         raise RuntimeError(f"{source} says training is complete but holds no epoch metrics")
+
     # Re-evaluated rather than read from the history, so that a finished run asked to run
     # again checks the saved model against the dataset as it is now.
     model.eval()
     final = predict(forward, val_loader)
     model_path = artifact_dir / "model.pt"
-    atomic_torch_save(
-        {
-            "format": MODEL_FORMAT,
-            "model_state": cpu_state(model),
-            **_model_description(config, data),
-            "config": config.model_dump(mode="json"),
-        },
-        model_path,
-    )
+    if is_main:
+        atomic_torch_save(
+            {
+                "format": MODEL_FORMAT,
+                "model_state": cpu_state(model),
+                **_model_description(config, data),
+                "config": config.model_dump(mode="json"),
+            },
+            model_path,
+        )
     result = FinetuneResult(
         val_accuracy=final.accuracy,
         val_loss=final.loss,
@@ -305,7 +376,10 @@ def run_finetune(
         model_type=config.model_type,
         strategy=config.strategy,
     )
-    atomic_write_text(artifact_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    if is_main:
+        atomic_write_text(
+            artifact_dir / "result.json", json.dumps(result.to_dict(), indent=2) + "\n"
+        )
     reporter.log(
         f"done: val accuracy {result.val_accuracy:.3f}, macro-F1 "
         f"{result.evaluation['macro_f1']:.3f}, val loss {result.val_loss:.4f} after "

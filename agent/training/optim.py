@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -62,13 +63,17 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip_norm: float | None,
-) -> None:
-    """Backward, clip the gradients' global norm when asked, step, and advance the schedule."""
+    sync: Callable[[list[nn.Parameter]], bool] | None = None,
+) -> bool:
+    """Backward, `sync` the gradients (a distributed run averages them over its ranks), clip
+    their global norm when asked, step, and advance the schedule. Returns what `sync` returned
+    (whether the ranks agreed to stop), False without one."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    agreed = sync(params) if sync is not None else False
     if grad_clip_norm is not None:
-        nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None], grad_clip_norm
-        )
+        nn.utils.clip_grad_norm_(params, grad_clip_norm)
     optimizer.step()
     scheduler.step()
+    return agreed

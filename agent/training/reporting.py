@@ -15,3 +15,16 @@ class Reporter(Protocol):
     def checkpoint(self, path: Path, epoch: int, step: int) -> None: ...
 
     def log(self, text: str) -> None: ...
+
+
+class NullReporter:
+    """Reports nothing: the reporter of a distributed run's ranks other than rank 0."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def checkpoint(self, path: Path, epoch: int, step: int) -> None:
+        pass
+
+    def log(self, text: str) -> None:
+        pass

@@ -63,6 +63,8 @@ def study_spec_to_dict(spec: studies_pb2.StudySpec) -> dict[str, Any]:
         raw["direction"] = spec.direction
     if spec.HasField("n_startup_trials"):
         raw["n_startup_trials"] = spec.n_startup_trials
+    if spec.tpe_gamma:
+        raw["tpe_gamma"] = spec.tpe_gamma
     pruner: dict[str, Any] = {"kind": spec.pruner.kind or "none"}
     for name in ("min_resource", "reduction_factor", "min_trials"):
         if getattr(spec.pruner, name):
@@ -82,6 +84,7 @@ def study_spec_to_proto(spec: StudySpecModel) -> studies_pb2.StudySpec:
         max_parallel=spec.max_parallel,
         seed=spec.seed,
         grid_points=spec.grid_points,
+        tpe_gamma=spec.tpe_gamma,
         pruner=studies_pb2.PrunerSpec(
             kind=spec.pruner.kind,
             min_resource=spec.pruner.min_resource,

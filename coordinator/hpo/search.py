@@ -151,7 +151,8 @@ class HyperoptSearch:
     from TPE), running ones as RUNNING. TPE counts a document without a loss as an infinitely
     bad one, so parallel asks are pushed away from the configurations still running (a constant
     liar) instead of repeating them. Until `startup_trials` trials have a loss the suggestion is
-    random. Integers are searched as step indices and categorical values as choice indices.
+    random. `gamma` sets how many of the best trials TPE models as good (StudySpecModel's
+    tpe_gamma). Integers are searched as step indices and categorical values as choice indices.
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class HyperoptSearch:
         seed: int,
         algorithm: Literal["tpe", "anneal"],
         startup_trials: int,
+        gamma: float,
     ) -> None:
         from hyperopt import hp  # slow to import: only when a study uses hyperopt
 
@@ -167,6 +169,7 @@ class HyperoptSearch:
         self.seed = seed
         self.algorithm = algorithm
         self.startup_trials = startup_trials
+        self.gamma = gamma
         self.hyperopt_space: dict[str, Any] = {}
         for name, param in space.items():
             if isinstance(param, CategoricalParam):
@@ -257,7 +260,9 @@ class HyperoptSearch:
             if with_loss < self.startup_trials or retry >= MAX_DUPLICATE_RETRIES // 2:
                 docs = rand.suggest([number], domain, trials, seed)
             elif self.algorithm == "tpe":
-                docs = tpe.suggest([number], domain, trials, seed, n_startup_jobs=0)
+                docs = tpe.suggest(
+                    [number], domain, trials, seed, n_startup_jobs=0, gamma=self.gamma
+                )
             else:
                 docs = anneal.suggest([number], domain, trials, seed)
             vals = {name: values[0] for name, values in docs[0]["misc"]["vals"].items() if values}
@@ -272,4 +277,6 @@ def build_algorithm(spec: StudySpecModel) -> SearchAlgorithm:
         return GridSearch(spec.search_space, spec.grid_points, spec.seed)
     if spec.algorithm == "random":
         return RandomSearch(spec.search_space, spec.seed)
-    return HyperoptSearch(spec.search_space, spec.seed, spec.algorithm, spec.startup_trials)
+    return HyperoptSearch(
+        spec.search_space, spec.seed, spec.algorithm, spec.startup_trials, spec.tpe_gamma
+    )

@@ -173,7 +173,7 @@ def test_hyperopt_parallel_asks_never_repeat_and_stay_in_the_space(algorithm: st
     """Trials are asked while others are still running (max_parallel 4): each ask sees the
     running ones, and no configuration comes twice."""
     space = parse_search_space(SEED_SPACE)
-    search = HyperoptSearch(space, seed=5, algorithm=algorithm, startup_trials=4)  # type: ignore[arg-type]
+    search = HyperoptSearch(space, seed=5, algorithm=algorithm, startup_trials=4, gamma=1.0)  # type: ignore[arg-type]
     history: list[TrialHistory] = []
     for number in range(24):
         params = search.suggest(number, history)
@@ -198,7 +198,9 @@ def test_tpe_is_a_function_of_the_history() -> None:
     ]
     history.append(TrialHistory(8, RandomSearch(space, seed=2).suggest(0, []), "running"))
     answers = [
-        HyperoptSearch(space, seed=3, algorithm="tpe", startup_trials=4).suggest(9, history)
+        HyperoptSearch(space, seed=3, algorithm="tpe", startup_trials=4, gamma=1.0).suggest(
+            9, history
+        )
         for _ in range(2)
     ]
     assert answers[0] == answers[1]
@@ -217,7 +219,7 @@ def test_tpe_concentrates_where_the_objective_is_good() -> None:
     for seed in range(4):
         later: dict[str, float] = {}
         for name, search in (
-            ("tpe", HyperoptSearch(space, seed=seed, algorithm="tpe", startup_trials=5)),
+            ("tpe", HyperoptSearch(space, seed=seed, algorithm="tpe", startup_trials=5, gamma=1.0)),
             ("random", RandomSearch(space, seed=seed)),
         ):
             history: list[TrialHistory] = []
@@ -231,7 +233,7 @@ def test_tpe_concentrates_where_the_objective_is_good() -> None:
 
 def test_failed_trials_count_for_the_search_as_bad_results() -> None:
     space = parse_search_space({"learning_rate": SEED_SPACE["learning_rate"]})
-    search = HyperoptSearch(space, seed=0, algorithm="tpe", startup_trials=2)
+    search = HyperoptSearch(space, seed=0, algorithm="tpe", startup_trials=2, gamma=1.0)
     history = [
         TrialHistory(0, {"learning_rate": 1e-3}, "completed", 0.1),
         TrialHistory(1, {"learning_rate": 5e-3}, "failed", None),

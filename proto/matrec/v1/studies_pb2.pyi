@@ -55,7 +55,7 @@ class PrunerSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., min_resource: _Optional[int] = ..., reduction_factor: _Optional[int] = ..., min_trials: _Optional[int] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("name", "trial", "search_space", "algorithm", "objective", "direction", "max_trials", "max_parallel", "seed", "grid_points", "n_startup_trials", "pruner")
+    __slots__ = ("name", "trial", "search_space", "algorithm", "objective", "direction", "max_trials", "max_parallel", "seed", "grid_points", "n_startup_trials", "pruner", "tpe_gamma")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TRIAL_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class StudySpec(_message.Message):
     GRID_POINTS_FIELD_NUMBER: _ClassVar[int]
     N_STARTUP_TRIALS_FIELD_NUMBER: _ClassVar[int]
     PRUNER_FIELD_NUMBER: _ClassVar[int]
+    TPE_GAMMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     trial: _jobs_pb2.JobSpec
     search_space: _struct_pb2.Struct
@@ -80,7 +81,8 @@ class StudySpec(_message.Message):
     grid_points: int
     n_startup_trials: int
     pruner: PrunerSpec
-    def __init__(self, name: _Optional[str] = ..., trial: _Optional[_Union[_jobs_pb2.JobSpec, _Mapping]] = ..., search_space: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., algorithm: _Optional[str] = ..., objective: _Optional[str] = ..., direction: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_parallel: _Optional[int] = ..., seed: _Optional[int] = ..., grid_points: _Optional[int] = ..., n_startup_trials: _Optional[int] = ..., pruner: _Optional[_Union[PrunerSpec, _Mapping]] = ...) -> None: ...
+    tpe_gamma: float
+    def __init__(self, name: _Optional[str] = ..., trial: _Optional[_Union[_jobs_pb2.JobSpec, _Mapping]] = ..., search_space: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., algorithm: _Optional[str] = ..., objective: _Optional[str] = ..., direction: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_parallel: _Optional[int] = ..., seed: _Optional[int] = ..., grid_points: _Optional[int] = ..., n_startup_trials: _Optional[int] = ..., pruner: _Optional[_Union[PrunerSpec, _Mapping]] = ..., tpe_gamma: _Optional[float] = ...) -> None: ...
 
 class IntermediateValue(_message.Message):
     __slots__ = ("resource", "step", "value")

@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matrec.common.studies import FloatParam, Param, parse_search_space
+from matrec.common.studies import FloatParam, Param, StudySpecModel, parse_search_space
 from matrec.coordinator.hpo.pruning import AshaPruner, NoPruner, Pruner
 from matrec.coordinator.hpo.search import (
     HistoryState,
@@ -98,6 +98,9 @@ from matrec.coordinator.hpo.search import (
     TrialHistory,
     params_key,
 )
+
+#: What a study uses unless told otherwise (the coordinator's default).
+TPE_GAMMA: float = StudySpecModel.model_fields["tpe_gamma"].default
 
 ASHA_MIN_RESOURCE = 1
 ASHA_REDUCTION_FACTOR = 3
@@ -399,11 +402,15 @@ def run_method(method: str, curves: Curves, seed: int, budget: int, startup: int
     if method == "matrec random":
         run_matrec(run, curves, RandomSearch(space, seed), NoPruner(), workers=1)
     elif method == "matrec TPE":
-        run_matrec(run, curves, HyperoptSearch(space, seed, "tpe", startup), NoPruner(), 1)
+        run_matrec(
+            run, curves, HyperoptSearch(space, seed, "tpe", startup, TPE_GAMMA), NoPruner(), 1
+        )
     elif method.startswith("matrec TPE+ASHA"):
         workers = 4 if method.endswith("x4") else 1
         asha = AshaPruner(ASHA_MIN_RESOURCE, ASHA_REDUCTION_FACTOR)
-        run_matrec(run, curves, HyperoptSearch(space, seed, "tpe", startup), asha, workers)
+        run_matrec(
+            run, curves, HyperoptSearch(space, seed, "tpe", startup, TPE_GAMMA), asha, workers
+        )
     elif method == "hyperopt fmin":
         run_hyperopt_fmin(run, curves, startup)
     elif method == "Optuna TPE":

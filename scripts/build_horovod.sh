@@ -236,7 +236,15 @@ env | grep -E '^(HOROVOD_|CUDA_HOME|CMAKE_|CXXFLAGS|MAKEFLAGS)' | sort >>"$LOG"
 start=$SECONDS
 mkdir -p "$TMP/dist"
 "$PY" -m pip wheel --disable-pip-version-check -v --no-build-isolation --no-deps \
-    -w "$TMP/dist" "$SRC" >>"$LOG" 2>&1 || fail "the Horovod $HOROVOD_VERSION build failed (full log: ${LOG#"$ROOT"/})"
+    -w "$TMP/dist" "$SRC" >>"$LOG" 2>&1 &
+build_pid=$!
+# Progress while it builds: CMake's own percentage from the log, every 20 s.
+while kill -0 "$build_pid" 2>/dev/null; do
+    sleep 20
+    percent="$(grep -o '\[ *[0-9]\+%\]' "$LOG" 2>/dev/null | tail -n 1 | tr -dc '0-9' || true)"
+    echo "  Horovod build: ${percent:-0}% after $((SECONDS - start)) s"
+done
+wait "$build_pid" || fail "the Horovod $HOROVOD_VERSION build failed (full log: ${LOG#"$ROOT"/})"
 built="$(ls "$TMP"/dist/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n 1)"
 [ -n "$built" ] || fail "pip wheel made no horovod wheel"
 mv -f "$built" "$WHEELS/" || fail "could not store the wheel in ${WHEELS#"$ROOT"/}"

@@ -103,15 +103,41 @@ def test_tpe_study_of_real_finetunes_on_two_agents(
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
 
 
-def test_coordinator_killed_mid_study_loses_and_repeats_no_trial(cluster: LocalCluster) -> None:
+def test_coordinator_killed_mid_study_loses_and_repeats_no_trial(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo
+) -> None:
+    """A TPE study of real fine-tunes, two at a time; the coordinator is SIGKILLed while trials
+    run and restarted on the same database."""
+    spec = {
+        "trial": {
+            "kind": "finetune",
+            "config": {
+                "dataset_path": str(small_dataset.path),
+                "epochs": 2,
+                "image_size": 32,
+                "batch_size": 16,
+            },
+        },
+        "search_space": {
+            "learning_rate": {"type": "float", "min": 1e-4, "max": 3e-2, "log": True},
+        },
+        "algorithm": "tpe",
+        "max_trials": 5,
+        "max_parallel": 2,
+        "n_startup_trials": 2,
+    }
     with cluster.client() as client:
-        study = client.create_study(diagnostic_study(max_trials=8))
-        wait_until(lambda: len(client.get_study(study.id).trials) >= 4, 60, "four trials")
+        study = client.create_study(spec)
+        wait_until(
+            lambda: any(t.job_state == "running" for t in client.get_study(study.id).trials),
+            120,
+            "a running trial",
+        )
         cluster.restart_coordinator(kill=True)
-        final = client.wait_study(study.id, timeout=120)
+        final = client.wait_study(study.id, timeout=300)
         jobs = study_jobs(client, study.id)
     assert final.state == "completed", final.error
-    assert [t.number for t in final.trials] == list(range(8))
+    assert [t.number for t in final.trials] == list(range(5))
     assert all(t.state == "completed" for t in final.trials), [t.error for t in final.trials]
     assert_no_repeats(final)
     assert sorted(jobs) == sorted(t.job_id for t in final.trials), "orphan or missing trial jobs"

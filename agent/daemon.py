@@ -207,7 +207,10 @@ class AgentDaemon:
         elif body == "cancel":
             key = (message.cancel.task.task_id, message.cancel.task.attempt)
             run = self.runs.get(key)
-            if run is not None:
+            if run is not None and message.cancel.requeue:
+                log.info("handing back task %s attempt %d: %s", *key, message.cancel.reason)
+                run.preempt()
+            elif run is not None:
                 log.info("cancelling task %s attempt %d: %s", *key, message.cancel.reason)
                 run.cancel(message.cancel.reason)
 

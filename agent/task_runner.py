@@ -138,11 +138,15 @@ class TaskRun:
                 config=config,
                 artifact_dir=a.artifact_dir,
                 resume_from=a.resume_from or None,
+                gang_id=a.gang.id,
+                gang_member=a.gang.member,
+                gang_size=max(1, a.gang.size),
             ).to_json()
         )
         # A distributed task runs as N ranks under a launcher; the events come from rank 0.
         ranks = int(config.get("workers_per_host", 1) or 1)
-        program = "matrec.agent.launcher" if ranks > 1 else "matrec.agent.worker"
+        distributed = ranks > 1 or a.gang.size > 1
+        program = "matrec.agent.launcher" if distributed else "matrec.agent.worker"
         env = dict(os.environ)
         threads = max(1, int(self.env.cpus))
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -193,6 +197,10 @@ class TaskRun:
             return agents_pb2.TASK_OUTCOME_CANCELLED, self.cancel_reason
         if code == EXIT_PREEMPTED:
             return agents_pb2.TASK_OUTCOME_PREEMPTED, "stopped after a checkpoint"
+        if self.preempting:
+            # Asked to hand the task back; whatever it died of (a rank stuck in a collective
+            # is killed), the next attempt resumes from the last checkpoint.
+            return agents_pb2.TASK_OUTCOME_PREEMPTED, f"handed back (worker exit code {code})"
         tail = "\n".join(self._tail).strip()
         if code < 0:
             reason = f"worker killed by signal {signal.Signals(-code).name}"

@@ -39,6 +39,10 @@ class WorkerTask:
     config: dict[str, Any]
     artifact_dir: str
     resume_from: str | None = None
+    # A member of a multi-host gang: which placement, which member, how many members.
+    gang_id: str = ""
+    gang_member: int = 0
+    gang_size: int = 1
 
     def to_json(self) -> str:
         return json.dumps(
@@ -50,6 +54,9 @@ class WorkerTask:
                 "config": self.config,
                 "artifact_dir": self.artifact_dir,
                 "resume_from": self.resume_from,
+                "gang_id": self.gang_id,
+                "gang_member": self.gang_member,
+                "gang_size": self.gang_size,
             }
         )
 
@@ -63,7 +70,8 @@ class WorkerTask:
         if not isinstance(raw, dict):
             raise ValueError("expected a JSON object")
         unknown = set(raw) - {
-            "task_id", "attempt", "job_id", "kind", "config", "artifact_dir", "resume_from"
+            "task_id", "attempt", "job_id", "kind", "config", "artifact_dir", "resume_from",
+            "gang_id", "gang_member", "gang_size",
         }  # fmt: skip
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -84,7 +92,17 @@ class WorkerTask:
             config=config,
             artifact_dir=_string(raw, "artifact_dir"),
             resume_from=resume_from,
+            gang_id=str(raw.get("gang_id") or ""),
+            gang_member=_integer(raw, "gang_member", 0),
+            gang_size=_integer(raw, "gang_size", 1),
         )
+
+
+def _integer(raw: dict[str, Any], name: str, default: int) -> int:
+    value = raw.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}: expected an integer")
+    return value
 
 
 @dataclass(frozen=True)

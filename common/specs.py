@@ -160,6 +160,18 @@ class FinetuneConfig(BaseModel):
         description="Ranks of a distributed fine-tune on the agent's host (one per GPU, or CPU "
         "processes); each trains on batch_size / workers_per_host images of every batch.",
     )
+    hosts: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Agents a distributed fine-tune spans (a gang: placed all at once, one "
+        "task per agent, each running workers_per_host ranks).",
+    )
+    network_interface: str | None = Field(
+        default=None,
+        description="Network interface the ranks of a multi-host job talk over (e.g. eth0); "
+        "default: the one holding the host's address.",
+    )
     backend: Literal["auto", "horovod", "torch"] = Field(
         default="auto",
         description="Distributed backend: auto (Horovod when it is installed, else "
@@ -196,6 +208,19 @@ class FinetuneConfig(BaseModel):
                 f"batch_size {batch_size} does not split into {value} equal parts; "
                 "make batch_size a multiple of workers_per_host"
             )
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _batch_splits_over_hosts(cls, value: int, info: ValidationInfo) -> int:
+        batch_size, per_host = info.data.get("batch_size"), info.data.get("workers_per_host")
+        if isinstance(batch_size, int) and isinstance(per_host, int):
+            ranks = value * per_host
+            if batch_size % ranks:
+                raise ValueError(
+                    f"batch_size {batch_size} does not split over {ranks} ranks "
+                    f"({value} hosts x {per_host}); make it a multiple of {ranks}"
+                )
         return value
 
     @field_validator("augmentation")
@@ -308,6 +333,11 @@ def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
     except ValidationError as exc:
         raise _first_error(exc, "config") from None
     return spec, config
+
+
+def task_count(config: BaseModel) -> int:
+    """How many tasks a job of this config runs: one per host of a multi-host fine-tune."""
+    return config.hosts if isinstance(config, FinetuneConfig) else 1
 
 
 def check_dataset_path(config: BaseModel) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import grpc
-from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
+from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec, task_count
 from matrec.common.wire import job_spec_to_dict
 from matrec.coordinator import convert
 from matrec.coordinator.artifact_files import (
@@ -136,6 +136,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             resources=spec.resources.model_dump(),
             max_attempts=spec.max_attempts,
             artifact_root=self.policy.artifact_root,
+            num_tasks=task_count(config),
         )
         log.info("job %s submitted (%s)", job.id, job.kind)
         self.scheduler.wake()

@@ -11,10 +11,11 @@ from typing import Any
 
 from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
+from matrec.coordinator.gangs import gang_size, place_gang
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.sessions import AgentSessions
-from matrec.coordinator.states import TaskState
-from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
+from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
+from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord, new_id
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2
 
@@ -50,7 +51,9 @@ def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
     return used
 
 
-def assignment_message(task: TaskRecord, job: JobRecord) -> agents_pb2.CoordinatorMessage:
+def assignment_message(
+    task: TaskRecord, job: JobRecord, gang: agents_pb2.Gang | None = None
+) -> agents_pb2.CoordinatorMessage:
     return agents_pb2.CoordinatorMessage(
         assignment=agents_pb2.Assignment(
             task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
@@ -61,6 +64,7 @@ def assignment_message(task: TaskRecord, job: JobRecord) -> agents_pb2.Coordinat
             artifact_dir=task.artifact_dir,
             resume_from=task.checkpoint_path,
             lease_expires_at=convert.timestamp(task.lease_expires_at),
+            gang=gang,
         )
     )
 
@@ -86,6 +90,8 @@ class Scheduler:
         self.lease_ttl = lease_ttl
         self.tick = tick
         self._wake = asyncio.Event()
+        # Gang members already told to stop, so that they are told once.
+        self._stopping: set[tuple[str, int]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -95,6 +101,7 @@ class Scheduler:
             try:
                 await self._recover_from_outages()
                 self.reap_expired_leases()
+                self.supervise_gangs()
                 self.schedule_once()
                 self.update_gauges()
             except DATABASE_DOWN_ERRORS as error:
@@ -129,7 +136,14 @@ class Scheduler:
         totals = {a.id: a.resources for a in self.store.list_agents() if a.id in available}
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
+        gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
         for task in queued:
+            if task.job_id not in jobs:
+                jobs[task.job_id] = self.store.get_job(task.job_id)
+            owner = jobs[task.job_id]
+            if owner is not None and gang_size(owner) > 1:
+                gangs[task.job_id].append(task)
+                continue
             candidates = [
                 aid
                 for aid, total in totals.items()
@@ -142,19 +156,78 @@ class Scheduler:
             claimed = self.store.assign_task(task.id, agent_id, self.lease_ttl)
             if claimed is None:
                 continue
-            if task.job_id not in jobs:
-                jobs[task.job_id] = self.store.get_job(task.job_id)
             job = jobs[task.job_id]
             if job is None:
                 continue
-            for key in RESOURCE_KEYS:
-                used[agent_id][key] += float(claimed.resources.get(key, 0) or 0)
-            running[agent_id] += 1
-            self.sessions.send(agent_id, assignment_message(claimed, job))
-            log.info("assigned %s attempt %d to agent %s", claimed.id, claimed.attempt, agent_id)
-            self.notifier.notify(task.job_id)
+            self._send_assignment(claimed, job, agent_id, used, running)
             assigned += 1
+        for job_id, members in gangs.items():
+            job = jobs[job_id]
+            if job is None or len(members) < gang_size(job):
+                continue  # members still running are being handed back (supervise_gangs)
+            free = {aid: free_resources(total, used[aid]) for aid, total in totals.items()}
+            load = {aid: sum(used[aid].values()) + running[aid] for aid in totals}
+            placement = place_gang(members, free, fits, load)
+            if placement is None:
+                continue
+            gang_id = new_id("gang")
+            for task in members:
+                claimed = self.store.assign_task(task.id, placement[task.id], self.lease_ttl)
+                if claimed is None:
+                    continue
+                gang = agents_pb2.Gang(id=gang_id, member=task.index, size=len(members))
+                self._send_assignment(claimed, job, placement[task.id], used, running, gang)
+                assigned += 1
         return assigned
+
+    def _send_assignment(
+        self,
+        task: TaskRecord,
+        job: JobRecord,
+        agent_id: str,
+        used: dict[str, dict[str, float]],
+        running: Counter[str | None],
+        gang: agents_pb2.Gang | None = None,
+    ) -> None:
+        for key in RESOURCE_KEYS:
+            used[agent_id][key] += float(task.resources.get(key, 0) or 0)
+        running[agent_id] += 1
+        self.sessions.send(agent_id, assignment_message(task, job, gang))
+        log.info("assigned %s attempt %d to agent %s", task.id, task.attempt, agent_id)
+        self.notifier.notify(task.job_id)
+
+    def supervise_gangs(self) -> None:
+        """Stop the running members of a gang that cannot go on: hand them back when another
+        member is queued again (lost or failed and retried), cancel them when the job ended."""
+        jobs: dict[str, JobRecord | None] = {}
+        active = self.store.active_tasks()
+        self._stopping &= {(t.id, t.attempt) for t in active}
+        for task in active:
+            if task.job_id not in jobs:
+                jobs[task.job_id] = self.store.get_job(task.job_id)
+            job = jobs[task.job_id]
+            if job is None or gang_size(job) <= 1 or not task.agent_id:
+                continue
+            if job.state in FINAL_JOB_STATES or job.cancel_requested:
+                requeue, reason = False, f"its gang's job is {job.state.value}"
+            elif any(t.state == TaskState.QUEUED for t in job.tasks):
+                requeue, reason = True, "another member of its gang was lost; the gang restarts"
+            else:
+                continue
+            if (task.id, task.attempt) in self._stopping:
+                continue
+            self._stopping.add((task.id, task.attempt))
+            log.warning("stopping gang member %s attempt %d: %s", task.id, task.attempt, reason)
+            self.sessions.send(
+                task.agent_id,
+                agents_pb2.CoordinatorMessage(
+                    cancel=agents_pb2.CancelTask(
+                        task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
+                        reason=reason,
+                        requeue=requeue,
+                    )
+                ),
+            )
 
     def reap_expired_leases(self) -> list[TaskChange]:
         changes = self.store.expire_leases()

@@ -27,6 +27,8 @@ RESUME_TOLERANT_FIELDS = frozenset(
         "top_k",
         # The ranks split each global batch; any number of them takes the same steps.
         "workers_per_host",
+        "hosts",
+        "network_interface",
         "backend",
     }
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Protocol
 
 import torch
@@ -26,6 +27,8 @@ RANK_ENV = "MATREC_RANK"
 WORLD_SIZE_ENV = "MATREC_WORLD_SIZE"
 LOCAL_RANK_ENV = "MATREC_LOCAL_RANK"
 BACKEND_ENV = "MATREC_BACKEND"
+#: Seconds a rank waits in a collective for a peer before it gives up (a lost host).
+TIMEOUT_ENV = "MATREC_COLLECTIVE_TIMEOUT"
 
 
 class Collective(Protocol):
@@ -87,8 +90,12 @@ class TorchDistributed:
         self._dist = dist
         self.rank, self.size, self.local_rank = rank, size, local_rank
         self.device = device
+        timeout = float(os.environ.get(TIMEOUT_ENV, "0") or 0)
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size
+            "nccl" if device.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=size,
+            timeout=timedelta(seconds=timeout) if timeout > 0 else None,
         )
 
     def broadcast_model(self, model: nn.Module) -> None:

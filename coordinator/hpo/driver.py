@@ -14,6 +14,7 @@ import logging
 import math
 from pathlib import Path
 
+from matrec.common.specs import parse_job_spec, task_count
 from matrec.common.studies import StudySpecModel, final_resource, trial_job_spec
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
 from matrec.coordinator.cancellation import cancel_job
@@ -215,10 +216,17 @@ class StudyDriver:
             job_spec = trial_job_spec(spec, params)
             job_spec["name"] = f"{study.spec.name or study.id} trial {number}"
             job_spec["labels"] = {**job_spec["labels"], "study": study.id, "trial": str(number)}
-            if (
-                self.studies.add_trial(study.id, number, params, None, job_spec, self.artifact_root)
-                is None
-            ):
+            _, trial_config = parse_job_spec(job_spec)
+            added = self.studies.add_trial(
+                study.id,
+                number,
+                params,
+                None,
+                job_spec,
+                self.artifact_root,
+                num_tasks=task_count(trial_config),
+            )
+            if added is None:
                 log.info("study %s trial %d was created elsewhere", study.id, number)
                 break
             log.info("study %s trial %d queued: %s", study.id, number, params)

@@ -176,6 +176,7 @@ class StudyStore:
         encoded: dict[str, Any] | None,
         job_spec: dict[str, Any],
         artifact_root: Path,
+        num_tasks: int = 1,
     ) -> str | None:
         """Store trial `number` and its queued job in one transaction. Returns the trial's id,
         or None when that number is taken (another coordinator asked first)."""
@@ -190,6 +191,7 @@ class StudyStore:
                     resources=job_spec["resources"],
                     max_attempts=job_spec["max_attempts"],
                     artifact_root=artifact_root,
+                    num_tasks=num_tasks,
                 )
                 conn.execute(
                     schema.trials.insert().values(

@@ -11,6 +11,7 @@ from matrec.coordinator.availability import DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, fits, free_resources
 from matrec.coordinator.sessions import AgentSessions
+from matrec.coordinator.states import TaskOutcome
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 
@@ -78,5 +79,62 @@ def test_schedule_spreads_fitting_tasks_and_holds_the_rest(store: Store, tmp_pat
             assert message.assignment.task.attempt == 1
         # Nothing fits any more: a second pass assigns nothing.
         assert scheduler.schedule_once() == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_gang_is_placed_all_at_once_and_stopped_all_at_once(store: Store, tmp_path: Path) -> None:
+    """Two members on two distinct agents, or none; when one is queued again (its agent was
+    lost), the other is handed back (requeue); when the job ends, the rest are cancelled."""
+
+    async def scenario() -> None:
+        sessions = AgentSessions()
+        for name in ("a", "b"):
+            store.upsert_agent(
+                f"agent-{name}", name=name, hostname="h", version="t",
+                resources={"cpus": 2.0, "gpus": 0, "memory_bytes": 0}, gpus=[],
+            )  # fmt: skip
+        sessions.open("agent-a")
+        telemetry = CoordinatorTelemetry()
+        availability = DatabaseAvailability(object(), (), telemetry)
+        scheduler = Scheduler(store, sessions, JobNotifier(), telemetry, availability, lease_ttl=30)
+        job_id = store.create_job(
+            name="gang", kind="finetune",
+            spec={"config": {"dataset_path": "/d", "hosts": 2}},
+            resources={"cpus": 1.0, "gpus": 0}, max_attempts=3, artifact_root=tmp_path,
+            num_tasks=2,
+        ).id  # fmt: skip
+        # One agent has room for both tasks, but a gang needs two agents.
+        assert scheduler.schedule_once() == 0
+        sessions.open("agent-b")
+        assert scheduler.schedule_once() == 2
+        tasks = sorted(store.active_tasks(), key=lambda t: t.index)
+        assert {t.agent_id for t in tasks} == {"agent-a", "agent-b"}
+        gangs = []
+        for task in tasks:
+            session = sessions.get(task.agent_id or "")
+            assert session is not None
+            assignment = session.outbox.get_nowait().assignment
+            gangs.append((assignment.gang.id, assignment.gang.member, assignment.gang.size))
+        assert gangs[0][0] == gangs[1][0] and gangs[0][0].startswith("gang-")
+        assert [(m, s) for _, m, s in gangs] == [(0, 2), (1, 2)]
+
+        # Member 1 fails and is retried: member 0 is handed back, once.
+        store.mark_running(tasks[0].id, 1, tasks[0].agent_id or "")
+        store.mark_running(tasks[1].id, 1, tasks[1].agent_id or "")
+        store.finish_task(tasks[1].id, 1, tasks[1].agent_id or "", TaskOutcome.FAILED, error="boom")
+        scheduler.supervise_gangs()
+        scheduler.supervise_gangs()
+        session_a = sessions.get(tasks[0].agent_id or "")
+        assert session_a is not None
+        stop = session_a.outbox.get_nowait()
+        assert stop.cancel.task.task_id == tasks[0].id and stop.cancel.requeue
+        assert session_a.outbox.empty(), "told twice"
+        # While member 0 still runs, member 1 is not placed alone.
+        assert scheduler.schedule_once() == 0
+        store.finish_task(tasks[0].id, 1, tasks[0].agent_id or "", TaskOutcome.PREEMPTED)
+        assert scheduler.schedule_once() == 2
+        assert {t.attempt for t in store.active_tasks()} == {2}
+        assert store.get_job(job_id) is not None
 
     asyncio.run(scenario())

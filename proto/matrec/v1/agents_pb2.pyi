@@ -130,7 +130,7 @@ class AgentMessage(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.MetricBatch, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogBatch, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., checkpoint: _Optional[_Union[TaskCheckpoint, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task", "job_id", "kind", "config", "resources", "artifact_dir", "resume_from", "lease_expires_at")
+    __slots__ = ("task", "job_id", "kind", "config", "resources", "artifact_dir", "resume_from", "lease_expires_at", "gang")
     TASK_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class Assignment(_message.Message):
     ARTIFACT_DIR_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    GANG_FIELD_NUMBER: _ClassVar[int]
     task: TaskRef
     job_id: str
     kind: str
@@ -147,15 +148,28 @@ class Assignment(_message.Message):
     artifact_dir: str
     resume_from: str
     lease_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., artifact_dir: _Optional[str] = ..., resume_from: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    gang: Gang
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., artifact_dir: _Optional[str] = ..., resume_from: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gang: _Optional[_Union[Gang, _Mapping]] = ...) -> None: ...
+
+class Gang(_message.Message):
+    __slots__ = ("id", "member", "size")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    member: int
+    size: int
+    def __init__(self, id: _Optional[str] = ..., member: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class CancelTask(_message.Message):
-    __slots__ = ("task", "reason")
+    __slots__ = ("task", "reason", "requeue")
     TASK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEUE_FIELD_NUMBER: _ClassVar[int]
     task: TaskRef
     reason: str
-    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    requeue: bool
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., reason: _Optional[str] = ..., requeue: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)

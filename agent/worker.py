@@ -37,7 +37,13 @@ from matrec.agent.worker_protocol import (
     WorkerTask,
     encode_event,
 )
-from matrec.common.specs import DiagnosticConfig, FinetuneConfig, SpecError, parse_job_spec
+from matrec.common.specs import (
+    DiagnosticConfig,
+    FinetuneConfig,
+    ScriptConfig,
+    SpecError,
+    parse_job_spec,
+)
 
 
 class EventReporter:
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(
     task: WorkerTask,
-    config: FinetuneConfig | DiagnosticConfig,
+    config: FinetuneConfig | DiagnosticConfig | ScriptConfig,
     reporter: EventReporter,
     stop: _StopFlag,
 ) -> dict[str, Any]:
@@ -148,6 +154,10 @@ def _run(
         from matrec.agent.diagnostic import run_diagnostic
 
         return run_diagnostic(config, reporter, stop)
+    if isinstance(config, ScriptConfig):
+        from matrec.agent.script_task import run_script
+
+        return run_script(config, Path(task.artifact_dir), reporter, stop)
     _set_torch_threads()
     from matrec.agent.training.finetune import run_finetune
 
@@ -160,13 +170,15 @@ def _run(
     ).to_dict()
 
 
-def _read_task(path: Path) -> tuple[WorkerTask, FinetuneConfig | DiagnosticConfig]:
+def _read_task(
+    path: Path,
+) -> tuple[WorkerTask, FinetuneConfig | DiagnosticConfig | ScriptConfig]:
     task = WorkerTask.from_json(path.read_text(encoding="utf-8"))
     try:
         _, config = parse_job_spec({"kind": task.kind, "config": task.config})
     except SpecError as exc:
         raise ValueError(str(exc)) from None
-    if not isinstance(config, FinetuneConfig | DiagnosticConfig):
+    if not isinstance(config, FinetuneConfig | DiagnosticConfig | ScriptConfig):
         raise ValueError(f"kind: this worker cannot run {task.kind!r} tasks")
     return task, config
 

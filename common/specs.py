@@ -244,7 +244,6 @@ class FinetuneConfig(BaseModel):
         return value
 
 
-#: Job kinds and the config model of each.
 class DiagnosticConfig(BaseModel):
     """A task with no torch and no data: it sleeps through `steps` steps, reporting a metric at
     each, and fails on request. For checking a cluster end to end in seconds."""
@@ -262,7 +261,43 @@ class DiagnosticConfig(BaseModel):
     )
 
 
-JOB_KINDS: dict[str, type[BaseModel]] = {"finetune": FinetuneConfig, "diagnostic": DiagnosticConfig}
+class ScriptConfig(BaseModel):
+    """Run a program of the user's (an existing Horovod or torch.distributed training script)
+    under matrec's launcher: each rank gets the environment horovodrun or torchrun would give it
+    (HOROVOD_RANK/SIZE/..., or RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the
+    program runs unchanged. Its output goes to the task log; a line
+    `matrec-metric {"step": 3, "loss": 0.41}` printed by rank 0 becomes metrics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: list[str] = Field(
+        min_length=1,
+        description="The program and its arguments, e.g. ['python', 'train.py', '--epochs', "
+        "'3']; 'python' means the agent's Python.",
+    )
+    working_dir: str | None = Field(
+        default=None, description="Where it runs; default: a folder of its own per task."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    workers_per_host: int = Field(default=1, ge=1, le=64)
+    hosts: int = Field(default=1, ge=1, le=64)
+    backend: Literal["auto", "horovod", "torch"] = "auto"
+    network_interface: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the first item must name the program to run")
+        return value
+
+
+#: Job kinds and the config model of each.
+JOB_KINDS: dict[str, type[BaseModel]] = {
+    "finetune": FinetuneConfig,
+    "diagnostic": DiagnosticConfig,
+    "script": ScriptConfig,
+}
 
 #: The metrics each kind reports once per epoch (per step for diagnostic), usable as an HPO
 #: objective, and whether a higher value is better.
@@ -337,7 +372,7 @@ def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
 
 def task_count(config: BaseModel) -> int:
     """How many tasks a job of this config runs: one per host of a multi-host fine-tune."""
-    return config.hosts if isinstance(config, FinetuneConfig) else 1
+    return config.hosts if isinstance(config, FinetuneConfig | ScriptConfig) else 1
 
 
 def check_dataset_path(config: BaseModel) -> None:

@@ -15,7 +15,7 @@ Fits = Callable[[Mapping[str, Any], Mapping[str, float]], bool]
 
 def gang_size(job: JobRecord) -> int:
     """How many hosts the job spans (1: not a gang)."""
-    if job.kind != "finetune":
+    if job.kind not in ("finetune", "script"):
         return 1
     return int(job.spec.get("config", {}).get("hosts", 1) or 1)
 

@@ -22,6 +22,12 @@ loop keeps its asynchronous queue and the engine pays for its per-step read-back
 the median images per second of each side and the median over block pairs of the ratio
 engine / hand loop (target >= 0.97).
 
+With --collective horovod (or torch) the engine's step goes through a one-rank collective as a
+distributed job's does: rank 0's weights broadcast at the start (contiguous copies, so a
+channels_last model survives it) and the gradients averaged in one flat allreduce per step. On an
+H100 the naive Horovod path reached 56 % of the best plain loop (ARCHITECTURE.md); this measures
+the engine's way against the same hand loop.
+
 With --device cuda two settings are measured: channels_last + bf16 autocast (the engine's only
 CUDA path, and the hand loop doing the same) and plain NCHW fp32 (the hand loop, and the
 engine's step with an NCHW fp32 forward, since the engine itself has no such mode on CUDA).
@@ -31,18 +37,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from matrec.agent.training.collective import Collective
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
@@ -57,8 +67,26 @@ class Figure:
     hand_blocks: list[float]
 
 
+def one_rank_collective(kind: str, device: torch.device) -> Collective:
+    """A collective of one rank, as a distributed job's rank 0 has (size 1: no peers)."""
+    from matrec.agent.training import collective
+
+    if kind == "none":
+        return collective.SingleProcess()
+    if kind == "horovod":
+        return collective.HorovodCollective()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    return collective.TorchDistributed(0, 1, 0, device)
+
+
 def engine_step(
-    model_name: str, classes: int, device: torch.device, fast: bool, steps_per_epoch: int
+    model_name: str,
+    classes: int,
+    device: torch.device,
+    fast: bool,
+    steps_per_epoch: int,
+    collective: Collective,
 ) -> Step:
     """One optimisation step as the engine's training loop takes it."""
     from matrec.agent.training import finetune, models, optim, strategies
@@ -69,6 +97,7 @@ def engine_step(
     model = models.build_model(model_name, classes).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
+    collective.broadcast_model(model)
     model.train()
     strategies.apply_strategy(model, config, 0)
     optimizer = optim.build_optimizer(strategies.param_groups(model, config), config)
@@ -81,7 +110,14 @@ def engine_step(
     def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
         logits = forward(images, indices)
         loss = optim.training_loss(logits, labels, config.label_smoothing)
-        optim.optimizer_step(loss, model, optimizer, scheduler, config.grad_clip_norm)
+        optim.optimizer_step(
+            loss,
+            model,
+            optimizer,
+            scheduler,
+            config.grad_clip_norm,
+            sync=lambda params: collective.average_gradients(params, False),
+        )
         # The loop's bookkeeping: both values go to the host every step.
         loss.item()
         int((logits.argmax(dim=1) == labels).sum().item())
@@ -158,7 +194,9 @@ def measure(args: argparse.Namespace, device: torch.device, fast: bool) -> Figur
     total = args.rounds * args.steps + args.warmup + 1
     steps_per_epoch = total
     makers: dict[str, Callable[[], Step]] = {
-        "engine": lambda: engine_step(args.model, args.classes, device, fast, steps_per_epoch),
+        "engine": lambda: engine_step(
+            args.model, args.classes, device, fast, steps_per_epoch, args.collective_instance
+        ),
         "hand": lambda: hand_step(args.model, args.classes, device, fast, total),
     }
     step_fns = {name: make() for name, make in makers.items()}
@@ -208,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distinct-batches", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--collective",
+        choices=("none", "horovod", "torch"),
+        default="none",
+        help="run the engine's step as a one-rank distributed job of this backend",
+    )
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -221,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if cuda:
         torch.backends.cudnn.benchmark = True
+    args.collective_instance = one_rank_collective(args.collective, device)
 
     figures = [measure(args, device, fast=True)] if cuda else []
     figures.append(measure(args, device, fast=False))
@@ -228,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(
         f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.classes} classes, "
-        f"{args.rounds} rounds x {args.steps} steps; {name}; torch {torch.__version__}"
+        f"{args.rounds} rounds x {args.steps} steps; {name}; torch {torch.__version__}; "
+        f"engine collective: {args.collective}"
     )
     print()
     print("| setting | engine img/s | hand loop img/s | engine / hand |")
@@ -240,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json is not None:
         payload: dict[str, Any] = {
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "settings": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k != "collective_instance"
+            },
             "device_name": name,
             "torch": torch.__version__,
             "figures": [asdict(f) for f in figures],

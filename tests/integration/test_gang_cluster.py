@@ -6,6 +6,7 @@ gang stops the other's ranks and the gang resumes from rank 0's checkpoint on th
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import LogsEvent
+from matrec.sdk.types import Job, LogsEvent
 from support.cluster_jobs import FAST_LEASES, finetune_spec, wait_until
 
 
@@ -36,26 +37,47 @@ def rank_pids(task_id: str) -> list[int]:
     ]
 
 
+LAYOUTS = {
+    "2 agents x 1 rank": {"hosts": 2, "network_interface": "lo"},
+    "1 agent x 2 ranks": {"workers_per_host": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("gangs")
+    with LocalCluster(root / "cluster", agents=2, agent_cpus=2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def single(cluster: LocalCluster, small_dataset: DemoDatasetInfo) -> Job:
+    with cluster.client() as client:
+        job = client.wait(client.submit_job(exact_spec(small_dataset)).id, 180)
+    assert job.state == "succeeded", job.error
+    return job
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("backend", ["torch", "horovod"])
-def test_two_agents_one_rank_each_match_one_process(
-    backend: str, tmp_path: Path, small_dataset: DemoDatasetInfo
+def test_distributed_jobs_take_the_same_steps_as_one_process(
+    backend: str, layout: str, cluster: LocalCluster, single: Job, small_dataset: DemoDatasetInfo
 ) -> None:
-    with LocalCluster(tmp_path / "cluster", agents=2) as cluster, cluster.client() as client:
-        single = client.wait(client.submit_job(exact_spec(small_dataset)).id, 180)
-        spec = exact_spec(small_dataset, hosts=2, backend=backend, network_interface="lo")
-        gang = client.wait(client.submit_job(spec).id, 240)
-        assert single.state == "succeeded", single.error
-        assert gang.state == "succeeded", gang.error
-        assert len(gang.tasks) == 2
-        assert len({t.agent_id for t in gang.tasks}) == 2, "both members on one agent"
-        metrics = [m for m in client.job_metrics(gang.id) if m.key == "train/loss"]
+    spec = exact_spec(small_dataset, backend=backend, **LAYOUTS[layout])
+    spec["resources"] = {"cpus": 2 if "workers_per_host" in LAYOUTS[layout] else 1}
+    with cluster.client() as client:
+        job = client.wait(client.submit_job(spec).id, 240)
+        assert job.state == "succeeded", job.error
+        metrics = [m for m in client.job_metrics(job.id) if m.key == "train/loss"]
         single_metrics = [m for m in client.job_metrics(single.id) if m.key == "train/loss"]
-    # One result (member 0's), one series of global steps.
-    assert gang.result["steps"] == single.result["steps"] == 9
+    if "hosts" in LAYOUTS[layout]:
+        assert len({t.agent_id for t in job.tasks}) == 2, "both members on one agent"
+    # One result (rank 0's), one series of global steps.
+    assert job.result["steps"] == single.result["steps"] == 9
     assert [m.step for m in metrics] == list(range(1, 10))
     for mine, theirs in zip(metrics, single_metrics, strict=True):
         assert mine.value == pytest.approx(theirs.value, rel=1e-4)
-    ones, twos = weights(single.result["model_path"]), weights(gang.result["model_path"])
+    ones, twos = weights(single.result["model_path"]), weights(job.result["model_path"])
     for name, tensor in ones.items():
         torch.testing.assert_close(twos[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 

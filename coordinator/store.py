@@ -344,15 +344,20 @@ class Store:
         return _job(row, tasks)
 
     def list_jobs(self, states: Sequence[JobState] = (), limit: int = 100) -> list[JobRecord]:
-        query = sa.select(schema.training_jobs.c.id).order_by(
-            schema.training_jobs.c.created_at.desc()
-        )
+        """Newest first, with their tasks: two queries, whatever the number of jobs."""
+        j, t = schema.training_jobs, schema.tasks
+        query = sa.select(j).order_by(j.c.created_at.desc(), j.c.id)
         if states:
-            query = query.where(schema.training_jobs.c.state.in_([str(s) for s in states]))
+            query = query.where(j.c.state.in_([str(s) for s in states]))
         with self.engine.connect() as conn:
-            ids = [r.id for r in conn.execute(query.limit(limit))]
-            jobs = [self._get_job(conn, job_id) for job_id in ids]
-        return [j for j in jobs if j is not None]
+            rows = list(conn.execute(query.limit(limit)))
+            tasks: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
+            if rows:
+                for task_row in conn.execute(
+                    sa.select(t).where(t.c.job_id.in_(list(tasks))).order_by(t.c.index)
+                ):
+                    tasks[task_row.job_id].append(_task(task_row))
+        return [_job(row, tasks[row.id]) for row in rows]
 
     def count_jobs(self) -> int:
         with self.engine.connect() as conn:

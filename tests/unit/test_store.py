@@ -328,3 +328,27 @@ def test_negative_retention_settings_are_refused(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         parse_settings(["--metric-max-points", "-1"])
     assert "--metric-max-points" in capsys.readouterr().err
+
+
+def test_list_jobs_reads_jobs_and_tasks_in_two_queries(store: Store, tmp_path: Path) -> None:
+    ids = [make_job(store, tmp_path) for _ in range(12)]
+    store.create_job(
+        name="gang", kind="finetune", spec={"config": {"dataset_path": "/d", "hosts": 3}},
+        resources={"cpus": 1.0}, max_attempts=1, artifact_root=tmp_path, num_tasks=3,
+    )  # fmt: skip
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        jobs = store.list_jobs(limit=100)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", count)
+    assert len(statements) == 2, statements
+    assert {j.id for j in jobs} >= set(ids) and len(jobs) == 13
+    assert [len(j.tasks) for j in jobs if j.name == "gang"] == [3]
+    assert all(len(j.tasks) == 1 for j in jobs if j.name == "j")
+    assert [j.created_at for j in jobs] == sorted((j.created_at for j in jobs), reverse=True)
+    assert [t.index for j in jobs for t in j.tasks if j.name == "gang"] == [0, 1, 2]

@@ -133,6 +133,7 @@ class AgentDaemon:
                 version=AGENT_VERSION,
             ),
             timeout=10,
+            metadata=self.settings.call_metadata,
         )
         if response.agent_id != self.agent_id:
             self.agent_id = response.agent_id
@@ -156,7 +157,7 @@ class AgentDaemon:
 
         heartbeats = asyncio.create_task(self._heartbeat_loop())
         try:
-            call = stub.Connect(requests())
+            call = stub.Connect(requests(), metadata=self.settings.call_metadata)
             first = True
             async for message in call:
                 if first:

@@ -22,6 +22,12 @@ class AgentSettings:
     python: str
     stop_grace: float
     log_level: str
+    token: str | None = None
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call to the coordinator carries: the agent's token, if it has one."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 def _env(name: str, default: str) -> str:
@@ -39,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--coordinator",
         default=_env("COORDINATOR", "127.0.0.1:50051"),
         help="coordinator address HOST:PORT [MATREC_COORDINATOR] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=_env("AGENT_TOKEN", "") or None,
+        help="agent token for a coordinator that requires one (`matrec-ctl tokens create "
+        "NAME --role agent`, NAME being this agent's --name) [MATREC_AGENT_TOKEN]",
     )
     parser.add_argument(
         "--name",
@@ -95,6 +107,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
     args = build_parser().parse_args(argv)
     return AgentSettings(
         coordinator=args.coordinator,
+        token=args.token,
         name=args.name,
         data_dir=args.data_dir,
         cpus=args.cpus,

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from matrec.coordinator import convert
+from matrec.coordinator.auth import current_identity
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
@@ -71,6 +72,16 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.RegisterAgentResponse:
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: an agent needs a name")
+        identity = current_identity.get()
+        if identity is not None:
+            # An agent token names the one agent it may act as.
+            known = self.store.get_agent(request.agent_id) if request.agent_id else None
+            if request.name != identity.name or (known is not None and known.name != identity.name):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this token is for agent {identity.name!r}; it cannot register as "
+                    f"{request.name!r}" + (f" ({request.agent_id})" if request.agent_id else ""),
+                )
         agent_id = request.agent_id or new_id("agent")
         self.store.upsert_agent(
             agent_id,
@@ -110,10 +121,17 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, "the first message on Connect must be hello"
             )
         agent_id = first.hello.agent_id
-        if self.store.get_agent(agent_id) is None:
+        agent = self.store.get_agent(agent_id)
+        if agent is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"agent {agent_id!r} is not registered; call RegisterAgent first",
+            )
+        identity = current_identity.get()
+        if identity is not None and agent is not None and agent.name != identity.name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token is for agent {identity.name!r}, not for {agent_id} ({agent.name!r})",
             )
         session = self.sessions.open(agent_id)
         self.store.set_agent_state(agent_id, AgentState.CONNECTED)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from matrec.coordinator.agent_service import AgentService
+from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
 from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
 from matrec.coordinator.hpo.driver import StudyDriver
@@ -22,9 +25,12 @@ from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.settings import CoordinatorSettings
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
+from matrec.coordinator.token_service import TokenService
 from matrec.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     studies_pb2,
@@ -47,6 +53,7 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     studies_pb2.DESCRIPTOR.services_by_name["StudyService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
 )
 
 
@@ -78,10 +85,18 @@ class Coordinator:
         scheduler = Scheduler(
             store, self.sessions, notifier, telemetry, availability, lease_ttl=s.lease_ttl
         )
+        tokens = TokenStore(store.engine)
+        if s.auth:
+            _bootstrap_admin_token(tokens, s.admin_token_file)
         server = grpc.aio.server(
-            interceptors=[LatencyInterceptor(telemetry), DatabaseErrorInterceptor()],
+            interceptors=[
+                LatencyInterceptor(telemetry),
+                AuthInterceptor(tokens, enabled=s.auth),
+                DatabaseErrorInterceptor(),
+            ],
             options=GRPC_SERVER_OPTIONS,
         )
+        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(tokens), server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(
                 store,
@@ -150,3 +165,21 @@ class Coordinator:
     async def wait(self) -> None:
         assert self.server is not None
         await self.server.wait_for_termination()
+
+
+def _bootstrap_admin_token(tokens: TokenStore, path: Path | None) -> None:
+    """With no live admin token, make one and write it (0600) where the operator asked."""
+    if tokens.has_live_admin():
+        return
+    if path is None:
+        log.warning(
+            "authentication is on but no admin token exists; restart with --admin-token-file "
+            "PATH to create one"
+        )
+        return
+    record, secret = tokens.create("bootstrap-admin", "admin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
+    log.info("admin token %s written to %s", record.id, path)

@@ -23,6 +23,8 @@ class CoordinatorSettings:
     metric_retention_days: float = 0.0
     ready_file: Path | None = None
     log_level: str = "INFO"
+    auth: bool = False
+    admin_token_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -122,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write HOST:PORT to this file once serving (for scripts and tests)",
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        default=_env("AUTH", "") in ("1", "true", "yes"),
+        help="require a token on every call (roles viewer, operator, admin, agent; see "
+        "`matrec-ctl tokens`) [MATREC_AUTH]",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=Path(_env("ADMIN_TOKEN_FILE", "")) if _env("ADMIN_TOKEN_FILE", "") else None,
+        help="with --auth and no admin token yet: create one and write it to this file (mode "
+        "0600), to bootstrap `matrec-ctl tokens create` [MATREC_ADMIN_TOKEN_FILE]",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     return parser
 
@@ -146,4 +162,6 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         metric_retention_days=args.metric_retention_days,
         ready_file=args.ready_file,
         log_level=args.log_level,
+        auth=args.auth,
+        admin_token_file=args.admin_token_file,
     )

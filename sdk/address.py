@@ -11,3 +11,11 @@ ADDRESS_ENV = "MATREC_COORDINATOR"
 def default_address() -> str:
     """$MATREC_COORDINATOR, else 127.0.0.1:50051."""
     return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+TOKEN_ENV = "MATREC_TOKEN"
+
+
+def default_token() -> str | None:
+    """$MATREC_TOKEN, when set: the API token sent with every call."""
+    return os.environ.get(TOKEN_ENV) or None

@@ -13,7 +13,7 @@ import grpc
 from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
 from matrec.common.studies import StudySpecModel, parse_study_spec
 from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
-from matrec.sdk.address import default_address
+from matrec.sdk.address import default_address, default_token
 from matrec.sdk.convert import (
     agent_from_proto,
     artifact_from_proto,
@@ -22,6 +22,7 @@ from matrec.sdk.convert import (
     job_state_to_proto,
     metric_from_proto,
     study_from_proto,
+    token_from_proto,
     watch_event_from_proto,
 )
 from matrec.sdk.errors import (
@@ -35,8 +36,24 @@ from matrec.sdk.errors import (
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
-from matrec.sdk.types import Agent, Artifact, ClusterSnapshot, Job, Metric, Study, WatchEvent
-from matrec.v1 import jobs_pb2, jobs_pb2_grpc, studies_pb2, studies_pb2_grpc
+from matrec.sdk.types import (
+    Agent,
+    ApiToken,
+    Artifact,
+    ClusterSnapshot,
+    Job,
+    Metric,
+    Study,
+    WatchEvent,
+)
+from matrec.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    studies_pb2,
+    studies_pb2_grpc,
+)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 T = TypeVar("T")
@@ -58,23 +75,60 @@ RECONNECT_INITIAL_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
 
 
+class _MetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the API token) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), *self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
 class Client:
     """A connection to one coordinator.
 
-    `address` defaults to $MATREC_COORDINATOR, else 127.0.0.1:50051. `timeout` bounds every
-    single request; watching a job has no deadline of its own.
+    `address` defaults to $MATREC_COORDINATOR, else 127.0.0.1:50051. `token` (default
+    $MATREC_TOKEN) is sent with every call, for a coordinator that requires one. `timeout`
+    bounds every single request; watching a job has no deadline of its own.
 
     >>> with Client("127.0.0.1:50051") as client:
     ...     job = client.submit_job({"config": {"dataset_path": "/data/materials"}})
     ...     job = client.wait(job.id)
     """
 
-    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: str | None = None, *, timeout: float = 30.0, token: str | None = None
+    ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        token = token or default_token()
+        if token:
+            channel = grpc.intercept_channel(
+                channel, _MetadataInterceptor((("authorization", f"Bearer {token}"),))
+            )
+        self._channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._studies = studies_pb2_grpc.StudyServiceStub(self._channel)
+        self._tokens = auth_pb2_grpc.TokenServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -266,6 +320,28 @@ class Client:
             raise MatrecError(f"download of job {job_id}'s {kind or uri} was corrupted; retry")
         partial.replace(target)
         return target
+
+    # ---- API tokens (admin) -------------------------------------------------------------------
+
+    def create_token(self, name: str, role: str, ttl_seconds: int = 0) -> tuple[ApiToken, str]:
+        """A new token and its secret, which is shown only now. Roles: viewer, operator, admin,
+        agent (then `name` is the agent's name)."""
+        response = self._call(
+            self._tokens.CreateToken,
+            auth_pb2.CreateTokenRequest(name=name, role=role, ttl_seconds=ttl_seconds),
+        )
+        return token_from_proto(response.token), response.secret
+
+    def list_tokens(self) -> list[ApiToken]:
+        response = self._call(self._tokens.ListTokens, auth_pb2.ListTokensRequest())
+        return [token_from_proto(t) for t in response.tokens]
+
+    def revoke_token(self, token_id: str) -> ApiToken:
+        """Refused from the next call on."""
+        response = self._call(
+            self._tokens.RevokeToken, auth_pb2.RevokeTokenRequest(token_id=token_id)
+        )
+        return token_from_proto(response.token)
 
     # ---- hyperparameter studies ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from matrec.sdk.errors import InvalidSpecError
 from matrec.sdk.types import (
     JOB_STATES,
     Agent,
+    ApiToken,
     Artifact,
     ClusterSnapshot,
     GpuInfo,
@@ -32,7 +33,7 @@ from matrec.sdk.types import (
     Trial,
     WatchEvent,
 )
-from matrec.v1 import common_pb2, jobs_pb2, studies_pb2
+from matrec.v1 import auth_pb2, common_pb2, jobs_pb2, studies_pb2
 
 
 def _state_name(enum: EnumTypeWrapper, prefix: str, value: int) -> str:
@@ -238,4 +239,15 @@ def artifact_from_proto(msg: jobs_pb2.Artifact) -> Artifact:
         uri=msg.uri,
         size_bytes=msg.size_bytes if msg.size_bytes >= 0 else None,
         created_at=_time(msg, "created_at"),
+    )
+
+
+def token_from_proto(msg: auth_pb2.Token) -> ApiToken:
+    return ApiToken(
+        id=msg.id,
+        name=msg.name,
+        role=msg.role,
+        created_at=_time(msg, "created_at"),
+        expires_at=_time(msg, "expires_at"),
+        revoked_at=_time(msg, "revoked_at"),
     )

@@ -276,3 +276,15 @@ class Artifact:
     uri: str
     size_bytes: int | None
     created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An API token as the coordinator lists it (never the secret itself)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None

@@ -5,16 +5,18 @@ Commands import the SDK (grpc, protobuf, pydantic) only when they run, so `--hel
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS
+from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TOKEN_ENV
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
 from matrec.sdk.ctl.hpo import hpo_app
+from matrec.sdk.ctl.tokens import tokens_app
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ app = typer.Typer(
 dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(hpo_app, name="hpo")
+app.add_typer(tokens_app, name="tokens")
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
@@ -60,12 +63,24 @@ def root(
             help="Coordinator to talk to.",
         ),
     ] = DEFAULT_ADDRESS,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=TOKEN_ENV,
+            metavar="TOKEN",
+            help="API token, for a coordinator started with --auth.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     ctx.obj = coordinator
+    if token:
+        os.environ[TOKEN_ENV] = token  # every Client made by a command sends it
 
 
 def _client(ctx: typer.Context) -> Client:

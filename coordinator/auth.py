@@ -1,0 +1,275 @@
+"""Tokens and roles: who may call which RPC.
+
+Every RPC of matrec's services has one required role in `METHOD_ROLES`; a method missing there
+is refused for everyone (a test walks the service descriptors, so a new RPC without a rule fails
+it). Health checking and reflection stay open for probes. Roles: `viewer` reads, `operator`
+also submits and cancels, `admin` also manages tokens; `agent` tokens may only speak the agent
+protocol, as the agent named in the token. Tokens travel as `authorization: Bearer <token>`
+metadata; only their SHA-256 is stored; a revoked or expired token is refused on its next call
+(no cache). With authentication off (the default, for a coordinator on loopback) every call is
+let through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from matrec.coordinator import schema
+from matrec.coordinator.store import as_utc, new_id, utcnow
+
+ROLES = ("viewer", "operator", "admin", "agent")
+#: What each user role may do, as the roles it includes.
+ROLE_INCLUDES: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"viewer"}),
+    "operator": frozenset({"viewer", "operator"}),
+    "admin": frozenset({"viewer", "operator", "admin"}),
+    "agent": frozenset({"agent"}),
+}
+TOKEN_PREFIX = "mtk_"
+
+METHOD_ROLES: dict[str, str] = {
+    "/matrec.v1.JobService/SubmitJob": "operator",
+    "/matrec.v1.JobService/GetJob": "viewer",
+    "/matrec.v1.JobService/ListJobs": "viewer",
+    "/matrec.v1.JobService/CancelJob": "operator",
+    "/matrec.v1.JobService/WatchJob": "viewer",
+    "/matrec.v1.JobService/ListJobMetrics": "viewer",
+    "/matrec.v1.JobService/ListAgents": "viewer",
+    "/matrec.v1.JobService/WatchCluster": "viewer",
+    "/matrec.v1.JobService/ListArtifacts": "viewer",
+    "/matrec.v1.JobService/DownloadArtifact": "viewer",
+    "/matrec.v1.StudyService/CreateStudy": "operator",
+    "/matrec.v1.StudyService/GetStudy": "viewer",
+    "/matrec.v1.StudyService/ListStudies": "viewer",
+    "/matrec.v1.StudyService/CancelStudy": "operator",
+    "/matrec.v1.StudyService/WatchStudy": "viewer",
+    "/matrec.v1.AgentService/RegisterAgent": "agent",
+    "/matrec.v1.AgentService/Connect": "agent",
+    "/matrec.v1.TokenService/CreateToken": "admin",
+    "/matrec.v1.TokenService/ListTokens": "admin",
+    "/matrec.v1.TokenService/RevokeToken": "admin",
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Identity:
+    token_id: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+#: The caller of the RPC being handled (None with authentication off).
+current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "matrec_identity", default=None
+)
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _record(row: sa.Row[Any]) -> TokenRecord:
+    m = row._mapping
+    created = as_utc(m["created_at"])
+    assert created is not None
+    return TokenRecord(
+        m["id"], m["name"], m["role"], created, as_utc(m["expires_at"]), as_utc(m["revoked_at"])
+    )
+
+
+class TokenStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def create(self, name: str, role: str, ttl: timedelta | None = None) -> tuple[TokenRecord, str]:
+        """A new token and its secret (shown once; only its hash is stored)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+        if not name.strip():
+            raise ValueError("a token needs a name (an agent token: the agent's name)")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        token_id = new_id("tok")
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.tokens.insert().values(
+                    id=token_id,
+                    name=name,
+                    role=role,
+                    token_sha256=token_hash(secret),
+                    created_at=now,
+                    expires_at=now + ttl if ttl else None,
+                )
+            )
+        record = self.get(token_id)
+        assert record is not None
+        return record, secret
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        t = schema.tokens
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == token_id)).first()
+        return _record(row) if row is not None else None
+
+    def list(self) -> list[TokenRecord]:
+        t = schema.tokens
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(sa.select(t).order_by(t.c.created_at))]
+
+    def revoke(self, token_id: str) -> TokenRecord | None:
+        t = schema.tokens
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id == token_id, t.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        return self.get(token_id)
+
+    def identify(self, secret: str) -> Identity | None:
+        """The live token behind `secret`, or None (unknown, revoked or expired)."""
+        t = schema.tokens
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.token_sha256 == token_hash(secret))).first()
+        if row is None:
+            return None
+        record = _record(row)
+        if record.revoked_at is not None:
+            return None
+        if record.expires_at is not None and record.expires_at <= utcnow():
+            return None
+        return Identity(record.id, record.name, record.role)
+
+    def has_live_admin(self) -> bool:
+        t = schema.tokens
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t).where(t.c.role == "admin", t.c.revoked_at.is_(None))
+            ).all()
+        now = utcnow()
+        return any((r := _record(row)).expires_at is None or r.expires_at > now for row in rows)
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def allowed(role: str, required: str) -> bool:
+    return required in ROLE_INCLUDES.get(role, frozenset())
+
+
+Behaviour = Callable[..., Any]
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+    async def abort(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def abort_stream(
+        request_or_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    return _rebuild(handler, abort, abort_stream)
+
+
+def _as(handler: grpc.RpcMethodHandler, identity: Identity) -> Any:
+    """The handler, run with `identity` as the current caller."""
+    # grpc's stubs type these as sync behaviours; on an aio server they are coroutines.
+    unary: Any = handler.unary_unary or handler.stream_unary
+    streaming: Any = handler.unary_stream or handler.stream_stream
+
+    async def call(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        current_identity.set(identity)
+        assert unary is not None
+        return await unary(request_or_iterator, context)
+
+    async def stream(
+        request_or_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        current_identity.set(identity)
+        assert streaming is not None
+        async for response in streaming(request_or_iterator, context):
+            yield response
+
+    return _rebuild(handler, call, stream)
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    streaming: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+) -> Any:
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streaming, **serializers)
+    return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: TokenStore, *, enabled: bool) -> None:
+        self.tokens = tokens
+        self.enabled = enabled
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if not self.enabled or handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        required = METHOD_ROLES.get(method)
+        if required is None:
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, f"{method}: no access rule")
+        secret = bearer_token(handler_call_details.invocation_metadata)
+        identity = self.tokens.identify(secret) if secret else None
+        if identity is None:
+            why = "no token" if secret is None else "unknown, revoked or expired token"
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{why}; pass one as `authorization: Bearer <token>` "
+                "(matrec-ctl --token or MATREC_TOKEN)",
+            )
+        if not allowed(identity.role, required):
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token {identity.name!r} has role {identity.role}; {method} needs {required}",
+            )
+        return _as(handler, identity)

@@ -1,0 +1,66 @@
+"""The gRPC TokenService: create, list and revoke API tokens (admin only)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import grpc
+from matrec.coordinator import convert
+from matrec.coordinator.auth import TokenRecord, TokenStore
+from matrec.v1 import auth_pb2, auth_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def token_to_proto(record: TokenRecord) -> auth_pb2.Token:
+    return auth_pb2.Token(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        created_at=convert.timestamp(record.created_at),
+        expires_at=convert.timestamp(record.expires_at),
+        revoked_at=convert.timestamp(record.revoked_at),
+    )
+
+
+class TokenService(auth_pb2_grpc.TokenServiceServicer):
+    def __init__(self, tokens: TokenStore) -> None:
+        self.tokens = tokens
+
+    async def CreateToken(
+        self, request: auth_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreateTokenResponse:
+        if request.ttl_seconds < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds: must be >= 0")
+        ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+        try:
+            record, secret = self.tokens.create(request.name, request.role, ttl)
+        except ValueError as error:
+            field = "role" if "role" in str(error) else "name"
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{field}: {error}",
+                trailing_metadata=(("matrec-field", field),),
+            )
+            raise AssertionError("unreachable") from None
+        log.info("token %s created for %r (%s)", record.id, record.name, record.role)
+        return auth_pb2.CreateTokenResponse(token=token_to_proto(record), secret=secret)
+
+    async def ListTokens(
+        self, request: auth_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListTokensResponse:
+        return auth_pb2.ListTokensResponse(tokens=[token_to_proto(t) for t in self.tokens.list()])
+
+    async def RevokeToken(
+        self, request: auth_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeTokenResponse:
+        record = self.tokens.revoke(request.token_id)
+        if record is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"token {request.token_id!r} not found; `matrec-ctl tokens list` lists them",
+            )
+            raise AssertionError("unreachable")
+        log.info("token %s (%r) revoked", record.id, record.name)
+        return auth_pb2.RevokeTokenResponse(token=token_to_proto(record))

@@ -1,0 +1,81 @@
+"""`matrec-ctl tokens`: API tokens for a coordinator started with --auth (admin only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from matrec.sdk.client import Client
+
+tokens_app = typer.Typer(
+    help="Create, list and revoke API tokens (needs an admin token).\n\n"
+    "Roles: viewer (read), operator (also submit and cancel), admin (also tokens), agent "
+    "(an agent's own protocol, under the token's name).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+console = Console(soft_wrap=True)
+
+
+def _client(ctx: typer.Context) -> Client:
+    from matrec.sdk.client import Client
+
+    return Client(ctx.obj)
+
+
+@tokens_app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="Who it is for; for an agent token, the agent's --name.")
+    ],
+    role: Annotated[str, typer.Option(help="viewer, operator, admin or agent.")] = "viewer",
+    ttl: Annotated[int, typer.Option(min=0, help="Seconds until it expires; 0: never.")] = 0,
+) -> None:
+    """Create a token and print it. It is shown only this once; keep it secret.
+
+    [dim]$ matrec-ctl tokens create ci-pipeline --role operator[/]
+    [dim]$ matrec-ctl tokens create gpu-01 --role agent  # for matrec-agent --name gpu-01[/]
+    """
+    with _client(ctx) as client:
+        token, secret = client.create_token(name, role, ttl)
+    # Only the secret goes to stdout, so that TOKEN=$(matrec-ctl tokens create ...) works.
+    Console(stderr=True).print(
+        f"token {token.id} for {token.name!r} ({token.role}); shown only this once", style="dim"
+    )
+    typer.echo(secret)
+
+
+@tokens_app.command("list")
+def list_tokens(ctx: typer.Context) -> None:
+    """The tokens (never their secrets): id, name, role, created, expires, revoked."""
+    from matrec.sdk.ctl.render import format_time
+    from rich.table import Table
+
+    with _client(ctx) as client:
+        tokens = client.list_tokens()
+    table = Table("ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED")
+    for token in tokens:
+        table.add_row(
+            token.id,
+            token.name,
+            token.role,
+            format_time(token.created_at),
+            format_time(token.expires_at) if token.expires_at else "never",
+            format_time(token.revoked_at) if token.revoked_at else "",
+        )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="As `tokens list` shows.")],
+) -> None:
+    """Revoke a token: refused from the next call on."""
+    with _client(ctx) as client:
+        token = client.revoke_token(token_id)
+    console.print(f"token {token.id} ({token.name!r}) revoked")

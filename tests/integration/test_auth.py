@@ -1,0 +1,227 @@
+"""Tokens and roles on a real coordinator started with --auth: every RPC of every matrec service
+refuses a call without a token (UNAUTHENTICATED) and a token of too small a role
+(PERMISSION_DENIED); revoked tokens stop working on the next call; an agent token acts only as
+its own agent. The table is built from the service descriptors, so a new RPC without an access
+rule fails this test."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from matrec.coordinator.auth import METHOD_ROLES, ROLE_INCLUDES
+from matrec.sdk import Client, MatrecError
+from matrec.sdk.local_cluster import LocalCluster
+from matrec.v1 import agents_pb2, agents_pb2_grpc, auth_pb2, jobs_pb2, studies_pb2
+from support.cluster_jobs import wait_until
+
+SERVICES = [
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
+    studies_pb2.DESCRIPTOR.services_by_name["StudyService"],
+    agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
+    auth_pb2.DESCRIPTOR.services_by_name["TokenService"],
+]
+METHODS = [method for service in SERVICES for method in service.methods]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict]]:
+    root = tmp_path_factory.mktemp("auth")
+    admin_file = root / "admin.token"
+    args = ["--auth", "--admin-token-file", str(admin_file)]
+    with LocalCluster(root / "cluster", agents=0, coordinator_args=args) as cluster:
+        admin = admin_file.read_text().strip()
+        tokens = {"admin": admin}
+        with Client(cluster.address, token=admin) as client:
+            for role in ("viewer", "operator", "agent"):
+                name = "gpu-a" if role == "agent" else f"{role}-user"
+                tokens[role] = client.create_token(name, role)[1]
+        yield cluster, tokens
+
+
+def call(address: str, method: MethodDescriptor, token: str | None) -> grpc.StatusCode:
+    """Call `method` with an empty request; the status code it ends with."""
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        kwargs: dict[str, Any] = {
+            "request_serializer": request_class.SerializeToString,
+            "response_deserializer": response_class.FromString,
+        }
+        try:
+            if method.client_streaming:
+                stub = channel.stream_stream(path, **kwargs)
+                stream = stub(iter([request_class()]), metadata=metadata, timeout=5)
+                next(stream, None)
+                stream.cancel()
+            elif method.server_streaming:
+                stream = channel.unary_stream(path, **kwargs)(
+                    request_class(), metadata=metadata, timeout=5
+                )
+                next(stream, None)
+                stream.cancel()
+            else:
+                channel.unary_unary(path, **kwargs)(request_class(), metadata=metadata, timeout=5)
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[attr-defined, no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_every_rpc_has_an_access_rule() -> None:
+    paths = {f"/{m.containing_service.full_name}/{m.name}" for m in METHODS}
+    assert paths == set(METHOD_ROLES), "an RPC without an access rule, or a rule without an RPC"
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
+def test_every_rpc_refuses_missing_and_weak_tokens(
+    secured: tuple[LocalCluster, dict], method: MethodDescriptor
+) -> None:
+    cluster, tokens = secured
+    required = METHOD_ROLES[f"/{method.containing_service.full_name}/{method.name}"]
+    assert call(cluster.address, method, None) == grpc.StatusCode.UNAUTHENTICATED
+    assert call(cluster.address, method, "mtk_not-a-token") == grpc.StatusCode.UNAUTHENTICATED
+    for role, token in tokens.items():
+        code = call(cluster.address, method, token)
+        if required in ROLE_INCLUDES[role]:
+            assert code not in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ), (role, code)
+        else:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (role, code)
+
+
+def test_health_stays_open_for_probes(secured: tuple[LocalCluster, dict]) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cluster, _ = secured
+    with grpc.insecure_channel(cluster.address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_revoked_token_stops_working_on_the_next_call(secured: tuple[LocalCluster, dict]) -> None:
+    cluster, tokens = secured
+    with Client(cluster.address, token=tokens["admin"]) as admin:
+        token, secret = admin.create_token("short-lived", "operator")
+        with Client(cluster.address, token=secret) as user:
+            assert isinstance(user.list_jobs(), list)  # works while the token is live
+            admin.revoke_token(token.id)
+            with pytest.raises(MatrecError) as raised:
+                user.list_jobs()
+        assert raised.value.code == "UNAUTHENTICATED"
+        listed = {t.id: t for t in admin.list_tokens()}
+    assert listed[token.id].revoked_at is not None
+    assert all("mtk_" not in t.name for t in listed.values())
+
+
+def test_admin_token_file_is_private(secured: tuple[LocalCluster, dict]) -> None:
+    cluster, _ = secured
+    mode = stat.S_IMODE((cluster.workdir.parent / "admin.token").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_an_agent_token_acts_only_as_its_agent(
+    secured: tuple[LocalCluster, dict], tmp_path: Path
+) -> None:
+    cluster, tokens = secured
+    metadata = [("authorization", f"Bearer {tokens['agent']}")]
+    with grpc.insecure_channel(cluster.address) as channel:
+        stub = agents_pb2_grpc.AgentServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RegisterAgent(
+                agents_pb2.RegisterAgentRequest(name="gpu-b", hostname="h"), metadata=metadata
+            )
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        # A second agent, registered with its own token.
+        with Client(cluster.address, token=tokens["admin"]) as admin:
+            other_token = admin.create_token("gpu-b", "agent")[1]
+        other = stub.RegisterAgent(
+            agents_pb2.RegisterAgentRequest(name="gpu-b", hostname="h"),
+            metadata=[("authorization", f"Bearer {other_token}")],
+        )
+        # gpu-a's token cannot open gpu-b's stream, nor take over its id.
+        hello = agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=other.agent_id))
+        stream = stub.Connect(iter([hello]), metadata=metadata)
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RegisterAgent(
+                agents_pb2.RegisterAgentRequest(
+                    agent_id=other.agent_id, name="gpu-a", hostname="h"
+                ),
+                metadata=metadata,
+            )
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+    # The real agent, with its token, joins and runs a job submitted by an operator.
+    agent = subprocess.Popen(
+        [
+            sys.executable, "-m", "matrec.agent.main", "--coordinator", cluster.address,
+            "--name", "gpu-a", "--data-dir", str(tmp_path / "agent"), "--metrics-port", "0",
+        ],
+        env=os.environ | {"MATREC_AGENT_TOKEN": tokens["agent"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with Client(cluster.address, token=tokens["operator"]) as operator:
+            wait_until(
+                lambda: any(
+                    a.name == "gpu-a" and a.state == "connected" for a in operator.list_agents()
+                ),
+                60,
+                "the agent to connect",
+            )
+            spec = {"kind": "diagnostic", "config": {"duration_seconds": 0.2}}
+            job = operator.wait(operator.submit_job(spec).id, 60)
+        assert job.state == "succeeded", job.error
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+
+
+CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
+
+
+def test_cli_tokens_and_refusals(secured: tuple[LocalCluster, dict]) -> None:
+    cluster, tokens = secured
+    base = [*CTL, "-c", cluster.address]
+    env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+    created = subprocess.run(
+        [*base, "--token", tokens["admin"], "tokens", "create", "dashboard", "--role", "viewer"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("mtk_") and "\n" not in secret  # only the secret on stdout
+    listed = subprocess.run(
+        [*base, "tokens", "list"], capture_output=True, text=True,
+        env=env | {"MATREC_TOKEN": tokens["admin"]},
+    )  # fmt: skip
+    assert listed.returncode == 0 and "dashboard" in listed.stdout
+    assert secret not in listed.stdout and tokens["admin"] not in listed.stdout
+    viewer_jobs = subprocess.run(
+        [*base, "--token", secret, "jobs"], capture_output=True, text=True, env=env
+    )
+    assert viewer_jobs.returncode == 0, viewer_jobs.stderr
+    for command, words in (
+        (["jobs"], "no token"),
+        (["--token", secret, "cancel", "job-x"], "needs operator"),
+    ):
+        refused = subprocess.run([*base, *command], capture_output=True, text=True, env=env)
+        assert refused.returncode != 0
+        output = (refused.stdout + refused.stderr).strip()
+        assert words in output and len(output.splitlines()) == 1, output

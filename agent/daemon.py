@@ -15,6 +15,7 @@ from matrec.agent.outbox import Outbox
 from matrec.agent.settings import AgentSettings
 from matrec.agent.task_runner import TaskEnvironment, TaskRun
 from matrec.agent.telemetry import AgentTelemetry
+from matrec.common.tls import channel_credentials
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,18 @@ class AgentDaemon:
 
     # ---- connection ---------------------------------------------------------------------------
 
+    def _channel(self) -> grpc.aio.Channel:
+        s = self.settings
+        if s.tls_ca is None:
+            return grpc.aio.insecure_channel(s.coordinator, options=GRPC_CHANNEL_OPTIONS)
+        credentials = channel_credentials(s.tls_ca, s.tls_cert, s.tls_key)
+        return grpc.aio.secure_channel(s.coordinator, credentials, options=GRPC_CHANNEL_OPTIONS)
+
     async def _stay_connected(self) -> None:
         backoff = Backoff()
         while True:
             try:
-                async with grpc.aio.insecure_channel(
-                    self.settings.coordinator, options=GRPC_CHANNEL_OPTIONS
-                ) as channel:
+                async with self._channel() as channel:
                     stub = agents_pb2_grpc.AgentServiceStub(channel)
                     await self._register(stub)
                     await self._session(stub, backoff)

@@ -23,6 +23,9 @@ class AgentSettings:
     stop_grace: float
     log_level: str
     token: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -52,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent token for a coordinator that requires one (`matrec-ctl tokens create "
         "NAME --role agent`, NAME being this agent's --name) [MATREC_AGENT_TOKEN]",
     )
+    for flag, variable, meaning in (
+        ("--tls-ca", "TLS_CA", "talk TLS to the coordinator, trusting this CA (PEM)"),
+        ("--tls-cert", "TLS_CERT", "this agent's certificate, for mutual TLS"),
+        ("--tls-key", "TLS_KEY", "its private key"),
+    ):
+        parser.add_argument(
+            flag,
+            type=Path,
+            default=Path(_env(variable, "")) if _env(variable, "") else None,
+            help=f"{meaning} [MATREC_{variable}]",
+        )
     parser.add_argument(
         "--name",
         default=_env("AGENT_NAME", socket.gethostname()),
@@ -108,6 +122,9 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
     return AgentSettings(
         coordinator=args.coordinator,
         token=args.token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         name=args.name,
         data_dir=args.data_dir,
         cpus=args.cpus,

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from matrec.common.tls import ROLE_AGENT, peer_common_name, peer_role
 from matrec.coordinator import convert
 from matrec.coordinator.auth import current_identity
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
@@ -72,6 +73,13 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.RegisterAgentResponse:
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: an agent needs a name")
+        certified = _certified_agent(context)
+        if certified is not None and request.name != certified:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is for agent {certified!r}; it cannot register as "
+                f"{request.name!r}",
+            )
         identity = current_identity.get()
         if identity is not None:
             # An agent token names the one agent it may act as.
@@ -126,6 +134,12 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"agent {agent_id!r} is not registered; call RegisterAgent first",
+            )
+        certified = _certified_agent(context)
+        if certified is not None and agent is not None and agent.name != certified:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is for agent {certified!r}, not for {agent_id}",
             )
         identity = current_identity.get()
         if identity is not None and agent is not None and agent.name != identity.name:
@@ -304,3 +318,11 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         )
         self.notifier.notify(change.task.job_id)
         self.scheduler.wake()
+
+
+def _certified_agent(context: grpc.aio.ServicerContext) -> str | None:
+    """Under mutual TLS, the agent name an agent certificate vouches for (else None)."""
+    auth = context.auth_context()
+    if peer_role(auth) != ROLE_AGENT:
+        return None
+    return peer_common_name(auth)

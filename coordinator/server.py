@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from matrec.common.tls import server_credentials
 from matrec.coordinator.agent_service import AgentService
 from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
@@ -132,7 +133,12 @@ class Coordinator:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if s.tls:
+            assert s.tls_cert is not None and s.tls_key is not None
+            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
+        else:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}; is another coordinator running?")
         await server.start()

@@ -25,6 +25,14 @@ class CoordinatorSettings:
     log_level: str = "INFO"
     auth: bool = False
     admin_token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def effective_database_url(self) -> str:
@@ -138,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --auth and no admin token yet: create one and write it to this file (mode "
         "0600), to bootstrap `matrec-ctl tokens create` [MATREC_ADMIN_TOKEN_FILE]",
     )
+    for flag, variable, meaning in (
+        ("--tls-cert", "SERVER_TLS_CERT", "serve TLS with this certificate (PEM)"),
+        ("--tls-key", "SERVER_TLS_KEY", "the certificate's private key (PEM)"),
+        (
+            "--tls-client-ca",
+            "SERVER_TLS_CLIENT_CA",
+            "require client certificates signed by this CA (mutual TLS; agents are then bound "
+            "to their certificate's name)",
+        ),
+    ):
+        parser.add_argument(
+            flag,
+            type=Path,
+            default=Path(_env(variable, "")) if _env(variable, "") else None,
+            help=f"{meaning}; `matrec-ctl certs init` makes them [MATREC_{variable}]",
+        )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on an address other than loopback (a trusted network only)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     return parser
 
@@ -148,6 +177,15 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
     if args.lease_ttl <= args.heartbeat_interval:
         build_parser().error("--lease-ttl must be longer than --heartbeat-interval")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        build_parser().error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        build_parser().error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.tls_cert is None and not args.insecure and not _is_loopback(args.host):
+        build_parser().error(
+            f"--host {args.host} without TLS would send tokens and data in the clear; give "
+            "--tls-cert/--tls-key (`matrec-ctl certs init`), or --insecure on a trusted network"
+        )
     return CoordinatorSettings(
         host=args.host,
         port=args.port,
@@ -164,4 +202,19 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         log_level=args.log_level,
         auth=args.auth,
         admin_token_file=args.admin_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -19,3 +19,12 @@ TOKEN_ENV = "MATREC_TOKEN"
 def default_token() -> str | None:
     """$MATREC_TOKEN, when set: the API token sent with every call."""
     return os.environ.get(TOKEN_ENV) or None
+
+
+TLS_ENV = ("MATREC_TLS_CA", "MATREC_TLS_CERT", "MATREC_TLS_KEY")
+
+
+def default_tls() -> tuple[str | None, str | None, str | None]:
+    """$MATREC_TLS_CA, $MATREC_TLS_CERT, $MATREC_TLS_KEY (None where unset)."""
+    ca, cert, key = (os.environ.get(name) or None for name in TLS_ENV)
+    return ca, cert, key

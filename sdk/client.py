@@ -13,7 +13,7 @@ import grpc
 from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
 from matrec.common.studies import StudySpecModel, parse_study_spec
 from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
-from matrec.sdk.address import default_address, default_token
+from matrec.sdk.address import default_address, default_tls, default_token
 from matrec.sdk.convert import (
     agent_from_proto,
     artifact_from_proto,
@@ -106,8 +106,10 @@ class Client:
     """A connection to one coordinator.
 
     `address` defaults to $MATREC_COORDINATOR, else 127.0.0.1:50051. `token` (default
-    $MATREC_TOKEN) is sent with every call, for a coordinator that requires one. `timeout`
-    bounds every single request; watching a job has no deadline of its own.
+    $MATREC_TOKEN) is sent with every call, for a coordinator that requires one. With `tls_ca`
+    (default $MATREC_TLS_CA) the connection is TLS, trusting that CA; `tls_cert`/`tls_key` add a
+    client certificate for mutual TLS. `timeout` bounds every single request; watching a job
+    has no deadline of its own.
 
     >>> with Client("127.0.0.1:50051") as client:
     ...     job = client.submit_job({"config": {"dataset_path": "/data/materials"}})
@@ -115,11 +117,29 @@ class Client:
     """
 
     def __init__(
-        self, address: str | None = None, *, timeout: float = 30.0, token: str | None = None
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        env_ca, env_cert, env_key = default_tls()
+        ca = tls_ca or env_ca
+        if ca:
+            from matrec.common.tls import channel_credentials
+
+            cert, key = tls_cert or env_cert, tls_key or env_key
+            credentials = channel_credentials(
+                Path(ca), Path(cert) if cert else None, Path(key) if key else None
+            )
+            channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         token = token or default_token()
         if token:
             channel = grpc.intercept_channel(

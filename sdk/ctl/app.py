@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TOKEN_ENV
+from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
+from matrec.sdk.ctl.certs import certs_app
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
 from matrec.sdk.ctl.hpo import hpo_app
@@ -36,6 +37,7 @@ dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_ma
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(hpo_app, name="hpo")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(certs_app, name="certs")
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
@@ -73,14 +75,32 @@ def root(
             show_default=False,
         ),
     ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", envvar="MATREC_TLS_CA", help="Talk TLS, trusting this CA (PEM)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert", envvar="MATREC_TLS_CERT", help="Client certificate (mutual TLS)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", envvar="MATREC_TLS_KEY", help="Its private key."),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     ctx.obj = coordinator
+    # Every Client a command makes reads these.
     if token:
-        os.environ[TOKEN_ENV] = token  # every Client made by a command sends it
+        os.environ[TOKEN_ENV] = token
+    for variable, path in zip(TLS_ENV, (tls_ca, tls_cert, tls_key), strict=True):
+        if path is not None:
+            os.environ[variable] = str(path)
 
 
 def _client(ctx: typer.Context) -> Client:

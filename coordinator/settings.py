@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plaintext on an address other than loopback (a trusted network only)",
+        default=_env("INSECURE", "") in ("1", "true", "yes"),
+        help="allow plaintext on an address other than loopback (a trusted network only) "
+        "[MATREC_INSECURE]",
     )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     return parser

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec, task_count
@@ -22,6 +21,7 @@ from matrec.coordinator.artifact_files import (
 )
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, AgentState, JobState, TaskState
@@ -79,15 +79,6 @@ def effective_metrics(records: list[MetricRecord]) -> list[MetricRecord]:
     return sorted(latest.values(), key=lambda r: (r.task_id, r.step, r.key))
 
 
-async def _invalid(context: grpc.aio.ServicerContext, error: SpecError) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        str(error),
-        trailing_metadata=(("matrec-field", error.field),),
-    )
-    raise AssertionError("unreachable")
-
-
 class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(
         self,
@@ -107,7 +98,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     async def _job_or_abort(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRecord:
         if not job_id:
-            await _invalid(context, SpecError("job_id", "required"))
+            await abort_invalid(context, SpecError("job_id", "required"))
         job = self.store.get_job(job_id)
         if job is None:
             await context.abort(
@@ -126,7 +117,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 check_dataset_path(config)
         except SpecError as error:
             # Strictly before anything is stored: a rejected job leaves no trace.
-            await _invalid(context, error)
+            await abort_invalid(context, error)
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
         job = self.store.create_job(
@@ -156,10 +147,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         for value in request.states:
             state = convert.JOB_STATE_FROM_PB.get(value)
             if state is None:
-                await _invalid(context, SpecError("states", f"unknown job state {value}"))
+                await abort_invalid(context, SpecError("states", f"unknown job state {value}"))
             states.append(state)
         if request.limit < 0:
-            await _invalid(context, SpecError("limit", "must be >= 0"))
+            await abort_invalid(context, SpecError("limit", "must be >= 0"))
         limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
         jobs = self.store.list_jobs([s for s in states if s is not None], limit)
         return jobs_pb2.ListJobsResponse(jobs=[convert.job(j) for j in jobs])
@@ -253,7 +244,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[jobs_pb2.WatchClusterResponse]:
         interval = request.interval.ToTimedelta().total_seconds() or CLUSTER_INTERVAL_SECONDS
         if interval < CLUSTER_MIN_INTERVAL_SECONDS:
-            await _invalid(
+            await abort_invalid(
                 context,
                 SpecError("interval", f"must be at least {CLUSTER_MIN_INTERVAL_SECONDS} s"),
             )
@@ -310,7 +301,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[jobs_pb2.ArtifactChunk]:
         job = await self._job_or_abort(request.job_id, context)
         if request.offset < 0:
-            await _invalid(context, SpecError("offset", "must be >= 0"))
+            await abort_invalid(context, SpecError("offset", "must be >= 0"))
         found = pick_artifact(self.store.artifacts(job.id), request.uri, request.kind)
         if found is None:
             what = repr(request.uri) if request.uri else f"a {request.kind or 'model'} artifact"
@@ -336,4 +327,4 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         except ArtifactUnavailable as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except ValueError as error:
-            await _invalid(context, SpecError("offset", str(error)))
+            await abort_invalid(context, SpecError("offset", str(error)))

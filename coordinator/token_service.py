@@ -6,11 +6,15 @@ import logging
 from datetime import timedelta
 
 import grpc
+from matrec.common.specs import SpecError
 from matrec.coordinator import convert
 from matrec.coordinator.auth import TokenRecord, TokenStore
+from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 
 def token_to_proto(record: TokenRecord) -> auth_pb2.Token:
@@ -31,19 +35,18 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
     async def CreateToken(
         self, request: auth_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreateTokenResponse:
-        if request.ttl_seconds < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds: must be >= 0")
+        if not 0 <= request.ttl_seconds <= MAX_TTL_SECONDS:
+            await abort_invalid(
+                context,
+                SpecError("ttl_seconds", f"must be 0 (no expiry) to {MAX_TTL_SECONDS} (10 years)"),
+            )
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
         try:
             record, secret = self.tokens.create(request.name, request.role, ttl)
         except ValueError as error:
-            field = "role" if "role" in str(error) else "name"
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{field}: {error}",
-                trailing_metadata=(("matrec-field", field),),
+            await abort_invalid(
+                context, SpecError("role" if "role" in str(error) else "name", str(error))
             )
-            raise AssertionError("unreachable") from None
         log.info("token %s created for %r (%s)", record.id, record.name, record.role)
         return auth_pb2.CreateTokenResponse(token=token_to_proto(record), secret=secret)
 

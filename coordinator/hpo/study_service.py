@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
 import grpc
 from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
@@ -14,6 +13,7 @@ from matrec.coordinator import convert
 from matrec.coordinator.hpo.driver import StudyDriver
 from matrec.coordinator.hpo.study_store import Point, StudyRecord, StudyStore, TrialRecord
 from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.states import FINAL_STUDY_STATES, JobState, StudyState, TrialState
 from matrec.v1 import common_pb2, studies_pb2, studies_pb2_grpc
 
@@ -96,15 +96,6 @@ def study_to_proto(
     return message
 
 
-async def _invalid(context: grpc.aio.ServicerContext, error: SpecError) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        str(error),
-        trailing_metadata=(("matrec-field", error.field),),
-    )
-    raise AssertionError("unreachable")
-
-
 class StudyService(studies_pb2_grpc.StudyServiceServicer):
     def __init__(
         self,
@@ -123,7 +114,7 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
         self, study_id: str, context: grpc.aio.ServicerContext
     ) -> StudyRecord:
         if not study_id:
-            await _invalid(context, SpecError("study_id", "required"))
+            await abort_invalid(context, SpecError("study_id", "required"))
         study = self.studies.get_study(study_id)
         if study is None:
             await context.abort(
@@ -152,7 +143,7 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
                 except SpecError as bad_path:
                     raise SpecError(f"trial.{bad_path.field}", bad_path.message) from None
         except SpecError as error:
-            await _invalid(context, error)
+            await abort_invalid(context, error)
         if spec.algorithm == "grid" and "max_trials" not in raw:
             spec = spec.model_copy(
                 update={"max_trials": grid_size(spec.search_space, spec.grid_points)}
@@ -174,7 +165,7 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
         self, request: studies_pb2.ListStudiesRequest, context: grpc.aio.ServicerContext
     ) -> studies_pb2.ListStudiesResponse:
         if request.limit < 0:
-            await _invalid(context, SpecError("limit", "must be >= 0"))
+            await abort_invalid(context, SpecError("limit", "must be >= 0"))
         limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
         return studies_pb2.ListStudiesResponse(
             studies=[study_to_proto(s) for s in self.studies.list_studies(limit)]

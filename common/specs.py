@@ -379,6 +379,20 @@ def check_dataset_path(config: BaseModel) -> None:
     """Check that a finetune dataset exists where the spec says. Raises SpecError."""
     if not isinstance(config, FinetuneConfig):
         return
+    try:
+        _check_dataset_folders(config)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        # A path the file system cannot even look at: too long, a bad ~user, ...
+        raise SpecError(
+            "config.dataset_path",
+            f"{config.dataset_path[:200]!r} is not a usable path "
+            f"({getattr(exc, 'strerror', None) or str(exc)[:200]})",
+        ) from None
+
+
+def _check_dataset_folders(config: FinetuneConfig) -> None:
     root = Path(config.dataset_path).expanduser()
     if not root.is_dir():
         raise SpecError(

@@ -7,16 +7,25 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
-from matrec.common.specs import JobSpecModel
+from matrec.common.specs import JobSpecModel, SpecError
 from matrec.common.studies import StudySpecModel
 from matrec.v1 import common_pb2, jobs_pb2, studies_pb2
 
 
+def _struct(message: Any, field: str) -> dict[str, Any]:
+    """A Struct as a dict. Raises SpecError for what JSON cannot hold (NaN, infinity)."""
+    try:
+        return dict(json_format.MessageToDict(message))
+    except ValueError as exc:
+        raise SpecError(field, f"cannot be read: {exc}; numbers must be finite") from None
+
+
 def job_spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
+    """The validators' input. Raises SpecError for a config JSON cannot hold."""
     raw: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind or "finetune",
-        "config": json_format.MessageToDict(spec.config),
+        "config": _struct(spec.config, "config"),
         "labels": dict(spec.labels),
     }
     if spec.max_attempts:
@@ -50,8 +59,8 @@ def job_spec_to_proto(spec: JobSpecModel, config: dict[str, Any]) -> jobs_pb2.Jo
 def study_spec_to_dict(spec: studies_pb2.StudySpec) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": spec.name,
-        "trial": job_spec_to_dict(spec.trial),
-        "search_space": json_format.MessageToDict(spec.search_space),
+        "trial": _trial_to_dict(spec.trial),
+        "search_space": _struct(spec.search_space, "search_space"),
         "algorithm": spec.algorithm or "tpe",
         "objective": spec.objective,
         "seed": spec.seed,
@@ -71,6 +80,13 @@ def study_spec_to_dict(spec: studies_pb2.StudySpec) -> dict[str, Any]:
             pruner[name] = getattr(spec.pruner, name)
     raw["pruner"] = pruner
     return raw
+
+
+def _trial_to_dict(trial: jobs_pb2.JobSpec) -> dict[str, Any]:
+    try:
+        return job_spec_to_dict(trial)
+    except SpecError as error:
+        raise SpecError(f"trial.{error.field}", error.message) from None
 
 
 def study_spec_to_proto(spec: StudySpecModel) -> studies_pb2.StudySpec:

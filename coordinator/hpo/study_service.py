@@ -133,8 +133,8 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
     async def CreateStudy(
         self, request: studies_pb2.CreateStudyRequest, context: grpc.aio.ServicerContext
     ) -> studies_pb2.CreateStudyResponse:
-        raw = study_spec_to_dict(request.spec)
         try:
+            raw = study_spec_to_dict(request.spec)
             spec = parse_study_spec(raw)
             if self.check_paths:
                 _, trial_config = parse_job_spec(spec.trial.model_dump())

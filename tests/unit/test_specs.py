@@ -36,3 +36,36 @@ def test_a_valid_spec_gets_its_defaults() -> None:
     spec, config = parse_job_spec({"config": {"dataset_path": "/data", "epochs": 3.0}})
     assert spec.kind == "finetune" and spec.max_attempts == 3
     assert config.model_dump()["epochs"] == 3
+
+
+@pytest.mark.parametrize("path", ["/" + "a" * 5000, "~no-such-user-here/data"])
+def test_unusable_dataset_paths_are_spec_errors(path: str) -> None:
+    """Found by benchmarks/fuzz_rpcs.py: the file system's own errors must not escape."""
+    from matrec.common.specs import check_dataset_path
+
+    _, config = parse_job_spec({"kind": "finetune", "config": {"dataset_path": path}})
+    with pytest.raises(SpecError) as raised:
+        check_dataset_path(config)
+    assert raised.value.field == "config.dataset_path"
+    assert len(str(raised.value)) < 400
+
+
+def test_non_finite_numbers_on_the_wire_are_spec_errors() -> None:
+    """Found by benchmarks/fuzz_rpcs.py: a Struct holding infinity cannot become JSON."""
+    from matrec.common.wire import job_spec_to_dict, study_spec_to_dict
+    from matrec.v1 import jobs_pb2, studies_pb2
+
+    job = jobs_pb2.JobSpec(kind="finetune")
+    job.config.update({"epochs": float("inf")})
+    with pytest.raises(SpecError) as raised:
+        job_spec_to_dict(job)
+    assert raised.value.field == "config" and "finite" in raised.value.message
+    study = studies_pb2.StudySpec(trial=job)
+    with pytest.raises(SpecError) as raised:
+        study_spec_to_dict(study)
+    assert raised.value.field == "trial.config"
+    study = studies_pb2.StudySpec()
+    study.search_space.update({"lr": {"min": float("nan")}})
+    with pytest.raises(SpecError) as raised:
+        study_spec_to_dict(study)
+    assert raised.value.field == "search_space"

@@ -225,3 +225,16 @@ def test_cli_tokens_and_refusals(secured: tuple[LocalCluster, dict]) -> None:
         assert refused.returncode != 0
         output = (refused.stdout + refused.stderr).strip()
         assert words in output and len(output.splitlines()) == 1, output
+
+
+def test_secrets_never_reach_the_logs_or_the_token_list(
+    secured: tuple[LocalCluster, dict],
+) -> None:
+    cluster, tokens = secured
+    with Client(cluster.address, token=tokens["admin"]) as admin:
+        listed = admin.list_tokens()
+    logs = "\n".join(path.read_text(errors="replace") for path in cluster.logs_dir.glob("*.log"))
+    for secret in tokens.values():
+        assert secret not in logs
+        assert all(secret not in repr(token) for token in listed)
+    assert "mtk_" not in logs

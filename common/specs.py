@@ -334,7 +334,8 @@ class JobSpecModel(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-def _first_error(exc: ValidationError, prefix: str) -> SpecError:
+def spec_error(exc: ValidationError, prefix: str = "") -> SpecError:
+    """The SpecError for a pydantic ValidationError, its field path under `prefix`."""
     errors = exc.errors()
     # Of the errors about the first bad field, the deepest: for a union that is the member
     # the input was meant for (a list item rather than "not a string").
@@ -357,7 +358,7 @@ def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
     try:
         spec = JobSpecModel.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, "") from None
+        raise spec_error(exc, "") from None
     config_model = JOB_KINDS.get(spec.kind)
     if config_model is None:
         raise SpecError(
@@ -366,7 +367,7 @@ def parse_job_spec(raw: dict[str, Any]) -> tuple[JobSpecModel, BaseModel]:
     try:
         config = config_model.model_validate(spec.config)
     except ValidationError as exc:
-        raise _first_error(exc, "config") from None
+        raise spec_error(exc, "config") from None
     return spec, config
 
 

@@ -23,6 +23,7 @@ from matrec.common.specs import (
     JobSpecModel,
     SpecError,
     parse_job_spec,
+    spec_error,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -198,12 +199,7 @@ def parse_search_space(raw: Any) -> dict[str, Param]:
         try:
             space[name] = model.model_validate(definition)  # type: ignore[assignment]
         except ValidationError as exc:
-            error = exc.errors()[0]
-            loc = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown field; remove it or check its spelling"
-            raise SpecError(f"{field}.{loc}" if loc else field, message) from None
+            raise spec_error(exc, field) from None
     return space
 
 
@@ -225,14 +221,7 @@ def parse_study_spec(raw: dict[str, Any]) -> StudySpecModel:
     try:
         spec = StudySpecModel.model_validate({**raw, "search_space": space})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = ".".join(str(p) for p in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check its spelling"
-        elif "input" in error and error["type"] not in ("missing", "value_error"):
-            message = f"{message} (got {error['input']!r})"
-        raise SpecError(loc, message) from None
+        raise spec_error(exc) from None
     _check_space_fits_kind(trial_spec, space)
     objective, direction = _objective(trial_spec.kind, spec.objective, spec.direction)
     if spec.algorithm == "grid":

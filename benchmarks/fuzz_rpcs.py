@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from matrec.sdk.local_cluster import LocalCluster
-from support.fuzz import BROKEN, METHODS, answer, messages
+from support.fuzz import messages
+from support.rpcs import BROKEN, METHODS, answer
 
 BATCH = 10  # examples per hypothesis run; runs repeat until the RPC's time is up
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,16 +20,9 @@ from google.protobuf.descriptor import MethodDescriptor
 from matrec.coordinator.auth import METHOD_ROLES, ROLE_INCLUDES
 from matrec.sdk import Client, MatrecError
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.v1 import agents_pb2, agents_pb2_grpc, auth_pb2, jobs_pb2, studies_pb2
+from matrec.v1 import agents_pb2, agents_pb2_grpc
 from support.cluster_jobs import wait_until
-
-SERVICES = [
-    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
-    studies_pb2.DESCRIPTOR.services_by_name["StudyService"],
-    agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
-    auth_pb2.DESCRIPTOR.services_by_name["TokenService"],
-]
-METHODS = [method for service in SERVICES for method in service.methods]
+from support.rpcs import METHODS, answer, method_path
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +42,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
 
 def call(address: str, method: MethodDescriptor, token: str | None) -> grpc.StatusCode:
     """Call `method` with an empty request; the status code it ends with."""
-    request_class = message_factory.GetMessageClass(method.input_type)
-    response_class = message_factory.GetMessageClass(method.output_type)
-    path = f"/{method.containing_service.full_name}/{method.name}"
     metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(address) as channel:
-        kwargs: dict[str, Any] = {
-            "request_serializer": request_class.SerializeToString,
-            "response_deserializer": response_class.FromString,
-        }
-        try:
-            if method.client_streaming:
-                stub = channel.stream_stream(path, **kwargs)
-                stream = stub(iter([request_class()]), metadata=metadata, timeout=5)
-                next(stream, None)
-                stream.cancel()
-            elif method.server_streaming:
-                stream = channel.unary_stream(path, **kwargs)(
-                    request_class(), metadata=metadata, timeout=5
-                )
-                next(stream, None)
-                stream.cancel()
-            else:
-                channel.unary_unary(path, **kwargs)(request_class(), metadata=metadata, timeout=5)
-        except grpc.RpcError as error:
-            return error.code()  # type: ignore[attr-defined, no-any-return]
-    return grpc.StatusCode.OK
+        request = message_factory.GetMessageClass(method.input_type)()
+        return answer(channel, method, request, metadata)
 
 
 def test_every_rpc_has_an_access_rule() -> None:
-    paths = {f"/{m.containing_service.full_name}/{m.name}" for m in METHODS}
+    paths = {method_path(m) for m in METHODS}
     assert paths == set(METHOD_ROLES), "an RPC without an access rule, or a rule without an RPC"
 
 
@@ -88,7 +58,7 @@ def test_every_rpc_refuses_missing_and_weak_tokens(
     secured: tuple[LocalCluster, dict], method: MethodDescriptor
 ) -> None:
     cluster, tokens = secured
-    required = METHOD_ROLES[f"/{method.containing_service.full_name}/{method.name}"]
+    required = METHOD_ROLES[method_path(method)]
     assert call(cluster.address, method, None) == grpc.StatusCode.UNAUTHENTICATED
     assert call(cluster.address, method, "mtk_not-a-token") == grpc.StatusCode.UNAUTHENTICATED
     for role, token in tokens.items():

@@ -13,7 +13,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from matrec.sdk.local_cluster import LocalCluster
-from support.fuzz import BROKEN, METHODS, answer, messages
+from support.fuzz import messages
+from support.rpcs import BROKEN, METHODS, answer
 
 EXAMPLES_PER_RPC = 25
 

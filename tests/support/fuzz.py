@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
-from matrec.v1 import agents_pb2, auth_pb2, jobs_pb2, studies_pb2
 
 MAX_DEPTH = 3
 
@@ -112,43 +110,3 @@ def _fill(draw: st.DrawFn, descriptor: Descriptor, depth: int) -> Message:
 def messages(descriptor: Descriptor) -> st.SearchStrategy[Message]:
     """Any message of this type, fields set at random (each field half of the time)."""
     return _fill(descriptor, 0)
-
-
-SERVICES = [
-    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
-    studies_pb2.DESCRIPTOR.services_by_name["StudyService"],
-    agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
-    auth_pb2.DESCRIPTOR.services_by_name["TokenService"],
-]
-METHODS = [method for service in SERVICES for method in service.methods]
-#: Answers that mean the coordinator itself broke (or hung), not that the request was bad.
-BROKEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-def answer(channel: grpc.Channel, method: MethodDescriptor, request: object) -> grpc.StatusCode:
-    request_class = message_factory.GetMessageClass(method.input_type)
-    response_class = message_factory.GetMessageClass(method.output_type)
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    codec = {
-        "request_serializer": request_class.SerializeToString,
-        "response_deserializer": response_class.FromString,
-    }
-    try:
-        if method.client_streaming:
-            stream = channel.stream_stream(path, **codec)(iter([request, request]), timeout=5)
-            next(stream, None)
-            stream.cancel()
-        elif method.server_streaming:
-            stream = channel.unary_stream(path, **codec)(request, timeout=5)
-            next(stream, None)
-            stream.cancel()
-        else:
-            channel.unary_unary(path, **codec)(request, timeout=5)
-    except grpc.RpcError as error:
-        code = error.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.CANCELLED:
-            return grpc.StatusCode.OK  # we cancelled a stream that was still going
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and method.server_streaming:
-            return grpc.StatusCode.OK  # a watch with nothing to say yet
-        return code  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK

@@ -106,14 +106,7 @@ def test_html_report_in_chromium(finished: tuple[LocalCluster, Job], tmp_path: P
     assert images == ["chart-curves", "chart-confusion-counts", "chart-confusion-normalized"]
     assert job.id in dom.stdout
     for run in (screenshot, dom):
-        errors = [
-            line
-            for line in run.stderr.splitlines()
-            if "Uncaught" in line
-            or "Failed to load resource" in line
-            or re.search(r"CONSOLE.*error", line, re.IGNORECASE)
-        ]
-        assert errors == [], run.stderr
+        assert console_errors(run) == [], run.stderr
 
 
 def test_compare(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
@@ -150,3 +143,14 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def console_errors(run: subprocess.CompletedProcess[str]) -> list[str]:
+    """Chromium's log lines about script errors, failed loads and console errors."""
+    return [
+        line
+        for line in run.stderr.splitlines()
+        if "Uncaught" in line
+        or "Failed to load resource" in line
+        or re.search(r"CONSOLE.*error", line, re.IGNORECASE)
+    ]

@@ -24,7 +24,7 @@ from matrec.sdk.reports import (
 )
 from matrec.sdk.types import Study
 from PIL import Image
-from test_reports_cluster import CHROMIUM, chromium
+from test_reports_cluster import CHROMIUM, chromium, console_errors
 
 pytestmark = pytest.mark.slow
 
@@ -172,14 +172,3 @@ def test_html_report_in_chromium(finished: tuple[Study, StudyReport], tmp_path: 
         assert trial.job_id in dom.stdout
     for run in (screenshot, dom):
         assert console_errors(run) == [], run.stderr
-
-
-def console_errors(run: subprocess.CompletedProcess[str]) -> list[str]:
-    """Chromium's log lines about script errors, failed loads and console errors."""
-    return [
-        line
-        for line in run.stderr.splitlines()
-        if "Uncaught" in line
-        or "Failed to load resource" in line
-        or re.search(r"CONSOLE.*error", line, re.IGNORECASE)
-    ]

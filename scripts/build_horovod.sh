@@ -13,6 +13,7 @@
 # torch.distributed.  HOROVOD_REQUIRED=1 makes a failure exit 1 instead.
 #
 # Knobs (environment): HOROVOD_REQUIRED=1, HOROVOD_BUILD_JOBS (default: nproc),
+# HOROVOD_SDIST (a local horovod-0.28.1.tar.gz, for hosts without PyPI),
 # HOROVOD_BUILD_CUDA_CC_LIST (default: the GPUs' compute capabilities, else 90),
 # HOROVOD_GPU_OPERATIONS / HOROVOD_NCCL_HOME (default: NCCL when a GPU and NCCL are found).
 set -uo pipefail
@@ -172,8 +173,15 @@ LOG_STARTED=1
 echo "building Horovod $HOROVOD_VERSION for torch $TORCH_VERSION ($VARIANT); takes minutes;" \
     "log: ${LOG#"$ROOT"/}"
 
-"$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: \
-    "horovod==$HOROVOD_VERSION" -d "$TMP" >>"$LOG" 2>&1 || fail "could not download the horovod $HOROVOD_VERSION sdist"
+if [ -n "${HOROVOD_SDIST:-}" ]; then
+    # An offline host: the sdist copied there beforehand.
+    [ -f "$HOROVOD_SDIST" ] || fail "HOROVOD_SDIST=$HOROVOD_SDIST is not a file"
+    cp "$HOROVOD_SDIST" "$TMP/horovod-$HOROVOD_VERSION.tar.gz" || fail "could not copy $HOROVOD_SDIST"
+else
+    "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: \
+        "horovod==$HOROVOD_VERSION" -d "$TMP" >>"$LOG" 2>&1 \
+        || fail "could not download the horovod $HOROVOD_VERSION sdist (offline? set HOROVOD_SDIST)"
+fi
 tar -xzf "$TMP/horovod-$HOROVOD_VERSION.tar.gz" -C "$TMP" >>"$LOG" 2>&1 || fail "could not unpack the sdist"
 SRC="$TMP/horovod-$HOROVOD_VERSION"
 

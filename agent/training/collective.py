@@ -65,20 +65,44 @@ class SingleProcess:
         pass
 
 
-def _flat_gradients(params: Sequence[nn.Parameter], stop: bool) -> tuple[torch.Tensor, list]:
-    grads = [p.grad for p in params if p.grad is not None]
-    flag = torch.tensor([1.0 if stop else 0.0], device=grads[0].device if grads else "cpu")
-    flat = torch.cat([*(g.reshape(-1).float() for g in grads), flag])
-    return flat, grads
+class GradientBuffer:
+    """The flat buffer one step's gradients travel in, with the stop flag as its last element.
+
+    The buffer and its per-gradient views are kept between steps while the gradients keep their
+    shapes (gradual unfreezing changes them between epochs), so a step costs two multi-tensor
+    copies and no allocation. The views have the gradients' shapes, and the copies convert
+    layouts: a channels_last gradient needs no contiguous copy of its own first.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = ()
+        self._flat = torch.zeros(1)
+        self._views: list[torch.Tensor] = []
+
+    def pack(self, grads: list[torch.Tensor], stop: bool, device: torch.device) -> torch.Tensor:
+        key = (device, *(g.shape for g in grads))
+        if key != self._key:
+            counts = [g.numel() for g in grads]
+            self._flat = torch.empty(sum(counts) + 1, dtype=torch.float32, device=device)
+            parts = self._flat[:-1].split(counts)
+            self._views = [part.view(g.shape) for part, g in zip(parts, grads, strict=True)]
+            self._key = key
+        if grads:
+            torch._foreach_copy_(self._views, grads)
+        self._flat[-1].fill_(1.0 if stop else 0.0)
+        return self._flat
+
+    def unpack(self, grads: list[torch.Tensor], size: int) -> bool:
+        """Write the summed buffer back as averages; True if any rank asked to stop."""
+        if size > 1:
+            self._flat.div_(size)  # the flag stays > 0 where any rank set it
+        if grads:
+            torch._foreach_copy_(grads, self._views)
+        return bool(self._flat[-1].item() > 0)
 
 
-def _unflatten(flat: torch.Tensor, grads: list[torch.Tensor], size: int) -> bool:
-    offset = 0
-    for grad in grads:
-        count = grad.numel()
-        grad.copy_(flat[offset : offset + count].view_as(grad).div_(size))
-        offset += count
-    return bool(flat[-1].item() > 0)
+def _gradients(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
 
 
 class TorchDistributed:
@@ -90,6 +114,7 @@ class TorchDistributed:
         self._dist = dist
         self.rank, self.size, self.local_rank = rank, size, local_rank
         self.device = device
+        self._buffer = GradientBuffer()
         timeout = float(os.environ.get(TIMEOUT_ENV, "0") or 0)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
@@ -107,9 +132,9 @@ class TorchDistributed:
                 tensor.copy_(buffer)
 
     def average_gradients(self, params: Sequence[nn.Parameter], stop: bool) -> bool:
-        flat, grads = _flat_gradients(params, stop)
-        self._dist.all_reduce(flat.to(self.device) if flat.device != self.device else flat)
-        return _unflatten(flat, grads, self.size)
+        grads = _gradients(params)
+        self._dist.all_reduce(self._buffer.pack(grads, stop, self.device))
+        return self._buffer.unpack(grads, self.size)
 
     def sum(self, values: Sequence[float]) -> list[float]:
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
@@ -130,6 +155,7 @@ class HorovodCollective:
         hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
         self._ops = 0
+        self._buffer = GradientBuffer()
 
     def _name(self, what: str) -> str:
         self._ops += 1
@@ -145,9 +171,12 @@ class HorovodCollective:
                 tensor.copy_(buffer)
 
     def average_gradients(self, params: Sequence[nn.Parameter], stop: bool) -> bool:
-        flat, grads = _flat_gradients(params, stop)
-        self._hvd.allreduce_(flat, op=self._hvd.Sum, name=self._name("gradients"))
-        return _unflatten(flat, grads, self.size)
+        grads = _gradients(params)
+        device = grads[0].device if grads else torch.device("cpu")
+        flat = self._buffer.pack(grads, stop, device)
+        # One name per buffer size, so that Horovod's response cache skips the negotiation.
+        self._hvd.allreduce_(flat, op=self._hvd.Sum, name=f"gradients.{flat.numel()}")
+        return self._buffer.unpack(grads, self.size)
 
     def sum(self, values: Sequence[float]) -> list[float]:
         tensor = torch.tensor(list(values), dtype=torch.float64)

@@ -292,11 +292,47 @@ class ScriptConfig(BaseModel):
         return value
 
 
+class ScoreConfig(BaseModel):
+    """Run a trained model over an unlabelled pool of images and store, per image, the class
+    probabilities, the pooled embedding and (with MC dropout) the probabilities of each
+    stochastic pass: what active learning selects from and drift detection compares. The result
+    lands in the task's artifact folder as `scores.npz` (artifact kind "scores")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str = Field(
+        min_length=1,
+        description="A matrec model.pt (a finetune job's model artifact) readable on the agent.",
+    )
+    pool_path: str = Field(
+        min_length=1,
+        description="A folder of images (searched recursively; a sample's id is its path "
+        "relative to the folder) or a manifest: a .txt with one image path per line, or a "
+        ".csv/.json with 'path' and optional 'id' per row (relative paths are relative to "
+        "the manifest's folder).",
+    )
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    mc_dropout_passes: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Stochastic forward passes with dropout on (BALD needs >= 2); 0: none. "
+        "Needs a model whose head has dropout (finetune dropout_rate > 0).",
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, description="Score at most this many (the first, in id order)."
+    )
+    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
+    seed: int = Field(default=0, ge=0, description="Seeds the MC dropout masks.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 #: Job kinds and the config model of each.
 JOB_KINDS: dict[str, type[BaseModel]] = {
     "finetune": FinetuneConfig,
     "diagnostic": DiagnosticConfig,
     "script": ScriptConfig,
+    "score": ScoreConfig,
 }
 
 #: The metrics each kind reports once per epoch (per step for diagnostic), usable as an HPO

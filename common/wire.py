@@ -12,7 +12,7 @@ from matrec.common.studies import StudySpecModel
 from matrec.v1 import common_pb2, jobs_pb2, studies_pb2
 
 
-def _struct(message: Any, field: str) -> dict[str, Any]:
+def struct_to_dict(message: Any, field: str) -> dict[str, Any]:
     """A Struct as a dict. Raises SpecError for what JSON cannot hold (NaN, infinity)."""
     try:
         return dict(json_format.MessageToDict(message))
@@ -25,7 +25,7 @@ def job_spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind or "finetune",
-        "config": _struct(spec.config, "config"),
+        "config": struct_to_dict(spec.config, "config"),
         "labels": dict(spec.labels),
     }
     if spec.max_attempts:
@@ -60,7 +60,7 @@ def study_spec_to_dict(spec: studies_pb2.StudySpec) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": spec.name,
         "trial": _trial_to_dict(spec.trial),
-        "search_space": _struct(spec.search_space, "search_space"),
+        "search_space": struct_to_dict(spec.search_space, "search_space"),
         "algorithm": spec.algorithm or "tpe",
         "objective": spec.objective,
         "seed": spec.seed,

@@ -191,7 +191,54 @@ trials = sa.Table(
     sa.Index("ix_trials_job", "job_id"),
 )
 
-# Active learning: batches of candidate images proposed for labelling, and the labels given.
+# Active learning: a project (labelled dataset + unlabelled pool + current model), its model
+# versions and pool scorings, batches of candidates proposed for labelling with the labels given,
+# and the retraining triggers its monitor fired.
+al_projects = sa.Table(
+    "al_projects",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("al_projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("version", sa.Integer, nullable=False),
+    job_ref(optional=True),
+    sa.Column("trigger_id", sa.String(64), nullable=True),
+    sa.Column("feedback_samples", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("val_accuracy", sa.Float, nullable=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("project_id", "version", name="uq_model_version"),
+)
+
+al_scorings = sa.Table(
+    "al_scorings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("al_projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    job_ref(),
+    sa.Column("role", sa.String(16), nullable=False),  # pool | reference
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_al_scorings_project", "project_id"),
+)
+
 active_learning_batches = sa.Table(
     "active_learning_batches",
     metadata,
@@ -201,6 +248,14 @@ active_learning_batches = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("closed_at", TS, nullable=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("al_projects.id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    job_ref("scoring_job_id", optional=True),
+    sa.Index("ix_al_batches_project", "project_id"),
 )
 
 active_learning_candidates = sa.Table(
@@ -232,6 +287,15 @@ retraining_triggers = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("fired_at", TS, nullable=False),
     job_ref(optional=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("al_projects.id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    # What the trigger fired on (a model version, a scoring job): one trigger per kind and key.
+    sa.Column("dedupe_key", sa.String(128), nullable=True),
+    sa.UniqueConstraint("project_id", "kind", "dedupe_key", name="uq_trigger_key"),
 )
 
 # API tokens: only a hash of each token is stored, never the token.

@@ -12,6 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from matrec.common.tls import server_credentials
+from matrec.coordinator.active_learning.monitor import TriggerMonitor
+from matrec.coordinator.active_learning.projects import ProjectManager
+from matrec.coordinator.active_learning.service import ActiveLearningService
+from matrec.coordinator.active_learning.store import ActiveLearningStore
 from matrec.coordinator.agent_service import AgentService
 from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
@@ -28,6 +32,8 @@ from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
 from matrec.coordinator.token_service import TokenService
 from matrec.v1 import (
+    active_learning_pb2,
+    active_learning_pb2_grpc,
     agents_pb2,
     agents_pb2_grpc,
     auth_pb2,
@@ -55,6 +61,7 @@ SERVICE_NAMES = (
     agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     studies_pb2.DESCRIPTOR.services_by_name["StudyService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    active_learning_pb2.DESCRIPTOR.services_by_name["ActiveLearningService"].full_name,
 )
 
 
@@ -129,6 +136,15 @@ class Coordinator:
         studies_pb2_grpc.add_StudyServiceServicer_to_server(
             StudyService(studies, study_driver, notifier, check_paths=s.check_paths), server
         )
+        al_manager = ProjectManager(
+            store, ActiveLearningStore(store.engine), s.effective_artifact_root
+        )
+        active_learning_pb2_grpc.add_ActiveLearningServiceServicer_to_server(
+            ActiveLearningService(al_manager, scheduler, check_paths=s.check_paths), server
+        )
+        trigger_monitor = TriggerMonitor(
+            al_manager, scheduler, notifier, check_interval=s.trigger_check_interval
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -150,6 +166,7 @@ class Coordinator:
         self._background = [
             asyncio.create_task(scheduler.run()),
             asyncio.create_task(study_driver.run()),
+            asyncio.create_task(trigger_monitor.run()),
         ]
         retention = MetricRetention(s.metric_max_points, s.metric_retention_days)
         if retention.enabled:

@@ -29,6 +29,7 @@ class CoordinatorSettings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     insecure: bool = False
+    trigger_check_interval: float = 60.0
 
     @property
     def tls(self) -> bool:
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--trigger-check-interval",
+        type=float,
+        default=float(_env("TRIGGER_CHECK_INTERVAL", "60")),
+        help="seconds between two evaluations of the active-learning projects' retraining "
+        "triggers by the monitor [MATREC_TRIGGER_CHECK_INTERVAL] (default: %(default)s)",
+    )
+    parser.add_argument(
         "--metric-retention-days",
         type=float,
         default=float(_env("METRIC_RETENTION_DAYS", "0")),
@@ -177,6 +185,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
     args = build_parser().parse_args(argv)
     if args.metric_max_points < 0 or args.metric_retention_days < 0:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
+    if args.trigger_check_interval <= 0:
+        build_parser().error("--trigger-check-interval must be > 0 seconds")
     if args.lease_ttl <= args.heartbeat_interval:
         build_parser().error("--lease-ttl must be longer than --heartbeat-interval")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -208,6 +218,7 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
+        trigger_check_interval=args.trigger_check_interval,
     )
 
 

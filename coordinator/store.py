@@ -207,6 +207,14 @@ def _cancel_requested(conn: sa.Connection, job_id: str) -> bool:
     return bool(conn.execute(sa.select(j.c.cancel_requested).where(j.c.id == job_id)).scalar())
 
 
+#: Artifact kinds and the result keys that name their files.
+RESULT_ARTIFACTS = (
+    ("model", "model_path"),
+    ("checkpoint", "checkpoint_path"),
+    ("scores", "scores_path"),
+)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -584,9 +592,9 @@ class Store:
     def _record_artifacts(
         self, conn: sa.Connection, task: TaskRecord, result: dict[str, Any]
     ) -> None:
-        """The files a finished task names in its result (model, last checkpoint)."""
+        """The files a finished task names in its result (model, last checkpoint, pool scores)."""
         rows = []
-        for kind, key in (("model", "model_path"), ("checkpoint", "checkpoint_path")):
+        for kind, key in RESULT_ARTIFACTS:
             uri = result.get(key)
             if isinstance(uri, str) and uri:
                 path = Path(uri)

@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import struct_pb2
+from matrec.common.active_learning.project import parse_project_spec
 from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
 from matrec.common.studies import StudySpecModel, parse_study_spec
 from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
@@ -17,12 +19,16 @@ from matrec.sdk.address import default_address, default_tls, default_token
 from matrec.sdk.convert import (
     agent_from_proto,
     artifact_from_proto,
+    batch_from_proto,
+    candidate_from_proto,
     cluster_snapshot_from_proto,
     job_from_proto,
     job_state_to_proto,
     metric_from_proto,
+    project_from_proto,
     study_from_proto,
     token_from_proto,
+    trigger_from_proto,
     watch_event_from_proto,
 )
 from matrec.sdk.errors import (
@@ -32,6 +38,7 @@ from matrec.sdk.errors import (
     JobStateError,
     MatrecError,
     NotFoundError,
+    ProjectNotFoundError,
     StudyNotFoundError,
     from_rpc_error,
 )
@@ -40,13 +47,19 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    Candidate,
     ClusterSnapshot,
     Job,
+    LabellingBatch,
+    LearningProject,
     Metric,
+    RetrainingTrigger,
     Study,
     WatchEvent,
 )
 from matrec.v1 import (
+    active_learning_pb2,
+    active_learning_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     jobs_pb2,
@@ -149,6 +162,7 @@ class Client:
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._studies = studies_pb2_grpc.StudyServiceStub(self._channel)
         self._tokens = auth_pb2_grpc.TokenServiceStub(self._channel)
+        self._learning = active_learning_pb2_grpc.ActiveLearningServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -439,6 +453,117 @@ class Client:
             timeout,
             reconnect,
         )
+
+    # ---- active learning ------------------------------------------------------------------
+
+    def create_learning_project(self, spec: Mapping[str, Any]) -> LearningProject:
+        """Validate `spec` locally (see matrec.common.active_learning.project), then create the
+        project; it scores its labelled data and its pool at once. Raises InvalidSpecError."""
+        try:
+            model = parse_project_spec(dict(spec))
+        except SpecError as exc:
+            raise InvalidSpecError(exc.field, exc.message) from None
+        request = active_learning_pb2.CreateProjectRequest(
+            spec=_struct(model.model_dump(mode="json"))
+        )
+        response = self._call(self._learning.CreateProject, request, ProjectNotFoundError)
+        return project_from_proto(response.project)
+
+    def get_learning_project(self, project_id: str) -> LearningProject:
+        """Raises ProjectNotFoundError."""
+        request = active_learning_pb2.GetProjectRequest(project_id=project_id)
+        response = self._call(self._learning.GetProject, request, ProjectNotFoundError)
+        return project_from_proto(response.project)
+
+    def list_learning_projects(self) -> list[LearningProject]:
+        response = self._call(
+            self._learning.ListProjects, active_learning_pb2.ListProjectsRequest()
+        )
+        return [project_from_proto(p) for p in response.projects]
+
+    def score_pool(self, project_id: str) -> str:
+        """Score the pool again with the current model (new images arrived); the job's id."""
+        request = active_learning_pb2.ScorePoolRequest(project_id=project_id)
+        return str(self._call(self._learning.ScorePool, request, ProjectNotFoundError).job_id)
+
+    def select_samples(
+        self,
+        project_id: str,
+        count: int,
+        strategy: str = "",
+        *,
+        class_balance: bool = False,
+        seed: int = 0,
+    ) -> LabellingBatch:
+        """A new batch of `count` candidates from the newest pool scoring ("" strategy: the
+        project's default). Raises JobStateError while no pool scoring has finished."""
+        request = active_learning_pb2.SelectSamplesRequest(
+            project_id=project_id,
+            count=count,
+            strategy=strategy,
+            class_balance=class_balance,
+            seed=seed,
+        )
+        response = self._call(self._learning.SelectSamples, request, ProjectNotFoundError)
+        return batch_from_proto(response.batch)
+
+    def get_batch(self, batch_id: str) -> LabellingBatch:
+        request = active_learning_pb2.GetBatchRequest(batch_id=batch_id)
+        response = self._call(self._learning.GetBatch, request, ProjectNotFoundError)
+        return batch_from_proto(response.batch)
+
+    def list_batches(self, project_id: str) -> list[LabellingBatch]:
+        """The project's batches, without their candidates."""
+        request = active_learning_pb2.ListBatchesRequest(project_id=project_id)
+        response = self._call(self._learning.ListBatches, request, ProjectNotFoundError)
+        return [batch_from_proto(b) for b in response.batches]
+
+    def record_feedback(
+        self,
+        batch_id: str,
+        sample_id: str,
+        label: str,
+        *,
+        overwrite: bool = False,
+        add_class: bool = False,
+    ) -> tuple[Candidate, bool]:
+        """Record `label` for a candidate; returns it and whether anything changed (the same
+        label twice is a no-op). Raises ProjectNotFoundError (unknown batch or sample),
+        InvalidSpecError (a class the model does not know, without add_class) or JobStateError
+        (already labelled differently, without overwrite)."""
+        request = active_learning_pb2.RecordFeedbackRequest(
+            batch_id=batch_id,
+            sample_id=sample_id,
+            label=label,
+            overwrite=overwrite,
+            add_class=add_class,
+        )
+        response = self._call(self._learning.RecordFeedback, request, ProjectNotFoundError)
+        return candidate_from_proto(response.candidate), response.changed
+
+    def check_triggers(self, project_id: str) -> list[RetrainingTrigger]:
+        """Evaluate the project's triggers now; the ones that fired."""
+        request = active_learning_pb2.CheckTriggersRequest(project_id=project_id)
+        response = self._call(self._learning.CheckTriggers, request, ProjectNotFoundError)
+        return [trigger_from_proto(t) for t in response.fired]
+
+    def list_triggers(self, project_id: str) -> list[RetrainingTrigger]:
+        request = active_learning_pb2.ListTriggersRequest(project_id=project_id)
+        response = self._call(self._learning.ListTriggers, request, ProjectNotFoundError)
+        return [trigger_from_proto(t) for t in response.triggers]
+
+    def retrain(self, project_id: str, trigger_id: str = "") -> tuple[str, int]:
+        """Submit a retraining job from the latest model with every label so far; returns
+        (job id, model version). Raises JobStateError while one is running."""
+        request = active_learning_pb2.RetrainRequest(project_id=project_id, trigger_id=trigger_id)
+        response = self._call(self._learning.Retrain, request, ProjectNotFoundError)
+        return response.job_id, response.version
+
+
+def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(dict(value))
+    return message
 
 
 def _sha256(path: Path) -> str:

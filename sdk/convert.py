@@ -14,6 +14,7 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    Candidate,
     ClusterSnapshot,
     GpuInfo,
     HistoryEntry,
@@ -22,18 +23,22 @@ from matrec.sdk.types import (
     JobEvent,
     JobSpec,
     JobUpdate,
+    LabellingBatch,
+    LearningProject,
     LogLine,
     LogsEvent,
     Metric,
     MetricsEvent,
+    ModelVersion,
     Resources,
     ResourceUsage,
+    RetrainingTrigger,
     Study,
     Task,
     Trial,
     WatchEvent,
 )
-from matrec.v1 import auth_pb2, common_pb2, jobs_pb2, studies_pb2
+from matrec.v1 import active_learning_pb2, auth_pb2, common_pb2, jobs_pb2, studies_pb2
 
 
 def _state_name(enum: EnumTypeWrapper, prefix: str, value: int) -> str:
@@ -250,4 +255,70 @@ def token_from_proto(msg: auth_pb2.Token) -> ApiToken:
         created_at=_time(msg, "created_at"),
         expires_at=_time(msg, "expires_at"),
         revoked_at=_time(msg, "revoked_at"),
+    )
+
+
+def candidate_from_proto(msg: active_learning_pb2.Candidate) -> Candidate:
+    return Candidate(
+        sample_id=msg.sample_id,
+        sample_uri=msg.sample_uri,
+        score=msg.score,
+        scores=dict(msg.scores),
+        predicted_class=msg.predicted_class,
+        label=msg.label or None,
+        labelled_at=_time(msg, "labelled_at"),
+    )
+
+
+def batch_from_proto(msg: active_learning_pb2.Batch) -> LabellingBatch:
+    return LabellingBatch(
+        id=msg.id,
+        project_id=msg.project_id,
+        strategy=msg.strategy,
+        state=_state_name(active_learning_pb2.BatchState, "BATCH_STATE_", msg.state),
+        scoring_job_id=msg.scoring_job_id,
+        created_at=_time(msg, "created_at"),
+        closed_at=_time(msg, "closed_at"),
+        candidates=[candidate_from_proto(c) for c in msg.candidates],
+        labelled=msg.labelled,
+    )
+
+
+def trigger_from_proto(msg: active_learning_pb2.Trigger) -> RetrainingTrigger:
+    return RetrainingTrigger(
+        id=msg.id,
+        project_id=msg.project_id,
+        kind=msg.kind,
+        state=msg.state,
+        fired_at=_time(msg, "fired_at"),
+        details=struct_to_dict(msg.details),
+        job_id=msg.job_id,
+    )
+
+
+def model_version_from_proto(msg: active_learning_pb2.ModelVersion) -> ModelVersion:
+    return ModelVersion(
+        version=msg.version,
+        job_id=msg.job_id,
+        val_accuracy=msg.val_accuracy if msg.HasField("val_accuracy") else None,
+        trigger_id=msg.trigger_id,
+        created_at=_time(msg, "created_at"),
+        feedback_samples=msg.feedback_samples,
+        state=msg.state,
+    )
+
+
+def project_from_proto(msg: active_learning_pb2.Project) -> LearningProject:
+    return LearningProject(
+        id=msg.id,
+        spec=struct_to_dict(msg.spec),
+        created_at=_time(msg, "created_at"),
+        current_version=msg.current_version,
+        versions=[model_version_from_proto(v) for v in msg.versions],
+        classes=list(msg.classes),
+        pending_feedback=msg.pending_feedback,
+        total_feedback=msg.total_feedback,
+        pool_scoring_job_id=msg.pool_scoring_job_id,
+        reference_scoring_job_id=msg.reference_scoring_job_id,
+        last_trained_at=_time(msg, "last_trained_at"),
     )

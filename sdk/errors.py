@@ -51,6 +51,10 @@ class StudyNotFoundError(NotFoundError):
     """No study has the given id."""
 
 
+class ProjectNotFoundError(NotFoundError):
+    """No active-learning project, batch, sample or trigger has the given id."""
+
+
 class JobStateError(MatrecError):
     """The job is not in a state that allows the operation (e.g. cancelling a finished job)."""
 

@@ -288,3 +288,85 @@ class ApiToken:
     created_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+
+
+# ---- active learning ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pool sample proposed for labelling. `scores` holds every uncertainty measure
+    (least_confidence, margin, entropy, and bald with MC dropout); `label` is None until
+    labelled."""
+
+    sample_id: str
+    sample_uri: str
+    score: float
+    scores: dict[str, float]
+    predicted_class: str
+    label: str | None
+    labelled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LabellingBatch:
+    """Candidates selected together. `state`: open, partially_labelled or done."""
+
+    id: str
+    project_id: str
+    strategy: str
+    state: str
+    scoring_job_id: str
+    created_at: datetime | None
+    closed_at: datetime | None
+    candidates: list[Candidate]
+    labelled: int
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model a project trained: version 1 is the model it started from. `state` is its job's
+    (queued, running, succeeded, failed, cancelled); `val_accuracy` is None until it succeeds."""
+
+    version: int
+    job_id: str
+    val_accuracy: float | None
+    trigger_id: str
+    created_at: datetime | None
+    feedback_samples: int
+    state: str
+
+
+@dataclass(frozen=True)
+class RetrainingTrigger:
+    """A trigger the monitor fired. `kind`: feedback_count, time, uncertainty or drift;
+    `state`: fired, retraining, done or failed; `details`: what was measured."""
+
+    id: str
+    project_id: str
+    kind: str
+    state: str
+    fired_at: datetime | None
+    details: dict[str, Any]
+    job_id: str
+
+
+@dataclass(frozen=True)
+class LearningProject:
+    """An active-learning project: its spec (defaults filled in), model versions and labels."""
+
+    id: str
+    spec: dict[str, Any]
+    created_at: datetime | None
+    current_version: int
+    versions: list[ModelVersion]
+    classes: list[str]
+    pending_feedback: int
+    total_feedback: int
+    pool_scoring_job_id: str
+    reference_scoring_job_id: str
+    last_trained_at: datetime | None
+
+    @property
+    def current(self) -> ModelVersion | None:
+        return next((v for v in self.versions if v.version == self.current_version), None)

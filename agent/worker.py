@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeAlias
 
 from matrec.agent.worker_protocol import (
     EXIT_FAILED,
@@ -40,6 +40,7 @@ from matrec.agent.worker_protocol import (
 from matrec.common.specs import (
     DiagnosticConfig,
     FinetuneConfig,
+    ScoreConfig,
     ScriptConfig,
     SpecError,
     parse_job_spec,
@@ -143,13 +144,17 @@ def main(argv: list[str] | None = None) -> int:
             events.close()
 
 
+#: The job kinds this worker runs.
+TaskConfig: TypeAlias = FinetuneConfig | DiagnosticConfig | ScriptConfig | ScoreConfig
+
+
 def _run(
     task: WorkerTask,
-    config: FinetuneConfig | DiagnosticConfig | ScriptConfig,
+    config: TaskConfig,
     reporter: EventReporter,
     stop: _StopFlag,
 ) -> dict[str, Any]:
-    """Run the task's kind; torch is imported only for the kinds that train."""
+    """Run the task's kind; torch is imported only for the kinds that run a model."""
     if isinstance(config, DiagnosticConfig):
         from matrec.agent.diagnostic import run_diagnostic
 
@@ -159,6 +164,10 @@ def _run(
 
         return run_script(config, Path(task.artifact_dir), reporter, stop)
     _set_torch_threads()
+    if isinstance(config, ScoreConfig):
+        from matrec.agent.training.scoring import run_scoring
+
+        return run_scoring(config, Path(task.artifact_dir), reporter, stop)
     from matrec.agent.training.finetune import run_finetune
 
     return run_finetune(
@@ -170,15 +179,13 @@ def _run(
     ).to_dict()
 
 
-def _read_task(
-    path: Path,
-) -> tuple[WorkerTask, FinetuneConfig | DiagnosticConfig | ScriptConfig]:
+def _read_task(path: Path) -> tuple[WorkerTask, TaskConfig]:
     task = WorkerTask.from_json(path.read_text(encoding="utf-8"))
     try:
         _, config = parse_job_spec({"kind": task.kind, "config": task.config})
     except SpecError as exc:
         raise ValueError(str(exc)) from None
-    if not isinstance(config, FinetuneConfig | DiagnosticConfig | ScriptConfig):
+    if not isinstance(config, TaskConfig):
         raise ValueError(f"kind: this worker cannot run {task.kind!r} tasks")
     return task, config
 

@@ -11,6 +11,9 @@
 >>> from matrec.sdk import optimize_hyperparameters   # the seed's call: a study of finetune trials
 >>> optimize_hyperparameters("/data/wood", max_trials=20, pruner="asha").best_params
 
+>>> from matrec.sdk import ActiveLearner   # the seed's active learning: select, label, retrain
+>>> ActiveLearner(storage_dir="/data/al", dataset_path="/data/wood", pool_path="/data/new")
+
 Names are loaded on first use, so that importing a submodule (the CLI does) does not pull in
 grpc and protobuf before they are needed.
 """
@@ -21,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matrec.sdk.active_learning import ActiveLearner, RetrainResult, retrain_from_feedback
     from matrec.sdk.client import Client
     from matrec.sdk.errors import (
         CoordinatorUnavailableError,
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
         JobNotFoundError,
         JobStateError,
         MatrecError,
+        ProjectNotFoundError,
         StudyNotFoundError,
     )
     from matrec.sdk.evaluation import ClassMetrics, Evaluation
@@ -36,17 +41,22 @@ if TYPE_CHECKING:
     from matrec.sdk.transfer import TransferResult, transfer_learn
     from matrec.sdk.types import (
         Agent,
+        Candidate,
         GpuInfo,
         HistoryEntry,
         Job,
         JobEvent,
         JobSpec,
         JobUpdate,
+        LabellingBatch,
+        LearningProject,
         LogLine,
         LogsEvent,
         Metric,
         MetricsEvent,
+        ModelVersion,
         Resources,
+        RetrainingTrigger,
         Study,
         Task,
         Trial,
@@ -54,7 +64,9 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ActiveLearner",
     "Agent",
+    "Candidate",
     "ClassMetrics",
     "Client",
     "CoordinatorUnavailableError",
@@ -70,12 +82,18 @@ __all__ = [
     "JobSpec",
     "JobStateError",
     "JobUpdate",
+    "LabellingBatch",
+    "LearningProject",
     "LogLine",
     "LogsEvent",
     "MatrecError",
     "Metric",
     "MetricsEvent",
+    "ModelVersion",
+    "ProjectNotFoundError",
     "Resources",
+    "RetrainResult",
+    "RetrainingTrigger",
     "Study",
     "StudyFailedError",
     "StudyNotFoundError",
@@ -84,6 +102,7 @@ __all__ = [
     "Trial",
     "WatchEvent",
     "optimize_hyperparameters",
+    "retrain_from_feedback",
     "transfer_learn",
 ]
 
@@ -96,6 +115,7 @@ _MODULES = (
     "matrec.sdk.transfer",
     "matrec.sdk.hpo",
     "matrec.sdk.client",
+    "matrec.sdk.active_learning",
 )
 
 

@@ -65,7 +65,8 @@ class ScoringResult:
     scores_path: str
     embedding_dim: int
     mc_dropout_passes: int
-    model_path: str  # the model that was run (an input, not an artifact of this task)
+    # The model that was run: an input, so not named model_path (that key records an artifact).
+    scored_model_path: str
     pool_path: str
     mean_entropy: float  # nats, over the scored samples
     mean_max_probability: float
@@ -156,7 +157,7 @@ def run_scoring(
         scores_path=str(scores_path),
         embedding_dim=int(scores.embeddings.shape[1]),
         mc_dropout_passes=config.mc_dropout_passes,
-        model_path=str(model_path),
+        scored_model_path=str(model_path),
         pool_path=config.pool_path,
         mean_entropy=mean_entropy,
         mean_max_probability=mean_max,

@@ -46,10 +46,12 @@ def test_a_score_job_scores_a_finetunes_model_over_a_pool(
         assert result["samples"] == pool_size and result["skipped_images"] == 0
         assert result["classes"] == sorted(small_dataset.val_counts)
         assert result["embedding_dim"] == 512 and result["mc_dropout_passes"] == 2
-        assert result["model_path"] == model_path
+        assert result["scored_model_path"] == model_path
         assert Path(result["scores_path"]).name == SCORES_FILE
 
-        artifacts = [a for a in client.list_artifacts(scored.id) if a.kind == "scores"]
+        # The scores file is the job's only artifact: the model it ran is an input.
+        assert [a.kind for a in client.list_artifacts(scored.id)] == ["scores"]
+        artifacts = client.list_artifacts(scored.id)
         assert [a.uri for a in artifacts] == [result["scores_path"]]
         assert artifacts[0].size_bytes == Path(result["scores_path"]).stat().st_size > 0
         scores = PoolScores.load(Path(artifacts[0].uri))

@@ -124,7 +124,7 @@ def test_scores_cover_the_pool_and_are_probabilities(trained: Trained, tmp_path:
     assert result["classes"] == CLASSES == scores.classes
     assert result["embedding_dim"] == 512  # resnet18's pooled features: the head's input
     assert result["mc_dropout_passes"] == 3
-    assert result["model_path"] == str(trained.model_path)
+    assert result["scored_model_path"] == str(trained.model_path)
     assert scores.probabilities.shape == (count, len(CLASSES))
     assert scores.embeddings.shape == (count, 512)
     assert scores.mc_probabilities is not None

@@ -90,7 +90,8 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
         assert len(batch.candidates) == THRESHOLD and batch.state == "open"
         pool_files = {p.name for p in pool.iterdir()}
         assert {c.sample_id for c in batch.candidates} <= pool_files
-        assert all({"entropy", "margin", "least_confidence"} <= set(c.scores) for c in batch.candidates)
+        measures = {"entropy", "margin", "least_confidence"}
+        assert all(measures <= set(c.scores) for c in batch.candidates)
         # Highest margin-uncertainty first.
         assert [c.score for c in batch.candidates] == sorted(
             (c.score for c in batch.candidates), reverse=True
@@ -98,7 +99,8 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
 
         # A second batch never proposes the same samples.
         second = learner.select_samples_for_labeling(3, "entropy")
-        assert not {c.sample_id for c in second.candidates} & {c.sample_id for c in batch.candidates}
+        first_ids = {c.sample_id for c in batch.candidates}
+        assert not {c.sample_id for c in second.candidates} & first_ids
 
         for candidate in batch.candidates:
             truth = candidate.sample_id.split("-", 1)[0]

@@ -1,4 +1,4 @@
-"""active learning projects, model versions, pool scorings
+"""active learning projects and model versions
 
 Revision ID: 0004
 Revises: 0003

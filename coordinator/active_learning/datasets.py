@@ -64,5 +64,8 @@ def build_retraining_dataset(dataset_path: str, labels: Sequence[Label], target:
     except OSError as error:
         shutil.rmtree(building, ignore_errors=True)
         raise DatasetBuildError(f"cannot build the retraining dataset: {error}") from None
+    except DatasetBuildError:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     building.rename(target)
     return target

@@ -26,7 +26,8 @@ class FeedbackError(Exception):
         self.code = code
 
 
-BATCH_OPEN, BATCH_PARTIAL, BATCH_DONE = "open", "partially_labelled", "done"
+# Stored in a String(16) column; the wire name of "partial" is PARTIALLY_LABELLED.
+BATCH_OPEN, BATCH_PARTIAL, BATCH_DONE = "open", "partial", "done"
 TRIGGER_FIRED, TRIGGER_RETRAINING, TRIGGER_DONE, TRIGGER_FAILED = (
     "fired",
     "retraining",

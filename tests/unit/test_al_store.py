@@ -1,0 +1,169 @@
+"""The active-learning store on SQLite and PostgreSQL, and the retraining dataset builder: the
+feedback rules, trigger de-duplication, one transaction per job and its row, and datasets of
+links that never touch the originals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from matrec.common.active_learning.project import parse_project_spec
+from matrec.common.specs import SpecError
+from matrec.coordinator.active_learning.datasets import DatasetBuildError, build_retraining_dataset
+from matrec.coordinator.active_learning.store import (
+    ActiveLearningStore,
+    CandidateRecord,
+    FeedbackError,
+    Label,
+)
+from matrec.coordinator.store import Store
+from PIL import Image
+
+
+@pytest.fixture
+def stores(database_url: str) -> Iterator[tuple[Store, ActiveLearningStore]]:
+    opened = Store.open(database_url)
+    yield opened, ActiveLearningStore(opened.engine)
+    opened.close()
+
+
+def job_spec(name: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "kind": "finetune",
+        "config": {"dataset_path": "/d"},
+        "resources": {"cpus": 1.0, "gpus": 0, "memory_bytes": 0},
+        "max_attempts": 1,
+    }
+
+
+def candidate(sample_id: str) -> CandidateRecord:
+    return CandidateRecord(
+        sample_id, f"/pool/{sample_id}", 0.5, {"entropy": 0.5}, "oak", None, None
+    )
+
+
+def make_project(stores: tuple[Store, ActiveLearningStore], tmp_path: Path) -> str:
+    store, projects = stores
+    model = store.create_job(
+        name="m", kind="finetune", spec=job_spec("m"), resources={}, max_attempts=1,
+        artifact_root=tmp_path,
+    )  # fmt: skip
+    spec = parse_project_spec(
+        {"dataset_path": "/d", "pool_path": "/p", "model_job_id": model.id, "name": "oak"}
+    )
+    return projects.create_project(spec, 0.75, datetime.now(UTC)).id
+
+
+def test_feedback_rules(stores: tuple[Store, ActiveLearningStore], tmp_path: Path) -> None:
+    _, projects = stores
+    project_id = make_project(stores, tmp_path)
+    batch = projects.create_batch(
+        project_id, "entropy", None, None, [candidate("a"), candidate("b")]
+    )  # type: ignore[arg-type]
+    assert batch.state == "open" and [c.sample_id for c in batch.candidates] == ["a", "b"]
+
+    with pytest.raises(FeedbackError) as unknown_sample:
+        projects.record_feedback(batch.id, "zzz", "oak", overwrite=False)
+    assert unknown_sample.value.code == "not_found" and "zzz" in str(unknown_sample.value)
+    with pytest.raises(FeedbackError) as unknown_batch:
+        projects.record_feedback("alb-nope", "a", "oak", overwrite=False)
+    assert unknown_batch.value.code == "not_found"
+
+    record, changed, state = projects.record_feedback(batch.id, "a", "oak", overwrite=False)
+    assert changed and record.label == "oak" and state == "partial"
+    _, changed, _ = projects.record_feedback(batch.id, "a", "oak", overwrite=False)
+    assert not changed
+    with pytest.raises(FeedbackError) as conflict:
+        projects.record_feedback(batch.id, "a", "steel", overwrite=False)
+    assert conflict.value.code == "conflict" and "overwrite" in str(conflict.value)
+    assert projects.get_batch(batch.id).candidates[0].label == "oak"  # type: ignore[union-attr]
+
+    projects.record_feedback(batch.id, "a", "steel", overwrite=True)
+    _, _, state = projects.record_feedback(batch.id, "b", "oak", overwrite=False)
+    assert state == "done"
+    done = projects.get_batch(batch.id)
+    assert done is not None and done.closed_at is not None and done.labelled == 2
+    assert [(x.sample_id, x.label) for x in projects.labels(project_id)] == [
+        ("a", "steel"),
+        ("b", "oak"),
+    ]
+    assert projects.proposed_sample_ids(project_id) == {"a", "b"}
+    assert [b.labelled for b in projects.list_batches(project_id)] == [2]
+
+
+def test_a_trigger_fires_once_per_key_and_retraining_is_one_transaction(
+    stores: tuple[Store, ActiveLearningStore], tmp_path: Path
+) -> None:
+    store, projects = stores
+    project_id = make_project(stores, tmp_path)
+    first = projects.fire_trigger(project_id, "drift", "job-1", {"p": 0.001})
+    assert first is not None and first.state == "fired"
+    assert projects.fire_trigger(project_id, "drift", "job-1", {"p": 0.002}) is None
+    assert projects.fire_trigger(project_id, "drift", "job-2", {"p": 0.003}) is not None
+    assert projects.fire_trigger(project_id, "uncertainty", "job-1", {}) is not None
+
+    job_id, version = projects.create_retraining(
+        project_id, job_spec("retrain"), tmp_path, 7, first.id
+    )
+    assert version == 2
+    assert store.get_job(job_id) is not None
+    trigger = projects.get_trigger(first.id)
+    assert trigger is not None and trigger.state == "retraining" and trigger.job_id == job_id
+    versions = projects.versions(project_id)
+    assert [(v.version, v.feedback_samples, v.trigger_id) for v in versions] == [
+        (1, 0, None),
+        (2, 7, first.id),
+    ]
+    assert versions[0].val_accuracy == 0.75 and versions[1].val_accuracy is None
+
+
+def test_project_specs_name_the_bad_field() -> None:
+    good = {"dataset_path": "/d", "pool_path": "/p", "model_job_id": "job-1"}
+    for change, field in [
+        ({"strategy": "psychic"}, "strategy"),
+        ({"strategy": "bald"}, "mc_dropout_passes"),
+        ({"retrain": {"dataset_path": "/x"}}, "retrain"),
+        ({"retrain": {"epoch": 3}}, "retrain"),
+        ({"triggers": {"drift_alpha": 2}}, "triggers.drift_alpha"),
+        ({"pool_path": ""}, "pool_path"),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            parse_project_spec(good | change)
+        assert caught.value.field == field, (change, caught.value)
+
+
+def image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path)
+    return path
+
+
+def test_the_retraining_dataset_links_the_data_and_the_labels(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("oak", "steel"):
+            image(data / split / name / "0.png")
+    labelled = image(tmp_path / "pool" / "sub" / "x.png")
+    now = datetime.now(UTC)
+    labels = [Label("sub/x.png", str(labelled), "oak", now)]
+
+    built = build_retraining_dataset(str(data), labels, tmp_path / "v2")
+    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*.png"))
+    assert len(files) == 5 and "val/oak/0.png" in files
+    feedback = [p for p in (built / "train" / "oak").iterdir() if p.name.startswith("feedback-")]
+    assert len(feedback) == 1 and feedback[0].resolve() == labelled.resolve()
+    assert all(p.is_symlink() for p in built.rglob("*.png"))
+
+    # A new class has no validation images: no val split, the fine-tune holds some out.
+    new_class = [*labels, Label("y.png", str(image(tmp_path / "pool" / "y.png")), "glass", now)]
+    built = build_retraining_dataset(str(data), new_class, tmp_path / "v3")
+    assert not (built / "val").exists() and (built / "train" / "glass").is_dir()
+
+    gone = [Label("gone.png", str(tmp_path / "pool" / "gone.png"), "oak", now)]
+    with pytest.raises(DatasetBuildError, match=r"gone\.png"):
+        build_retraining_dataset(str(data), gone, tmp_path / "v4")
+    assert not (tmp_path / "v4").exists() and not (tmp_path / "v4.partial").exists()
+    assert labelled.is_file()  # the originals are never touched

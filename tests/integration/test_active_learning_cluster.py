@@ -22,6 +22,7 @@ from matrec.sdk import (
 )
 from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from matrec.sdk.local_cluster import LocalCluster
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -221,3 +222,42 @@ def test_a_project_needs_a_succeeded_finetune_model(
         assert client.list_learning_projects() == [] or all(
             p.spec["model_job_id"] != "job-nope" for p in client.list_learning_projects()
         )
+
+
+def test_the_monitor_fires_on_a_shifted_pool_and_not_on_a_clean_one(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    fresh = make_demo_dataset(
+        tmp_path / "fresh", seed=11, patch_size=32, train_per_class=1, val_per_class=6
+    )
+    clean, dark = tmp_path / "clean", tmp_path / "dark"
+    clean.mkdir()
+    dark.mkdir()
+    for path in sorted((fresh.path / "val").glob("*/*.png")):
+        name = f"{path.parent.name}-{path.name}"
+        shutil.copy(path, clean / name)
+        with Image.open(path) as opened:
+            Image.eval(opened.convert("RGB"), lambda v: int(v * 0.3)).save(dark / name)
+
+    with Client(cluster.address) as client:
+        spec = {
+            "name": "drift-model",
+            "config": {"dataset_path": str(small_dataset.path), **FINETUNE},
+        }
+        model = client.wait(client.submit_job(spec).id, 300)
+        assert model.state == "succeeded", model.error
+        fired: dict[str, list[str]] = {}
+        for name, pool_dir in (("clean", clean), ("dark", dark)):
+            project = client.create_learning_project(
+                {"name": name, "dataset_path": str(small_dataset.path), "pool_path": str(pool_dir),
+                 "model_job_id": model.id, "triggers": {"feedback_threshold": 0, "drift": True}}
+            )  # fmt: skip
+            for job_id in (project.pool_scoring_job_id, project.reference_scoring_job_id):
+                assert client.wait(job_id, 300).state == "succeeded"
+            client.check_triggers(project.id)
+            triggers = client.list_triggers(project.id)
+            fired[name] = [t.kind for t in triggers]
+            for trigger in triggers:
+                assert trigger.details["scoring_job_id"] == project.pool_scoring_job_id
+                assert trigger.details["reference_size"] == sum(small_dataset.val_counts.values())
+    assert fired == {"clean": [], "dark": ["drift"]}, fired

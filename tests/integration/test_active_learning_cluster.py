@@ -247,17 +247,34 @@ def test_the_monitor_fires_on_a_shifted_pool_and_not_on_a_clean_one(
         model = client.wait(client.submit_job(spec).id, 300)
         assert model.state == "succeeded", model.error
         fired: dict[str, list[str]] = {}
-        for name, pool_dir in (("clean", clean), ("dark", dark)):
+        policies = {
+            "clean": (clean, {"feedback_threshold": 0, "drift": True}),
+            "dark": (dark, {"feedback_threshold": 0, "drift": True}),
+            # A model trained for one epoch is unsure of everything; and it is over a second old.
+            "stale": (
+                clean,
+                {"feedback_threshold": 0, "drift": False, "max_age_seconds": 1,
+                 "uncertainty_threshold": 0.05},
+            ),
+        }  # fmt: skip
+        for name, (pool_dir, triggers) in policies.items():
             project = client.create_learning_project(
                 {"name": name, "dataset_path": str(small_dataset.path), "pool_path": str(pool_dir),
-                 "model_job_id": model.id, "triggers": {"feedback_threshold": 0, "drift": True}}
+                 "model_job_id": model.id, "triggers": triggers}
             )  # fmt: skip
             for job_id in (project.pool_scoring_job_id, project.reference_scoring_job_id):
                 assert client.wait(job_id, 300).state == "succeeded"
             client.check_triggers(project.id)
-            triggers = client.list_triggers(project.id)
-            fired[name] = [t.kind for t in triggers]
-            for trigger in triggers:
-                assert trigger.details["scoring_job_id"] == project.pool_scoring_job_id
-                assert trigger.details["reference_size"] == sum(small_dataset.val_counts.values())
-    assert fired == {"clean": [], "dark": ["drift"]}, fired
+            stored = client.list_triggers(project.id)
+            fired[name] = sorted(t.kind for t in stored)
+            for trigger in stored:
+                if trigger.kind in ("drift", "uncertainty"):
+                    assert trigger.details["scoring_job_id"] == project.pool_scoring_job_id
+                if trigger.kind == "drift":
+                    expected = sum(small_dataset.val_counts.values())
+                    assert trigger.details["reference_size"] == expected
+                if trigger.kind == "uncertainty":
+                    assert trigger.details["mean_normalised_entropy"] >= 0.05
+            # Evaluating again fires nothing new: one trigger per kind and model or scoring.
+            assert client.check_triggers(project.id) == []
+    assert fired == {"clean": [], "dark": ["drift"], "stale": ["time", "uncertainty"]}, fired

@@ -278,3 +278,29 @@ def test_the_monitor_fires_on_a_shifted_pool_and_not_on_a_clean_one(
             # Evaluating again fires nothing new: one trigger per kind and model or scoring.
             assert client.check_triggers(project.id) == []
     assert fired == {"clean": [], "dark": ["drift"], "stale": ["time", "uncertainty"]}, fired
+
+
+def test_the_embedded_learner_keeps_its_project_across_restarts(
+    small_dataset: DemoDatasetInfo, pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MATREC_COORDINATOR", raising=False)
+    storage = tmp_path / "embedded"
+    with ActiveLearner(
+        storage, dataset_path=small_dataset.path, pool_path=pool, finetune=FINETUNE, timeout=300
+    ) as learner:
+        batch = learner.select_samples_for_labeling(2, "coreset")
+        learner.record_feedback(
+            batch.candidates[0].sample_id, learner.status().classes[0], batch.id
+        )
+        project_id = learner.project_id
+    # The embedded coordinator is gone; a new learner on the same storage_dir starts it again
+    # on the same database and finds the project, its batch and the label.
+    with ActiveLearner(storage, timeout=300) as learner:
+        assert learner.project_id == project_id
+        project = learner.status()
+        assert project.total_feedback == 1 and project.pending_feedback == 1
+        assert learner.client.get_batch(batch.id).labelled == 1
+        second = learner.select_samples_for_labeling(2, "coreset")
+        assert not {c.sample_id for c in second.candidates} & {
+            c.sample_id for c in batch.candidates
+        }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
+from matrec.sdk.ctl.active_learning import active_learning_app
 from matrec.sdk.ctl.certs import certs_app
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
@@ -36,6 +37,7 @@ app = typer.Typer(
 dataset_app = typer.Typer(help="Create datasets.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(hpo_app, name="hpo")
+app.add_typer(active_learning_app, name="active-learning")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(certs_app, name="certs")
 
@@ -430,6 +432,59 @@ def top(
             console.print(render_top(next(iter(snapshots))))
             return
         follow_top(snapshots, console)
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    project_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PROJECT",
+            help="Active-learning projects to watch; none: every project.",
+            show_default=False,
+        ),
+    ] = None,
+    check_interval: Annotated[
+        float,
+        typer.Option(
+            "--check-interval", min=1.0, metavar="S", help="Seconds between two trigger checks."
+        ),
+    ] = 60.0,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Check once, print the view and what fired, and exit."),
+    ] = False,
+) -> None:
+    """Evaluate the retraining triggers of active-learning projects and show them live.
+
+    Every S seconds the triggers (feedback count, time since training, uncertainty, drift) are evaluated; the view shows each project's model and new feedback, the newest triggers and the retraining jobs. In a pipe: one line per fired trigger and per retraining job that changes state. Ctrl-C ends it (exit code 0).
+
+    The coordinator also evaluates them on its own every --trigger-check-interval; a trigger fires once either way. A fired trigger is answered by `matrec-ctl active-learning retrain PROJECT --trigger ID`.
+
+    [dim]$ matrec-ctl monitor --check-interval 30
+    $ matrec-ctl monitor alp-5d1e2f3a4b6c --once[/]
+    """  # noqa: E501
+    from matrec.sdk.ctl.active_learning import MonitorTally, run_monitor
+
+    tally = MonitorTally()
+    with _client(ctx) as client:
+        try:
+            run_monitor(
+                client,
+                project_ids or [],
+                console,
+                interval=check_interval,
+                once=once,
+                tally=tally,
+            )
+        except KeyboardInterrupt:
+            if not tally.checks:
+                raise
+            console.print(
+                f"stopped monitoring after {tally.checks} checks; {tally.fired} triggers fired",
+                style="dim",
+            )
 
 
 # -- reports ----------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ class AgentDaemon:
                 work_root=self.settings.data_dir / "tasks",
                 cpus=assignment.resources.cpus or 1.0,
                 gpu_indices=gpus,
+                allowed_paths=self.settings.allowed_paths,
             ),
             self.outbox.add,
         )

@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from matrec.agent.path_policy import parse_roots
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -26,6 +28,7 @@ class AgentSettings:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    allowed_paths: tuple[Path, ...] = ()
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -113,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a task gets to checkpoint on shutdown before it is killed "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--allowed-path",
+        dest="allowed_paths",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="run only tasks whose datasets, models, pools and working folders lie under ROOT "
+        "(give it once per root; include the shared artifact root for retraining and resumes) "
+        f"[MATREC_ALLOWED_PATHS, separated by '{os.pathsep}'] (default: any path)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -134,4 +148,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         python=args.python,
         stop_grace=args.stop_grace,
         log_level=args.log_level,
+        allowed_paths=tuple(
+            p.expanduser() for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
+        ),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from matrec.agent.path_policy import ALLOWED_PATHS_ENV
 from matrec.agent.worker_protocol import (
     EXIT_INVALID_TASK,
     EXIT_OK,
@@ -50,6 +51,7 @@ class TaskEnvironment:
     work_root: Path
     cpus: float
     gpu_indices: tuple[int, ...]
+    allowed_paths: tuple[Path, ...] = ()
 
 
 class TaskRun:
@@ -155,6 +157,8 @@ class TaskRun:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.env.gpu_indices)
         env["PYTHONUNBUFFERED"] = "1"
         env[PARENT_PID_ENV] = str(os.getpid())
+        # The worker checks the task's paths against the agent's roots (agent/path_policy.py).
+        env[ALLOWED_PATHS_ENV] = os.pathsep.join(str(p) for p in self.env.allowed_paths)
         read_fd, write_fd = os.pipe()
         try:
             self.process = await asyncio.create_subprocess_exec(

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO, TypeAlias
 
+from matrec.agent.path_policy import PathPolicy
 from matrec.agent.worker_protocol import (
     EXIT_FAILED,
     EXIT_INVALID_TASK,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reporter = EventReporter(events)
     try:
+        PathPolicy.from_env().check_task(task.kind, task.config)
         reporter.result(_run(task, config, reporter, stop))
         return EXIT_OK
     except TaskStopped as exc:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matrec.agent.path_policy import PathPolicy
 from matrec.agent.training.augmentation import eval_transform
 from matrec.agent.training.descriptors import describe_image
 from matrec.agent.training.models import head_name, model_from_file
@@ -114,6 +115,8 @@ def run_scoring(
         pool = list_pool(Path(config.pool_path))
     except ValueError as exc:
         raise ScoringError(str(exc)) from None
+    # A manifest can name files anywhere: each must be under the agent's allowed roots too.
+    PathPolicy.from_env().check_files([path for _, path in pool], "pool image")
     if config.max_samples is not None:
         pool = pool[: config.max_samples]
     device = _pick_device(config.device)

@@ -281,6 +281,7 @@ def batch_from_proto(msg: active_learning_pb2.Batch) -> LabellingBatch:
         closed_at=_time(msg, "closed_at"),
         candidates=[candidate_from_proto(c) for c in msg.candidates],
         labelled=msg.labelled,
+        size=msg.size,
     )
 
 

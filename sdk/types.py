@@ -321,6 +321,7 @@ class LabellingBatch:
     closed_at: datetime | None
     candidates: list[Candidate]
     labelled: int
+    size: int
 
 
 @dataclass(frozen=True)

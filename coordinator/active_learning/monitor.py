@@ -11,7 +11,7 @@ import time
 
 from matrec.coordinator.active_learning.datasets import DatasetBuildError
 from matrec.coordinator.active_learning.projects import ProjectError, ProjectManager
-from matrec.coordinator.active_learning.store import TriggerRecord
+from matrec.coordinator.active_learning.store import ProjectRecord, TriggerRecord
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
@@ -59,32 +59,24 @@ class TriggerMonitor:
         for project in self.manager.projects.list_projects():
             if self.manager.settle(project):
                 self.scheduler.wake()
-            if not check:
-                continue
-            new = self.manager.check_triggers(project)
-            fired.extend(new)
-            for trigger in new:
-                log.info("project %s: trigger %s fired (%s)", project.id, trigger.id, trigger.kind)
-            if new and project.spec.triggers.auto_retrain:
-                self.retrain(project.id, new[0])
+            if check:
+                new = self.manager.check_triggers(project)
+                fired.extend(new)
+                for trigger in new:
+                    log.info(
+                        "project %s: trigger %s fired (%s)", project.id, trigger.id, trigger.kind
+                    )
+            # Every tick, whoever fired the trigger (this monitor, an SDK call, matrec-ctl).
+            self.retrain(project)
         return fired
 
-    def retrain(self, project_id: str, trigger: TriggerRecord) -> None:
-        project = self.manager.projects.get_project(project_id)
-        if project is None:
-            return
+    def retrain(self, project: ProjectRecord) -> None:
         try:
-            job_id, version = self.manager.retrain(project, trigger.id)
+            started = self.manager.retrain_if_automatic(project)
         except (ProjectError, DatasetBuildError) as error:
-            log.warning(
-                "project %s: retraining for %s not started: %s", project_id, trigger.id, error
-            )
+            log.warning("project %s: automatic retraining not started: %s", project.id, error)
             return
-        log.info(
-            "project %s: retraining job %s (version %d) for %s",
-            project_id,
-            job_id,
-            version,
-            trigger.id,
-        )
-        self.scheduler.wake()
+        if started is not None:
+            job_id, version = started
+            log.info("project %s: retraining job %s (version %d)", project.id, job_id, version)
+            self.scheduler.wake()

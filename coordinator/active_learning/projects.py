@@ -23,6 +23,7 @@ from matrec.coordinator.active_learning.jobs import retraining_spec, scoring_spe
 from matrec.coordinator.active_learning.store import (
     TRIGGER_DONE,
     TRIGGER_FAILED,
+    TRIGGER_FIRED,
     TRIGGER_RETRAINING,
     ActiveLearningStore,
     BatchRecord,
@@ -72,6 +73,13 @@ def _snapshot_time(versions: list[VersionRecord]) -> datetime:
     """Labels after this time are in no model yet: the newest version that did not fail."""
     alive = [v for v in versions if v.job.state not in (JobState.FAILED, JobState.CANCELLED)]
     return (alive or versions)[-1].created_at
+
+
+def _retraining(versions: list[VersionRecord]) -> bool:
+    """Whether a retraining job (any version after the first) is queued or running."""
+    return any(
+        v.job.state is not None and v.job.state not in FINAL_JOB_STATES for v in versions[1:]
+    )
 
 
 def _trained_at(version: VersionRecord) -> datetime:
@@ -371,6 +379,18 @@ class ProjectManager:
             return None
         details = report.to_dict() | {"scoring_job_id": scoring.job_id}
         return self.projects.fire_trigger(project.id, "drift", scoring.job_id, details)
+
+    def retrain_if_automatic(self, project: ProjectRecord) -> tuple[str, int] | None:
+        """For a project with triggers.auto_retrain: retrain for its oldest trigger still
+        waiting (fired by the monitor, an SDK call or `matrec-ctl monitor` alike). None when
+        there is none, the project retrains by hand, or a retraining job is running."""
+        if not project.spec.triggers.auto_retrain:
+            return None
+        waiting = [t for t in self.projects.triggers(project.id) if t.state == TRIGGER_FIRED]
+        versions = self.projects.versions(project.id)
+        if not waiting or _retraining(versions):
+            return None
+        return self.retrain(project, waiting[0].id)
 
     def retrain(self, project: ProjectRecord, trigger_id: str = "") -> tuple[str, int]:
         if trigger_id:

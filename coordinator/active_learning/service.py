@@ -62,6 +62,7 @@ def batch_to_proto(record: BatchRecord) -> pb.Batch:
         closed_at=convert.timestamp(record.closed_at),
         candidates=[candidate_to_proto(c) for c in record.candidates],
         labelled=record.labelled,
+        size=record.size,
     )
 
 
@@ -220,6 +221,12 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
         if batch is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"batch {request.batch_id!r} not found")
         assert batch is not None
+        if request.sample_id not in {c.sample_id for c in batch.candidates}:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"sample {request.sample_id!r} is not a candidate of batch {batch.id}; "
+                f"`matrec-ctl active-learning status {batch.id}` lists its samples",
+            )
         project = await self._project(batch.project_id, context)
         try:
             self.manager.check_label(project, request.label, request.add_class)
@@ -247,6 +254,13 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
         project = await self._project(request.project_id, context)
         self.manager.settle(project)
         fired = self.manager.check_triggers(project)
+        try:
+            if self.manager.retrain_if_automatic(project) is not None:
+                self.scheduler.wake()
+        except (ProjectError, DatasetBuildError) as error:
+            log.warning("project %s: automatic retraining not started: %s", project.id, error)
+        # Re-read: a trigger that started a retraining is in state retraining now.
+        fired = [self.manager.projects.get_trigger(t.id) or t for t in fired]
         return pb.CheckTriggersResponse(fired=[trigger_to_proto(t) for t in fired])
 
     async def ListTriggers(

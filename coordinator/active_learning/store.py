@@ -95,6 +95,7 @@ class BatchRecord:
     closed_at: datetime | None
     candidates: list[CandidateRecord] = field(default_factory=list)
     labelled: int = 0
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,12 +258,12 @@ class ActiveLearningStore:
                     created_at=utcnow(),
                 )
             )
-            if trigger_id:
-                conn.execute(
-                    t.update()
-                    .where(t.c.id == trigger_id)
-                    .values(state=TRIGGER_RETRAINING, job_id=job_id)
-                )
+            # The retraining answers every trigger still waiting, not only the one named.
+            conn.execute(
+                t.update()
+                .where(t.c.project_id == project_id, t.c.state == TRIGGER_FIRED)
+                .values(state=TRIGGER_RETRAINING, job_id=job_id)
+            )
         return job_id, version
 
     # Scorings
@@ -366,27 +367,34 @@ class ActiveLearningStore:
                 return None
             rows = conn.execute(sa.select(c).where(c.c.batch_id == batch_id).order_by(c.c.id)).all()
         candidates = [self._candidate(r) for r in rows]
-        return self._batch(row, candidates, sum(1 for x in candidates if x.label))
+        labelled = sum(1 for x in candidates if x.label)
+        return self._batch(row, candidates, labelled, len(candidates))
 
     def list_batches(self, project_id: str) -> list[BatchRecord]:
         b, c = schema.active_learning_batches, schema.active_learning_candidates
         labelled = (
-            sa.select(c.c.batch_id, sa.func.count(c.c.label).label("labelled"))
+            sa.select(
+                c.c.batch_id,
+                sa.func.count(c.c.label).label("labelled"),
+                sa.func.count().label("size"),
+            )
             .group_by(c.c.batch_id)
             .subquery()
         )
         query = (
-            sa.select(b, labelled.c.labelled)
+            sa.select(b, labelled.c.labelled, labelled.c.size)
             .select_from(b.outerjoin(labelled, labelled.c.batch_id == b.c.id))
             .where(b.c.project_id == project_id)
             .order_by(b.c.created_at, b.c.id)
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [self._batch(r, [], int(r.labelled or 0)) for r in rows]
+        return [self._batch(r, [], int(r.labelled or 0), int(r.size or 0)) for r in rows]
 
     @staticmethod
-    def _batch(row: sa.Row[Any], candidates: list[CandidateRecord], labelled: int) -> BatchRecord:
+    def _batch(
+        row: sa.Row[Any], candidates: list[CandidateRecord], labelled: int, size: int
+    ) -> BatchRecord:
         m = row._mapping
         return BatchRecord(
             id=m["id"],
@@ -398,6 +406,7 @@ class ActiveLearningStore:
             closed_at=as_utc(m["closed_at"]),
             candidates=candidates,
             labelled=labelled,
+            size=size,
         )
 
     @staticmethod

@@ -902,9 +902,9 @@ def status(
             _show_batch(client.get_batch(target), as_json)
             return
         project = client.get_learning_project(target)
-        # Listed batches come without their candidates: the batch size needs each batch.
-        batches = [client.get_batch(b.id) for b in client.list_batches(project.id)]
-        sizes = {b.id: len(b.candidates) for b in batches}
+        # Listed batches come without their candidates (`status BATCH` shows them).
+        batches = client.list_batches(project.id)
+        sizes = {b.id: b.size for b in batches}
         triggers = client.list_triggers(project.id)
         if as_json:
             data = {"project": project, "batches": batches, "triggers": triggers}

@@ -48,7 +48,7 @@ class Candidate(_message.Message):
     def __init__(self, sample_id: _Optional[str] = ..., sample_uri: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., predicted_class: _Optional[str] = ..., label: _Optional[str] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("id", "project_id", "strategy", "state", "scoring_job_id", "created_at", "closed_at", "candidates", "labelled")
+    __slots__ = ("id", "project_id", "strategy", "state", "scoring_job_id", "created_at", "closed_at", "candidates", "labelled", "size")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Batch(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     LABELLED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     id: str
     project_id: str
     strategy: str
@@ -67,7 +68,8 @@ class Batch(_message.Message):
     closed_at: _timestamp_pb2.Timestamp
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     labelled: int
-    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., scoring_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., labelled: _Optional[int] = ...) -> None: ...
+    size: int
+    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., scoring_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., labelled: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "job_id", "val_accuracy", "trigger_id", "created_at", "feedback_samples", "state")

@@ -175,8 +175,8 @@ class ActiveLearningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Retrain(self, request, context):
-        """Submits a retraining job from the latest model with every label so far. With a trigger id
-        the trigger is marked as handled by it.
+        """Submits a retraining job from the latest model with every label so far. Every trigger
+        still waiting (state fired) is marked as handled by it; a trigger id must name one of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from matrec.common.logs import configure_logging
+from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
 from matrec.coordinator.server import Coordinator
 from matrec.coordinator.settings import CoordinatorSettings, parse_settings
 
@@ -24,7 +25,7 @@ async def serve(settings: CoordinatorSettings) -> None:
     log.info(
         "matrec coordinator listening on %s (database %s%s)",
         address,
-        settings.effective_database_url.split("@")[-1],
+        _where(settings.effective_database_url),
         metrics,
     )
     if settings.ready_file is not None:
@@ -47,6 +48,18 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(settings))
     except OSError as error:
         sys.exit(f"error: {error}")
+    except DATABASE_DOWN_ERRORS as error:
+        # The driver's own text names host and port, never the password.
+        reason = " ".join(str(error.orig or error).split())
+        sys.exit(
+            f"error: cannot open the database {_where(settings.effective_database_url)}: "
+            f"{reason} (start it, or fix --database-url / MATREC_DATABASE_URL)"
+        )
+
+
+def _where(url: str) -> str:
+    """The database URL without its credentials."""
+    return url.split("@")[-1] if "@" in url else url
 
 
 if __name__ == "__main__":

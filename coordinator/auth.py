@@ -207,7 +207,7 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    return _rebuild(handler, abort, abort_stream)
+    return rebuild_handler(handler, abort, abort_stream)
 
 
 def _as(handler: grpc.RpcMethodHandler, identity: Identity) -> Any:
@@ -229,10 +229,10 @@ def _as(handler: grpc.RpcMethodHandler, identity: Identity) -> Any:
         async for response in streaming(request_or_iterator, context):
             yield response
 
-    return _rebuild(handler, call, stream)
+    return rebuild_handler(handler, call, stream)
 
 
-def _rebuild(
+def rebuild_handler(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     streaming: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],

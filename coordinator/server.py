@@ -25,6 +25,7 @@ from matrec.coordinator.hpo.study_service import StudyService
 from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_service import JobService, SubmitPolicy
 from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.rate_limit import RateLimitInterceptor
 from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.settings import CoordinatorSettings
@@ -99,6 +100,8 @@ class Coordinator:
         server = grpc.aio.server(
             interceptors=[
                 LatencyInterceptor(telemetry),
+                # Before auth: a flood of calls with bad tokens must not reach the token table.
+                RateLimitInterceptor(s.rate_limit, s.rate_burst),
                 AuthInterceptor(tokens, enabled=s.auth),
                 DatabaseErrorInterceptor(),
             ],

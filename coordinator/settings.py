@@ -30,6 +30,8 @@ class CoordinatorSettings:
     tls_client_ca: Path | None = None
     insecure: bool = False
     trigger_check_interval: float = 60.0
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
 
     @property
     def tls(self) -> bool:
@@ -115,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(_env("RATE_LIMIT", "0")),
+        help="calls per second allowed to each caller (API token, else client address); over "
+        "it a call gets RESOURCE_EXHAUSTED and the SDK waits and retries; 0 = no limit "
+        "[MATREC_RATE_LIMIT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=float,
+        default=float(_env("RATE_BURST", "0")),
+        help="calls a caller may make at once before --rate-limit applies; 0 = twice the rate, "
+        "at least 10 [MATREC_RATE_BURST] (default: %(default)s)",
+    )
+    parser.add_argument(
         "--trigger-check-interval",
         type=float,
         default=float(_env("TRIGGER_CHECK_INTERVAL", "60")),
@@ -185,6 +202,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
     args = build_parser().parse_args(argv)
     if args.metric_max_points < 0 or args.metric_retention_days < 0:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
+    if args.rate_limit < 0 or args.rate_burst < 0:
+        build_parser().error("--rate-limit and --rate-burst must be >= 0")
     if args.trigger_check_interval <= 0:
         build_parser().error("--trigger-check-interval must be > 0 seconds")
     if args.lease_ttl <= args.heartbeat_interval:
@@ -219,6 +238,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         trigger_check_interval=args.trigger_check_interval,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst or max(10.0, 2 * args.rate_limit),
     )
 
 

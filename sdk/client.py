@@ -69,6 +69,11 @@ from matrec.v1 import (
 )
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: A call refused by the coordinator's rate limit is retried after the wait it names.
+RATE_LIMIT_RETRIES = 20
+MAX_RATE_LIMIT_WAIT = 10.0
+#: Set by the coordinator's rate limit (coordinator/rate_limit.py).
+RETRY_AFTER_KEY = "retry-after-ms"
 T = TypeVar("T")
 
 # Keepalive pings only while a call is open (a long WatchJob); a coordinator must allow pings this
@@ -181,10 +186,15 @@ class Client:
     def _call(
         self, method: Any, request: Any, not_found: type[NotFoundError] = JobNotFoundError
     ) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, address=self.address, not_found=not_found) from None
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                wait = _rate_limit_wait(exc)
+                if wait is None or attempt == RATE_LIMIT_RETRIES:
+                    raise from_rpc_error(exc, address=self.address, not_found=not_found) from None
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def submit_job(self, spec: JobSpecModel | Mapping[str, Any]) -> Job:
         """Validate `spec` locally, then submit it. Raises InvalidSpecError naming the field."""
@@ -558,6 +568,20 @@ class Client:
         request = active_learning_pb2.RetrainRequest(project_id=project_id, trigger_id=trigger_id)
         response = self._call(self._learning.Retrain, request, ProjectNotFoundError)
         return response.job_id, response.version
+
+
+def _rate_limit_wait(exc: grpc.RpcError) -> float | None:
+    """Seconds the coordinator asked a rate-limited caller to wait; None for other errors."""
+    call: grpc.Call = exc  # type: ignore[assignment]
+    if call.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for key, value in call.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return min(MAX_RATE_LIMIT_WAIT, max(0.001, int(value) / 1000))
+            except ValueError:
+                break
+    return None
 
 
 def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:

@@ -465,7 +465,7 @@ def monitor(
     [dim]$ matrec-ctl monitor --check-interval 30
     $ matrec-ctl monitor alp-5d1e2f3a4b6c --once[/]
     """  # noqa: E501
-    from matrec.sdk.ctl.active_learning import MonitorTally, run_monitor
+    from matrec.sdk.ctl.active_learning_view import MonitorTally, run_monitor
 
     tally = MonitorTally()
     with _client(ctx) as client:

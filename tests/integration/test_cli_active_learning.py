@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 from matrec.common.active_learning.selection import STRATEGIES
-from matrec.sdk.ctl.active_learning import EXPORT_COLUMNS, Strategy
+from matrec.sdk.ctl.active_learning import Strategy
 from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
+from matrec.sdk.labelling_files import EXPORT_COLUMNS
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.sdk.types import LabellingBatch
 from support.cluster_jobs import finetune_spec, wait_until

@@ -38,6 +38,9 @@ from matrec.coordinator.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
+#: Rows of the reference and of the pool scoring the drift test compares, at most.
+DRIFT_MAX_SAMPLES = 500
+
 
 class ProjectError(Exception):
     """A request the project cannot serve. `code`: invalid, not_found or precondition."""
@@ -73,6 +76,14 @@ def _snapshot_time(versions: list[VersionRecord]) -> datetime:
     """Labels after this time are in no model yet: the newest version that did not fail."""
     alive = [v for v in versions if v.job.state not in (JobState.FAILED, JobState.CANCELLED)]
     return (alive or versions)[-1].created_at
+
+
+def _sample_rows(scores: PoolScores) -> np.ndarray:
+    """At most DRIFT_MAX_SAMPLES rows of `scores`, the same ones on every evaluation."""
+    count = len(scores.sample_ids)
+    if count <= DRIFT_MAX_SAMPLES:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, DRIFT_MAX_SAMPLES, replace=False))
 
 
 def _retraining(versions: list[VersionRecord]) -> bool:
@@ -364,12 +375,14 @@ class ProjectManager:
         scores: PoolScores,
         alpha: float,
     ) -> TriggerRecord | None:
+        # The kernel test's cost grows with the square of both sizes: a seeded sample of each.
+        ref_rows, new_rows = _sample_rows(reference), _sample_rows(scores)
         try:
             report = detect_drift(
-                reference.probabilities,
-                scores.probabilities,
-                reference_embeddings=reference.embeddings,
-                current_embeddings=scores.embeddings,
+                reference.probabilities[ref_rows],
+                scores.probabilities[new_rows],
+                reference_embeddings=reference.embeddings[ref_rows],
+                current_embeddings=scores.embeddings[new_rows],
                 alpha=alpha,
             )
         except ValueError as error:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matrec.sdk.active_learning import ActiveLearner, RetrainResult, retrain_from_feedback
     from matrec.sdk.client import Client
+    from matrec.sdk.config import ConfigError, MatrecConfig, load_config
     from matrec.sdk.errors import (
         CoordinatorUnavailableError,
         InvalidSpecError,
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
     )
     from matrec.sdk.evaluation import ClassMetrics, Evaluation
     from matrec.sdk.hpo import HPOResult, StudyFailedError, optimize_hyperparameters
+    from matrec.sdk.labelling_files import ImportResult, export_batch, import_labels
+    from matrec.sdk.training_api import (
+        EnhancedTrainingAPI,
+        TrainingResult,
+        train_with_all_improvements,
+    )
     from matrec.sdk.transfer import TransferResult, transfer_learn
     from matrec.sdk.types import (
         Agent,
@@ -69,11 +76,14 @@ __all__ = [
     "Candidate",
     "ClassMetrics",
     "Client",
+    "ConfigError",
     "CoordinatorUnavailableError",
+    "EnhancedTrainingAPI",
     "Evaluation",
     "GpuInfo",
     "HPOResult",
     "HistoryEntry",
+    "ImportResult",
     "InvalidSpecError",
     "Job",
     "JobEvent",
@@ -86,6 +96,7 @@ __all__ = [
     "LearningProject",
     "LogLine",
     "LogsEvent",
+    "MatrecConfig",
     "MatrecError",
     "Metric",
     "MetricsEvent",
@@ -98,11 +109,16 @@ __all__ = [
     "StudyFailedError",
     "StudyNotFoundError",
     "Task",
+    "TrainingResult",
     "TransferResult",
     "Trial",
     "WatchEvent",
+    "export_batch",
+    "import_labels",
+    "load_config",
     "optimize_hyperparameters",
     "retrain_from_feedback",
+    "train_with_all_improvements",
     "transfer_learn",
 ]
 
@@ -110,12 +126,15 @@ __all__ = [
 # pydantic (grpc only once it submits a job).
 _MODULES = (
     "matrec.sdk.types",
+    "matrec.sdk.config",
     "matrec.sdk.errors",
     "matrec.sdk.evaluation",
     "matrec.sdk.transfer",
     "matrec.sdk.hpo",
     "matrec.sdk.client",
     "matrec.sdk.active_learning",
+    "matrec.sdk.labelling_files",
+    "matrec.sdk.training_api",
 )
 
 

@@ -236,9 +236,8 @@ class ProjectManager:
             )
         scoring, scores = newest
         proposed = self.projects.proposed_sample_ids(project.id)
+        # Excluded samples also count as covered centres for the diversity strategies.
         exclude = [i for i, s in enumerate(scores.sample_ids) if s in proposed]
-        # Samples already proposed count as covered for the diversity strategies.
-        covered = np.asarray(exclude, dtype=np.intp)
         left = len(scores.sample_ids) - len(exclude)
         if left == 0:
             raise ProjectError(
@@ -252,7 +251,6 @@ class ProjectManager:
                 scores.probabilities,
                 embeddings=scores.embeddings,
                 mc_probabilities=scores.mc_probabilities,
-                labelled_embeddings=scores.embeddings[covered] if len(covered) else None,
                 exclude=exclude,
                 class_balance=class_balance,
                 seed=seed,

@@ -18,6 +18,8 @@ From the shell, with the seed's flags::
     python -m matrec.sdk.training_api --dataset /data/materials --model-type hybrid \\
         --use-distributed --optimize-hyperparams --use-transfer-learning --num-workers 4
 
+or ``matrec-ctl train`` with the same flags (both build a `TrainingRequest` for `run_training`).
+
 **Where it runs.** Settings come from `matrec.sdk.config` (arguments > environment > config
 file > defaults). With a coordinator configured (`coordinator`, $MATREC_COORDINATOR) the jobs run
 on that cluster. Without one the API starts an *embedded* cluster under ``base_dir/cluster``: a
@@ -63,7 +65,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -954,46 +956,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A training as the command lines ask for it (`python -m matrec.sdk.training_api` and
+    `matrec-ctl train` build one from their flags); None means "not given": the configuration's
+    value (`matrec.sdk.config`), else train_model's default. `settings` are ``KEY=VALUE`` items
+    for any other finetune config field (VALUE as JSON, else a string)."""
+
+    dataset: str
+    model_type: str = "hybrid"
+    use_distributed: bool | None = None
+    optimize_hyperparams: bool | None = None
+    use_transfer_learning: bool | None = None
+    num_workers: int | None = None
+    epochs: int = 10
+    max_trials: int = DEFAULT_MAX_TRIALS
+    hpo_epochs: int | None = None
+    model: str | None = None
+    image_size: int | None = None
+    batch_size: int | None = None
+    pretrained_path: str | None = None
+    base_dir: str | None = None
+    coordinator: str | None = None
+    visualization_level: str | None = None
+    device: str | None = None
+    settings: tuple[str, ...] = ()
+
+    def finetune_config(self) -> dict[str, Any]:
+        """The finetune config fields this request fixes: `settings`, then model, image_size
+        and batch_size. Raises ValueError naming a ``--set`` item that is not KEY=VALUE."""
+        finetune: dict[str, Any] = {}
+        for item in self.settings:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            try:
+                finetune[key] = json.loads(raw)
+            except ValueError:
+                finetune[key] = raw
+        for key, value in (
+            ("model", self.model),
+            ("image_size", self.image_size),
+            ("batch_size", self.batch_size),
+        ):
+            if value is not None:
+                finetune[key] = value
+        return finetune
+
+
+def run_training(request: TrainingRequest) -> TrainingResult:
+    """Train as `request` asks, with an EnhancedTrainingAPI opened (and closed) for it."""
+    finetune = request.finetune_config()
+    with EnhancedTrainingAPI(
+        base_dir=request.base_dir,
+        use_distributed=request.use_distributed,
+        enable_transfer_learning=request.use_transfer_learning,
+        enable_hyperparameter_optimization=request.optimize_hyperparams,
+        visualization_level=request.visualization_level,
+        num_workers=request.num_workers,
+        coordinator=request.coordinator,
+        device=request.device,
+    ) as api:
+        return api.train_model(
+            request.dataset,
+            request.model_type,
+            request.epochs,
+            pretrained_path=request.pretrained_path,
+            max_trials=request.max_trials,
+            hpo_epochs=request.hpo_epochs,
+            **finetune,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    finetune: dict[str, Any] = {}
-    for item in args.settings:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        try:
-            finetune[key] = json.loads(raw)
-        except ValueError:
-            finetune[key] = raw
-    for key, value in (
-        ("model", args.model),
-        ("image_size", args.image_size),
-        ("batch_size", args.batch_size),
-    ):
-        if value is not None:
-            finetune[key] = value
+    request = TrainingRequest(
+        **{f.name: getattr(args, f.name) for f in fields(TrainingRequest) if f.name != "settings"},
+        settings=tuple(args.settings),
+    )
     try:
-        with EnhancedTrainingAPI(
-            base_dir=args.base_dir,
-            use_distributed=args.use_distributed,
-            enable_transfer_learning=args.use_transfer_learning,
-            enable_hyperparameter_optimization=args.optimize_hyperparams,
-            visualization_level=args.visualization_level,
-            num_workers=args.num_workers,
-            coordinator=args.coordinator,
-            device=args.device,
-        ) as api:
-            result = api.train_model(
-                args.dataset,
-                args.model_type,
-                args.epochs,
-                pretrained_path=args.pretrained_path,
-                max_trials=args.max_trials,
-                hpo_epochs=args.hpo_epochs,
-                **finetune,
-            )
+        request.finetune_config()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_training(request)
     except (MatrecError, ConfigError, ValueError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ imported only when a command runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +40,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from matrec.sdk.client import Client
-    from matrec.sdk.types import LabellingBatch, LearningProject
+    from matrec.sdk.types import LabellingBatch, LearningProject, RetrainingTrigger
 
 active_learning_app = typer.Typer(
     name="active-learning",
@@ -50,7 +51,15 @@ active_learning_app = typer.Typer(
     "$ matrec-ctl active-learning select alp-5d1e2f3a4b6c --count 20\n"
     "$ matrec-ctl active-learning export alb-0a1b2c3d4e5f --format csv --output batch.csv\n"
     "$ matrec-ctl active-learning import alb-0a1b2c3d4e5f batch.csv\n"
-    "$ matrec-ctl active-learning status alp-5d1e2f3a4b6c[/]",
+    "$ matrec-ctl active-learning status alp-5d1e2f3a4b6c[/]\n\n"
+    "The seed's form, [bold]--operation OP[/] with the options below, runs the same code on the "
+    "configured coordinator (-c, MATREC_COORDINATOR, the config file) or, with none, on the "
+    "embedded cluster of --storage-dir (as ActiveLearner does). Its project is --project, else "
+    "the one remembered in --storage-dir; with --dataset and --pool a new one starts there.\n\n"
+    "[dim]$ matrec-ctl active-learning --operation select --count 10 --storage-dir ./al\n"
+    "$ matrec-ctl active-learning --operation feedback --batch-id alb-0a1b2c3d4e5f "
+    "--sample-id img_7.png --material-id wood\n"
+    "$ matrec-ctl active-learning --operation check-triggers --project alp-5d1e2f3a4b6c[/]",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -415,30 +424,35 @@ def status(
     $ matrec-ctl active-learning status alb-0a1b2c3d4e5f[/]
     """  # noqa: E501
     with _client(ctx) as client:
-        if target is None:
-            projects = client.list_learning_projects()
-            if as_json:
-                typer.echo(_to_json(projects))
-            elif not projects:
-                console.print(
-                    "no projects; start one with `matrec-ctl active-learning create`", style="dim"
-                )
-            else:
-                console.print(projects_table(projects))
-            return
-        if target.startswith("alb-"):
-            _show_batch(client.get_batch(target), as_json)
-            return
-        project = client.get_learning_project(target)
-        # Listed batches come without their candidates (`status BATCH` shows them).
-        batches = client.list_batches(project.id)
-        sizes = {b.id: b.size for b in batches}
-        triggers = client.list_triggers(project.id)
+        show_status(client, target, as_json)
+
+
+def show_status(client: Client, target: str | None, as_json: bool) -> None:
+    """Every project (`target` None), one project in full, or one batch (an alb- id)."""
+    if target is None:
+        projects = client.list_learning_projects()
         if as_json:
-            data = {"project": project, "batches": batches, "triggers": triggers}
-            typer.echo(_to_json(data))
-            return
-        console.print(project_detail(client, project, batches, sizes, triggers))
+            typer.echo(_to_json(projects))
+        elif not projects:
+            console.print(
+                "no projects; start one with `matrec-ctl active-learning create`", style="dim"
+            )
+        else:
+            console.print(projects_table(projects))
+        return
+    if target.startswith("alb-"):
+        _show_batch(client.get_batch(target), as_json)
+        return
+    project = client.get_learning_project(target)
+    # Listed batches come without their candidates (`status BATCH` shows them).
+    batches = client.list_batches(project.id)
+    sizes = {b.id: b.size for b in batches}
+    triggers = client.list_triggers(project.id)
+    if as_json:
+        data = {"project": project, "batches": batches, "triggers": triggers}
+        typer.echo(_to_json(data))
+        return
+    console.print(project_detail(client, project, batches, sizes, triggers))
 
 
 def _show_batch(batch: LabellingBatch, as_json: bool) -> None:
@@ -501,6 +515,14 @@ def select(
             class_balance=class_balance,
             seed=seed,
         )
+    show_selection(batch, count, as_json)
+
+
+def show_selection(
+    batch: LabellingBatch, count: int, as_json: bool, *, how_to_label: str = ""
+) -> None:
+    """A batch `select` proposed (`count` asked for), and how to label it (`how_to_label`;
+    default: the `feedback`, `export` and `import` commands)."""
     if as_json:
         typer.echo(_to_json(batch))
         return
@@ -510,7 +532,8 @@ def select(
             f"only {len(batch.candidates)} unlabelled samples were left in the pool", style="dim"
         )
     stderr.print(
-        f"label them: matrec-ctl active-learning feedback {batch.id} SAMPLE LABEL, or export "
+        how_to_label
+        or f"label them: matrec-ctl active-learning feedback {batch.id} SAMPLE LABEL, or export "
         f"{batch.id} --format csv, fill the label column and import it",
         style="dim",
         soft_wrap=True,
@@ -544,19 +567,33 @@ def feedback(
     [dim]$ matrec-ctl active-learning feedback alb-0a1b2c3d4e5f oak/img_0042.png wood
     $ matrec-ctl active-learning feedback alb-0a1b2c3d4e5f img_7.png fabric --add-class[/]
     """  # noqa: E501
+    with _client(ctx) as client:
+        record_one(client, batch_id, sample_id, label, overwrite=overwrite, add_class=add_class)
+
+
+def record_one(
+    client: Client,
+    batch_id: str,
+    sample_id: str,
+    label: str,
+    *,
+    overwrite: bool,
+    add_class: bool,
+) -> None:
+    """Record one label and say what changed; a refused label is one error line (exit code 1,
+    or 2 for an unusable label)."""
     from matrec.sdk.errors import CoordinatorUnavailableError, InvalidSpecError, MatrecError
 
-    with _client(ctx) as client:
-        try:
-            candidate, changed = client.record_feedback(
-                batch_id, sample_id, label, overwrite=overwrite, add_class=add_class
-            )
-        except CoordinatorUnavailableError:
-            raise
-        except MatrecError as exc:
-            print_error(cli_message(str(exc)))
-            code = EXIT_INVALID_INPUT if isinstance(exc, InvalidSpecError) else EXIT_FAILURE
-            raise typer.Exit(code) from None
+    try:
+        candidate, changed = client.record_feedback(
+            batch_id, sample_id, label, overwrite=overwrite, add_class=add_class
+        )
+    except CoordinatorUnavailableError:
+        raise
+    except MatrecError as exc:
+        print_error(cli_message(str(exc)))
+        code = EXIT_INVALID_INPUT if isinstance(exc, InvalidSpecError) else EXIT_FAILURE
+        raise typer.Exit(code) from None
     what = "recorded" if changed else "unchanged, already labelled"
     console.print(
         f"{what} {candidate.label!r} for {candidate.sample_id} "
@@ -654,8 +691,12 @@ def triggers(
     """  # noqa: E501
     with _client(ctx) as client:
         found = client.list_triggers(project_id)
+    show_triggers(found, as_json)
+
+
+def show_triggers(found: Sequence[RetrainingTrigger], as_json: bool) -> None:
     if as_json:
-        typer.echo(_to_json(found))
+        typer.echo(_to_json(list(found)))
     elif not found:
         console.print("no triggers fired", style="dim")
     else:
@@ -684,14 +725,301 @@ def retrain(
     [dim]$ matrec-ctl active-learning retrain alp-5d1e2f3a4b6c --trigger trg-1a2b3c4d5e6f --wait[/]
     """
     with _client(ctx) as client:
-        job_id, version = client.retrain(project_id, trigger)
-        if not wait:
-            typer.echo(job_id)
-            stderr.print(
-                f"model version {version} of {project_id}; follow it: matrec-ctl watch {job_id}",
-                style="dim",
-                highlight=False,
+        start_retraining(client, project_id, trigger, wait=wait)
+
+
+def start_retraining(client: Client, project_id: str, trigger: str, *, wait: bool) -> None:
+    """Submit the retraining job: print its id, or with `wait` follow it until it ends."""
+    job_id, version = client.retrain(project_id, trigger)
+    if not wait:
+        typer.echo(job_id)
+        stderr.print(
+            f"model version {version} of {project_id}; follow it: matrec-ctl watch {job_id}",
+            style="dim",
+            highlight=False,
+        )
+        return
+    console.print(f"retraining job [bold]{job_id}[/]: model version {version} of {project_id}")
+    _follow_job(client, job_id)
+
+
+# -- the seed's form: matrec-ctl active-learning --operation OP ... ------------------------------
+
+
+class Operation(StrEnum):
+    select = "select"
+    feedback = "feedback"
+    status = "status"
+    check_triggers = "check-triggers"
+    retrain = "retrain"
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    """The options of the seed's form; None means "not given"."""
+
+    operation: Operation
+    project: str | None = None
+    storage_dir: Path | None = None
+    count: int | None = None
+    strategy: str | None = None
+    sample_id: str | None = None
+    material_id: str | None = None
+    batch_id: str | None = None
+    trigger_id: str | None = None
+    dataset: Path | None = None
+    pool: Path | None = None
+    model_job: str | None = None
+    class_balance: bool = False
+    overwrite: bool = False
+    add_class: bool = False
+    wait: bool = False
+    as_json: bool = False
+
+
+#: What each operation needs, as (option, SeedOptions field).
+REQUIRED: dict[Operation, tuple[tuple[str, str], ...]] = {
+    Operation.select: (("--count", "count"),),
+    Operation.feedback: (
+        ("--batch-id", "batch_id"),
+        ("--sample-id", "sample_id"),
+        ("--material-id", "material_id"),
+    ),
+}
+
+
+@active_learning_app.callback(invoke_without_command=True)
+def seed_operation(
+    ctx: typer.Context,
+    operation: Annotated[
+        Operation | None,
+        typer.Option(
+            help="The seed's form of the commands below: select, feedback, status, "
+            "check-triggers (evaluate the triggers now) or retrain.",
+            show_default=False,
+        ),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PROJECT",
+            help="Project id (alp-…); default: the one remembered in --storage-dir.",
+            show_default=False,
+        ),
+    ] = None,
+    storage_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="An ActiveLearner's folder (project.json; cluster/ when embedded). "
+            "Default: ~/.matrec/active-learning.",
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, help="select: samples to propose.", show_default=False),
+    ] = None,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option(help="select: the strategy; default: the project's.", show_default=False),
+    ] = None,
+    class_balance: Annotated[
+        bool, typer.Option("--class-balance", help="select: spread over predicted classes.")
+    ] = False,
+    batch_id: Annotated[
+        str | None, typer.Option(metavar="BATCH", help="feedback: batch id.", show_default=False)
+    ] = None,
+    sample_id: Annotated[
+        str | None,
+        typer.Option(metavar="SAMPLE", help="feedback: sample id.", show_default=False),
+    ] = None,
+    material_id: Annotated[
+        str | None,
+        typer.Option(metavar="LABEL", help="feedback: the correct class.", show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="feedback: replace a different label.")
+    ] = False,
+    add_class: Annotated[
+        bool, typer.Option("--add-class", help="feedback: accept a class the model lacks.")
+    ] = False,
+    trigger_id: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID", help="retrain: the fired trigger it answers.", show_default=False
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="retrain: follow the job until it ends.")
+    ] = False,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="A new project's labelled dataset.", show_default=False),
+    ] = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option(help="A new project's unlabelled images.", show_default=False),
+    ] = None,
+    model_job: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JOB",
+            help="A new project's model job; without it a first model is trained.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The seed's form (see the group's help): dispatch --operation to the commands' code."""
+    if ctx.invoked_subcommand is not None:
+        if operation is not None:
+            print_error(
+                f"--operation {operation.value} and the command {ctx.invoked_subcommand!r}: "
+                "use one of them"
             )
+            raise typer.Exit(EXIT_INVALID_INPUT)
+        return
+    if operation is None:
+        print_error(
+            "pass --operation (select, feedback, status, check-triggers, retrain) or a command; "
+            "see matrec-ctl active-learning --help"
+        )
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    options = SeedOptions(
+        operation=operation,
+        project=project,
+        storage_dir=storage_dir,
+        count=count,
+        strategy=None if strategy is None else strategy.value,
+        sample_id=sample_id,
+        material_id=material_id,
+        batch_id=batch_id,
+        trigger_id=trigger_id,
+        dataset=dataset,
+        pool=pool,
+        model_job=model_job,
+        class_balance=class_balance,
+        overwrite=overwrite,
+        add_class=add_class,
+        wait=wait,
+        as_json=as_json,
+    )
+    missing = [flag for flag, name in REQUIRED.get(operation, ()) if getattr(options, name) is None]
+    if missing:
+        print_error(f"--operation {operation.value} needs {', '.join(missing)}")
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    from matrec.sdk.ctl.config_cmd import configured_coordinator
+
+    run_seed_operation(configured_coordinator(ctx), options)
+
+
+def run_seed_operation(coordinator: str | None, options: SeedOptions) -> None:
+    """Run one seed-form operation on `coordinator` (None: the embedded cluster of the storage
+    dir), with the commands' own code."""
+    from matrec.sdk.active_learning import DEFAULT_STORAGE_DIR, PROJECT_FILE, ActiveLearner
+
+    storage = (options.storage_dir or Path(DEFAULT_STORAGE_DIR)).expanduser()
+    remembered = (storage / PROJECT_FILE).is_file()
+    if options.operation is Operation.feedback and coordinator is not None:
+        # A batch id names its project: no project needed.
+        with _connect(coordinator) as client:
+            _feedback(client, options)
+        return
+    if options.project is None and not remembered:
+        starting = options.dataset is not None and options.pool is not None
+        if options.operation is Operation.status and coordinator is not None and not starting:
+            with _connect(coordinator) as client:
+                show_status(client, None, options.as_json)
             return
-        console.print(f"retraining job [bold]{job_id}[/]: model version {version} of {project_id}")
-        _follow_job(client, job_id)
+        if not starting:
+            print_error(
+                f"no project: none is remembered in {storage}; pass --project ID, the "
+                "--storage-dir of an ActiveLearner, or --dataset and --pool (and --model-job) "
+                "to start one there"
+            )
+            raise typer.Exit(EXIT_INVALID_INPUT)
+    if coordinator is not None and options.project is not None:
+        with _connect(coordinator) as client:
+            _dispatch(client, options.project, options, embedded=False)
+        return
+    if coordinator is None:
+        stderr.print(
+            f"no coordinator configured: the embedded cluster in {storage / 'cluster'} runs for "
+            "this call",
+            style="dim",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    try:
+        learner = ActiveLearner(
+            storage,
+            project_id=options.project,
+            dataset_path=options.dataset,
+            pool_path=options.pool,
+            model_job_id=options.model_job,
+            coordinator=coordinator,
+        )
+    except ValueError as exc:
+        print_error(str(exc))
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    with learner:
+        _dispatch(learner.client, learner.project_id, options, embedded=coordinator is None)
+
+
+def _connect(address: str) -> Client:
+    from matrec.sdk.client import Client
+
+    return Client(address)
+
+
+def _feedback(client: Client, options: SeedOptions) -> None:
+    assert options.batch_id and options.sample_id and options.material_id
+    record_one(
+        client,
+        options.batch_id,
+        options.sample_id,
+        options.material_id,
+        overwrite=options.overwrite,
+        add_class=options.add_class,
+    )
+
+
+def _dispatch(client: Client, project_id: str, options: SeedOptions, *, embedded: bool) -> None:
+    operation = options.operation
+    if operation is Operation.status:
+        show_status(client, project_id, options.as_json)
+    elif operation is Operation.select:
+        assert options.count is not None
+        project = client.get_learning_project(project_id)
+        if project.pool_scoring_job_id:
+            # As ActiveLearner.select_samples_for_labeling: wait for a scoring still running.
+            scored = client.wait(project.pool_scoring_job_id)
+            if scored.state != "succeeded":
+                print_error(
+                    f"scoring the pool failed (job {scored.id}, {scored.state}): {scored.error}"
+                )
+                raise typer.Exit(EXIT_FAILURE)
+        batch = client.select_samples(
+            project_id,
+            options.count,
+            options.strategy or "",
+            class_balance=options.class_balance,
+        )
+        where = f" --storage-dir {options.storage_dir}" if options.storage_dir else ""
+        show_selection(
+            batch,
+            options.count,
+            options.as_json,
+            how_to_label=f"label them: matrec-ctl active-learning --operation feedback "
+            f"--batch-id {batch.id} --sample-id SAMPLE --material-id LABEL{where}",
+        )
+    elif operation is Operation.feedback:
+        _feedback(client, options)
+    elif operation is Operation.check_triggers:
+        show_triggers(client.check_triggers(project_id), options.as_json)
+    else:
+        # An embedded cluster stops with this command: wait for the job to end.
+        start_retraining(
+            client, project_id, options.trigger_id or "", wait=options.wait or embedded
+        )

@@ -15,10 +15,13 @@ import typer
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
 from matrec.sdk.ctl.active_learning import active_learning_app
 from matrec.sdk.ctl.certs import certs_app
+from matrec.sdk.ctl.config_cmd import config_app
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
+from matrec.sdk.ctl.distributed import distributed
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
 from matrec.sdk.ctl.hpo import hpo_app
 from matrec.sdk.ctl.tokens import tokens_app
+from matrec.sdk.ctl.train import train
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -694,6 +697,14 @@ def demo(
     )
     if code:
         raise typer.Exit(code)
+
+
+# -- the seed's unified training, worker start-up and configuration -----------------------------
+
+# Their code is in sdk/ctl/train.py, sdk/ctl/distributed.py and sdk/ctl/config_cmd.py.
+app.command()(train)
+app.command()(distributed)
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

@@ -121,6 +121,12 @@ def test_every_command_has_help() -> None:
         ["demo"],
         ["dataset"],
         ["dataset", "demo"],
+        ["train"],
+        ["distributed"],
+        ["config"],
+        ["config", "show"],
+        ["active-learning"],
+        ["monitor"],
     ):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
@@ -149,3 +155,130 @@ def test_help_is_fast_and_loads_no_sdk_machinery() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert loaded.stdout.strip() == "[]"
+
+
+# -- the seed's commands: train, config show, distributed, active-learning --operation ---------
+
+
+@pytest.fixture
+def clean_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No MATREC_/seed settings from this machine; an empty config file."""
+    from matrec.sdk.config import SETTINGS
+
+    for setting in SETTINGS:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)
+    empty = tmp_path / "config.toml"
+    empty.write_text("")
+    monkeypatch.setenv("MATREC_CONFIG", str(empty))
+    return empty
+
+
+def test_train_choices_match_the_training_api() -> None:
+    from matrec.sdk.config import DEVICES, VISUALIZATION_LEVELS
+    from matrec.sdk.ctl.train import Device, ModelType, VisualizationLevel
+    from matrec.sdk.training_api import DEFAULT_MAX_TRIALS, build_parser
+
+    actions = {action.dest: action for action in build_parser()._actions}
+    assert tuple(ModelType) == tuple(actions["model_type"].choices or ())
+    assert tuple(VisualizationLevel) == VISUALIZATION_LEVELS
+    assert tuple(Device) == DEVICES
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout
+    max_trials = next(line for line in help_text.splitlines() if "--max-trials" in line)
+    assert f"[default: {DEFAULT_MAX_TRIALS}]" in max_trials
+
+
+def test_train_bad_settings_fail_before_anything_starts(clean_config: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    args = ["train", "--dataset", str(tmp_path), "--base-dir", str(base)]
+    result = runner.invoke(app, [*args, "--set", "colour"])
+    assert result.exit_code == 2
+    assert _single_error_line(result.stderr) == "error: --set 'colour': expected KEY=VALUE"
+
+    result = runner.invoke(app, args, env={"NUM_WORKERS": "abc"})
+    assert result.exit_code == 2, result.output
+    line = _single_error_line(result.stderr)
+    assert "NUM_WORKERS" in line and "whole number from 1 to 64" in line
+    assert not (base / "cluster").exists()
+
+
+def test_config_show_names_sources_and_masks_secrets(clean_config: Path) -> None:
+    env = {
+        "NUM_WORKERS": "3",
+        "MATREC_NUM_WORKERS": "",  # empty counts as unset: the seed's name applies
+        "SUPABASE_KEY": "sb-secret-key",
+        "MATREC_DATABASE_URL": "postgresql://user:db-password@db.example:5432/postgres",
+        "ENABLE_ACTIVE_LEARNING": "off",
+    }
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert rows["num_workers"] == ["3", "env", "NUM_WORKERS"]
+    assert rows["enable_active_learning"] == ["false", "env", "ENABLE_ACTIVE_LEARNING"]
+    assert rows["supabase_key"] == ["********", "env", "SUPABASE_KEY"]
+    assert rows["database_url"][0] == "postgresql://user:********@db.example:5432/postgres"
+    assert rows["visualization_level"] == ["standard", "default"]
+    assert rows["config_file"] == [str(clean_config), "env", "MATREC_CONFIG"]
+    assert "sb-secret-key" not in result.output and "db-password" not in result.output
+
+    as_json = runner.invoke(app, ["-c", "10.0.0.5:50051", "config", "show", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.stdout)
+    assert document["coordinator"] == {"value": "10.0.0.5:50051", "source": "argument"}
+    assert document["supabase_key"]["value"] == "********"
+    assert document["num_workers"] == {"value": "3", "source": "env NUM_WORKERS"}
+    assert "sb-secret-key" not in as_json.stdout
+
+    bad = runner.invoke(app, ["config", "show"], env={"VISUALIZATION_LEVEL": "loud"})
+    assert bad.exit_code == 2
+    assert _single_error_line(bad.stderr).startswith("error: VISUALIZATION_LEVEL: 'loud'")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--operation", "select"], "error: --operation select needs --count"),
+        (
+            ["--operation", "feedback", "--batch-id", "alb-1"],
+            "error: --operation feedback needs --sample-id, --material-id",
+        ),
+        (["--operation", "select", "select", "alp-1", "--count", "2"], "use one of them"),
+        (["--json"], "error: pass --operation (select, feedback, status"),
+    ],
+)
+def test_active_learning_operation_checks_its_options_first(
+    clean_config: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["-c", _unused_address(), "active-learning", *args])
+    assert result.exit_code == 2, result.output
+    assert message in _single_error_line(result.stderr)
+
+
+def test_active_learning_operation_without_a_project_starts_nothing(
+    clean_config: Path, tmp_path: Path
+) -> None:
+    storage = tmp_path / "al"
+    args = ["active-learning", "--operation", "check-triggers", "--storage-dir", str(storage)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    line = _single_error_line(result.stderr)
+    assert f"none is remembered in {storage}" in line and "--project" in line
+    assert not (storage / "cluster").exists()
+
+
+def test_active_learning_operation_on_an_unreachable_coordinator(clean_config: Path) -> None:
+    address = _unused_address()
+    args = ["active-learning", "--operation", "status", "--project", "alp-1"]
+    result = runner.invoke(app, ["-c", address, *args])
+    assert result.exit_code == 1
+    assert _single_error_line(result.stderr).startswith(
+        f"error: cannot reach the coordinator at {address}"
+    )
+
+
+def test_distributed_status_without_a_coordinator(clean_config: Path, tmp_path: Path) -> None:
+    args = ["distributed", "--operation", "status", "--base-dir", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    line = _single_error_line(result.stderr)
+    assert "no coordinator configured" in line and str(tmp_path / "workers") in line

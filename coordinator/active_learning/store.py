@@ -135,6 +135,19 @@ def _job_columns() -> list[sa.ColumnElement[Any]]:
     ]
 
 
+def _insert_spec(conn: sa.Connection, job_spec: dict[str, Any], artifact_root: Path) -> str:
+    """Queue a job from a stored spec (as parse_job_spec produced it) in `conn`'s transaction."""
+    return insert_job(
+        conn,
+        name=job_spec["name"],
+        kind=job_spec["kind"],
+        spec=job_spec,
+        resources=job_spec["resources"],
+        max_attempts=job_spec["max_attempts"],
+        artifact_root=artifact_root,
+    )
+
+
 class ActiveLearningStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -239,15 +252,7 @@ class ActiveLearningStore:
                 sa.select(sa.func.max(v.c.version)).where(v.c.project_id == project_id)
             ).scalar_one()
             version = int(latest or 0) + 1
-            job_id = insert_job(
-                conn,
-                name=job_spec["name"],
-                kind=job_spec["kind"],
-                spec=job_spec,
-                resources=job_spec["resources"],
-                max_attempts=job_spec["max_attempts"],
-                artifact_root=artifact_root,
-            )
+            job_id = _insert_spec(conn, job_spec, artifact_root)
             conn.execute(
                 v.insert().values(
                     project_id=project_id,
@@ -277,15 +282,7 @@ class ActiveLearningStore:
         version: int,
     ) -> str:
         with self.engine.begin() as conn:
-            job_id = insert_job(
-                conn,
-                name=job_spec["name"],
-                kind=job_spec["kind"],
-                spec=job_spec,
-                resources=job_spec["resources"],
-                max_attempts=job_spec["max_attempts"],
-                artifact_root=artifact_root,
-            )
+            job_id = _insert_spec(conn, job_spec, artifact_root)
             conn.execute(
                 schema.al_scorings.insert().values(
                     project_id=project_id,

@@ -28,6 +28,7 @@ from matrec.sdk.ctl.active_learning_view import (
     projects_table,
     triggers_table,
 )
+from matrec.sdk.ctl.connection import client_from_context
 from matrec.sdk.ctl.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -88,12 +89,6 @@ class Strategy(StrEnum):
 class FileFormat(StrEnum):
     csv = "csv"
     json = "json"
-
-
-def _client(ctx: typer.Context) -> Client:
-    from matrec.sdk.client import Client
-
-    return Client(ctx.obj)
 
 
 # -- assembling a project spec -----------------------------------------------------------------
@@ -355,7 +350,7 @@ def create(
         retrain_epochs=retrain_epochs,
     )
     spec = build_project_spec(spec_file, flags)
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         project = client.create_learning_project(spec)
         if as_json:
             typer.echo(_to_json(project))
@@ -423,7 +418,7 @@ def status(
     $ matrec-ctl active-learning status alp-5d1e2f3a4b6c
     $ matrec-ctl active-learning status alb-0a1b2c3d4e5f[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         show_status(client, target, as_json)
 
 
@@ -475,7 +470,7 @@ def score(
 
     [dim]$ matrec-ctl active-learning score alp-5d1e2f3a4b6c --wait[/]
     """
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         job_id = client.score_pool(project_id)
         typer.echo(job_id)
         if wait:
@@ -507,7 +502,7 @@ def select(
     [dim]$ matrec-ctl active-learning select alp-5d1e2f3a4b6c --count 20 --strategy hybrid
     $ matrec-ctl active-learning select alp-5d1e2f3a4b6c -n 12 --class-balance[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         batch = client.select_samples(
             project_id,
             count,
@@ -567,7 +562,7 @@ def feedback(
     [dim]$ matrec-ctl active-learning feedback alb-0a1b2c3d4e5f oak/img_0042.png wood
     $ matrec-ctl active-learning feedback alb-0a1b2c3d4e5f img_7.png fabric --add-class[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         record_one(client, batch_id, sample_id, label, overwrite=overwrite, add_class=add_class)
 
 
@@ -624,7 +619,7 @@ def export(
 
     [dim]$ matrec-ctl active-learning export alb-0a1b2c3d4e5f --format csv --output batch.csv[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         batch = client.get_batch(batch_id)
     text = format_batch_file(batch, "json" if fmt is FileFormat.json else "csv")
     if output is None:
@@ -662,7 +657,7 @@ def import_labels(
     [dim]$ matrec-ctl active-learning import alb-0a1b2c3d4e5f batch.csv[/]
     """  # noqa: E501
     rows = read_batch_file(file)
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         result = import_rows(client, batch_id, rows, overwrite=overwrite, add_class=add_class)
         batch = client.get_batch(batch_id)
     console.print(
@@ -689,7 +684,7 @@ def triggers(
 
     [dim]$ matrec-ctl active-learning triggers alp-5d1e2f3a4b6c[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         found = client.list_triggers(project_id)
     show_triggers(found, as_json)
 
@@ -724,7 +719,7 @@ def retrain(
 
     [dim]$ matrec-ctl active-learning retrain alp-5d1e2f3a4b6c --trigger trg-1a2b3c4d5e6f --wait[/]
     """
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         start_retraining(client, project_id, trigger, wait=wait)
 
 

@@ -16,6 +16,7 @@ from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
 from matrec.sdk.ctl.active_learning import active_learning_app
 from matrec.sdk.ctl.certs import certs_app
 from matrec.sdk.ctl.config_cmd import config_app
+from matrec.sdk.ctl.connection import client_from_context
 from matrec.sdk.ctl.demo import DEMO_EPOCHS
 from matrec.sdk.ctl.distributed import distributed
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup, print_error
@@ -106,12 +107,6 @@ def root(
     for variable, path in zip(TLS_ENV, (tls_ca, tls_cert, tls_key), strict=True):
         if path is not None:
             os.environ[variable] = str(path)
-
-
-def _client(ctx: typer.Context) -> Client:
-    from matrec.sdk.client import Client
-
-    return Client(ctx.obj)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -272,7 +267,7 @@ def submit(
         assignments=assignments or [],
     )
     spec = build_spec(file, flags)
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         job = client.submit_job(spec)
         if not watch_job:
             typer.echo(job.id)
@@ -302,7 +297,7 @@ def jobs(
     """
     from matrec.sdk.ctl.render import jobs_table, to_json
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         found = client.list_jobs(state, limit=limit)
     if as_json:
         typer.echo(to_json(found))
@@ -324,7 +319,7 @@ def show(
     """
     from matrec.sdk.ctl.render import job_detail, to_json
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         job = client.get_job(job_id)
     if as_json:
         typer.echo(to_json(job))
@@ -344,7 +339,7 @@ def cancel(
     """
     from matrec.sdk.ctl.render import state_text
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         job = client.cancel_job(job_id, reason)
     if job.finished:
         console.print("job", job.id, state_text(job.state))
@@ -368,7 +363,7 @@ def watch(
     [dim]$ matrec-ctl watch job-733ad4e0b95d --logs
     $ matrec-ctl watch study-3f2a9c1d0b7e[/]
     """
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         if job_id.startswith("study-"):
             from matrec.sdk.ctl.hpo import follow_study
 
@@ -402,7 +397,7 @@ def agents(
     """List the agents the coordinator knows, with their free and total resources."""
     from matrec.sdk.ctl.render import agents_table, to_json
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         found = client.list_agents()
     if as_json:
         typer.echo(to_json(found))
@@ -429,7 +424,7 @@ def top(
     """  # noqa: E501
     from matrec.sdk.ctl.top_view import follow_top, render_top
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         snapshots = client.watch_cluster(interval)
         if once:
             console.print(render_top(next(iter(snapshots))))
@@ -471,7 +466,7 @@ def monitor(
     from matrec.sdk.ctl.active_learning_view import MonitorTally, run_monitor
 
     tally = MonitorTally()
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         try:
             run_monitor(
                 client,
@@ -528,7 +523,7 @@ def report(
     """
     from matrec.sdk import reports
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         if target.startswith("study-"):
             study = reports.fetch_study_report(client, target)
             out.write_bytes(reports.export_study_report(study, fmt.value))
@@ -558,7 +553,7 @@ def compare(
     from matrec.sdk.reports import export_comparison, fetch_report
     from matrec.sdk.reports.compare import comparison_table
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         reports = [fetch_report(client, job_id) for job_id in job_ids]
     if out is None:
         console.print(comparison_table(build_comparison(reports)))
@@ -578,7 +573,7 @@ def artifacts(
     """
     from matrec.sdk.ctl.render import artifacts_table
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         console.print(artifacts_table(client.list_artifacts(job_id)))
 
 
@@ -622,7 +617,7 @@ def download(
             transient=True,
             disable=not console.is_terminal,
         ) as progress,
-        _client(ctx) as client,
+        client_from_context(ctx) as client,
     ):
         bar = progress.add_task(kind, total=None)
         path = client.download_artifact(

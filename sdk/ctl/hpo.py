@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from matrec.sdk.ctl.connection import client_from_context
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, print_error, stderr
 from rich.console import Console
 
@@ -242,12 +243,6 @@ def _apply_pruner(spec: dict[str, Any], flags: StudyFlags) -> None:
 # -- following a study -------------------------------------------------------------------------
 
 
-def _client(ctx: typer.Context) -> Client:
-    from matrec.sdk.client import Client
-
-    return Client(ctx.obj)
-
-
 def follow_study(
     client: Client,
     study_id: str,
@@ -463,7 +458,7 @@ def submit(
         assignments=assignments or [],
     )
     spec = build_study_spec(spec_file, flags)
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         study = client.create_study(spec)
         if watch_study:
             console.print(f"submitted study [bold]{study.id}[/]")
@@ -487,7 +482,7 @@ def list_studies(
     from matrec.sdk.ctl.render import to_json
     from matrec.sdk.ctl.study_view import studies_table
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         found = client.list_studies(limit=limit)
     if as_json:
         typer.echo(to_json(found))
@@ -514,7 +509,7 @@ def show(
     from matrec.sdk.ctl.render import to_json
     from matrec.sdk.ctl.study_view import study_detail
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         study = client.get_study(study_id)
     if as_json:
         typer.echo(to_json(study))
@@ -545,7 +540,7 @@ def best(
     """
     from matrec.sdk.ctl.study_view import counts_text, format_objective
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         study = client.get_study(study_id)
     trial = study.best
     if trial is None:
@@ -597,7 +592,7 @@ def cancel(
     """
     from matrec.sdk.ctl.study_view import state_text
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         study = client.cancel_study(study_id, reason)
     if study.finished:
         console.print("study", study.id, state_text(study.state))
@@ -626,5 +621,5 @@ def watch(
     [dim]$ matrec-ctl hpo watch study-3f2a9c1d0b7e
     $ matrec-ctl watch study-3f2a9c1d0b7e   (the same)[/]
     """  # noqa: E501
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         follow_study(client, study_id, console, interval=interval, timeout=timeout)

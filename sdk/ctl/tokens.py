@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+from matrec.sdk.ctl.connection import client_from_context
 from rich.console import Console
-
-if TYPE_CHECKING:
-    from matrec.sdk.client import Client
 
 tokens_app = typer.Typer(
     help="Create, list and revoke API tokens (needs an admin token).\n\n"
@@ -18,12 +16,6 @@ tokens_app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console(soft_wrap=True)
-
-
-def _client(ctx: typer.Context) -> Client:
-    from matrec.sdk.client import Client
-
-    return Client(ctx.obj)
 
 
 @tokens_app.command("create")
@@ -40,7 +32,7 @@ def create(
     [dim]$ matrec-ctl tokens create ci-pipeline --role operator[/]
     [dim]$ matrec-ctl tokens create gpu-01 --role agent  # for matrec-agent --name gpu-01[/]
     """
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         token, secret = client.create_token(name, role, ttl)
     # Only the secret goes to stdout, so that TOKEN=$(matrec-ctl tokens create ...) works.
     Console(stderr=True).print(
@@ -55,7 +47,7 @@ def list_tokens(ctx: typer.Context) -> None:
     from matrec.sdk.ctl.render import format_time
     from rich.table import Table
 
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         tokens = client.list_tokens()
     table = Table("ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED")
     for token in tokens:
@@ -76,6 +68,6 @@ def revoke(
     token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="As `tokens list` shows.")],
 ) -> None:
     """Revoke a token: refused from the next call on."""
-    with _client(ctx) as client:
+    with client_from_context(ctx) as client:
         token = client.revoke_token(token_id)
     console.print(f"token {token.id} ({token.name!r}) revoked")

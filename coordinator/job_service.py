@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 WATCH_POLL_SECONDS = 1.0
 CLUSTER_INTERVAL_SECONDS = 2.0
 CLUSTER_MIN_INTERVAL_SECONDS = 0.2
+#: Longest a WatchCluster snapshot is shared among watchers (at most half their interval).
+SNAPSHOT_SHARE_SECONDS = 0.5
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 
@@ -95,6 +97,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self.scheduler = scheduler
         self.notifier = notifier
         self.policy = policy
+        self._snapshot: tuple[float, jobs_pb2.ClusterSnapshot] | None = None
 
     async def _job_or_abort(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRecord:
         if not job_id:
@@ -253,7 +256,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         clock = time.monotonic()
         while True:
             now_points, now_clock = self.telemetry.metric_points_total, time.monotonic()
-            snapshot = self._cluster_snapshot()
+            snapshot = self._shared_snapshot(max_age=min(SNAPSHOT_SHARE_SECONDS, interval / 2))
             snapshot.metric_points_per_second = (now_points - points) / max(now_clock - clock, 1e-6)
             points, clock = now_points, now_clock
             signature = _cluster_signature(snapshot)
@@ -262,6 +265,17 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 last_signature = signature
                 yield jobs_pb2.WatchClusterResponse(snapshot=snapshot)
             await asyncio.sleep(interval)
+
+    def _shared_snapshot(self, max_age: float) -> jobs_pb2.ClusterSnapshot:
+        """A copy of a snapshot at most `max_age` seconds old: watchers whose intervals line
+        up share one build instead of each reading every agent and job (the build is the
+        coordinator's largest cost under many watchers; benchmarks/coordinator_load.py)."""
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > max_age:
+            self._snapshot = (now, self._cluster_snapshot())
+        copy = jobs_pb2.ClusterSnapshot()
+        copy.CopyFrom(self._snapshot[1])
+        return copy
 
     def _cluster_snapshot(self) -> jobs_pb2.ClusterSnapshot:
         active_states = [JobState.QUEUED, JobState.RUNNING]

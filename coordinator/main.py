@@ -8,14 +8,14 @@ import signal
 import sys
 
 from matrec.common.logs import configure_logging
-from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
-from matrec.coordinator.server import Coordinator
 from matrec.coordinator.settings import CoordinatorSettings, parse_settings
 
 log = logging.getLogger("matrec.coordinator")
 
 
 async def serve(settings: CoordinatorSettings) -> None:
+    from matrec.coordinator.server import Coordinator
+
     coordinator = Coordinator(settings)
     port = await coordinator.start()
     address = f"{settings.host}:{port}"
@@ -44,6 +44,9 @@ async def serve(settings: CoordinatorSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.log_level)
+    # Imported once the flags are parsed: `--help` does not pay for SQLAlchemy, grpc and numpy.
+    from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
+
     try:
         asyncio.run(serve(settings))
     except OSError as error:

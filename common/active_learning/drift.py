@@ -61,7 +61,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import ks_2samp
 
 #: Fewest samples accepted in the reference and in the window: below this neither the KS test
 #: nor the permutation test can tell anything but gross shifts apart.
@@ -226,6 +225,9 @@ def _output_test(
     reference: NDArray[np.float64], current: NDArray[np.float64]
 ) -> tuple[float, list[float]]:
     """Per-class KS tests, Bonferroni over the classes: (adjusted p-value, KS statistics)."""
+    # Imported here: scipy.stats costs half a second, paid by every coordinator start and --help.
+    from scipy.stats import ks_2samp
+
     classes = reference.shape[1]
     result = ks_2samp(reference, current, axis=0)
     p_values = np.atleast_1d(np.asarray(result.pvalue, dtype=np.float64))

@@ -56,8 +56,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.cluster.vq import kmeans2
 
 STRATEGIES = (
     "random",
@@ -359,6 +357,11 @@ def _cluster_margin(
 
 def _cluster(points: NDArray[np.float64], clusters: int, seed: int) -> NDArray[np.intp]:
     """Cluster labels for `points`: at most `clusters` groups."""
+    # Imported here: scipy.cluster costs a quarter second, and the SDK and the coordinator's
+    # --help import this module.
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.cluster.vq import kmeans2
+
     if len(points) <= 1 or clusters <= 1:
         return np.zeros(len(points), dtype=np.intp)
     if len(points) <= CLUSTER_LINKAGE_MAX:

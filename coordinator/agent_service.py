@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 DB_RETRY_INITIAL_SECONDS = 0.2
 DB_RETRY_MAX_SECONDS = 5.0
+#: (agent, task) pairs already warned about; forgotten wholesale past this many.
+MAX_WARNED = 10_000
 
 T = TypeVar("T", common_pb2.Metric, common_pb2.LogLine)
 
@@ -67,6 +69,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self.availability = availability
         self.heartbeat_interval = heartbeat_interval
         self.lease_ttl = lease_ttl
+        self._warned: set[tuple[str, str]] = set()
 
     async def RegisterAgent(
         self, request: agents_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
@@ -217,9 +220,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             if change is not None:
                 self.notifier.notify(change.task.job_id)
         elif body == "metrics":
-            self._store_metrics(message)
+            self._store_metrics(agent_id, message)
         elif body == "logs":
-            self._store_logs(message)
+            self._store_logs(agent_id, message)
         elif body == "checkpoint":
             ref = message.checkpoint.task
             self.store.record_checkpoint(
@@ -237,8 +240,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         for task_id, attempt in cancelled:
             session.send(_cancel(task_id, attempt, "the job was cancelled"))
 
-    def _store_metrics(self, message: agents_pb2.AgentMessage) -> None:
+    def _store_metrics(self, agent_id: str, message: agents_pb2.AgentMessage) -> None:
         rows = self._rows_by_job(
+            agent_id,
             message.metrics.metrics,
             lambda m: {
                 "task_id": m.task_id,
@@ -254,8 +258,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             self.telemetry.count_metric_points(len(job_rows))
             self.notifier.notify(job_id)
 
-    def _store_logs(self, message: agents_pb2.AgentMessage) -> None:
+    def _store_logs(self, agent_id: str, message: agents_pb2.AgentMessage) -> None:
         rows = self._rows_by_job(
+            agent_id,
             message.logs.lines,
             lambda line: {
                 "task_id": line.task_id,
@@ -270,19 +275,35 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             self.notifier.notify(job_id)
 
     def _rows_by_job(
-        self, items: Iterable[T], to_row: Callable[[T], dict[str, Any]]
+        self, agent_id: str, items: Iterable[T], to_row: Callable[[T], dict[str, Any]]
     ) -> dict[str, list[dict[str, Any]]]:
-        """Points of unknown tasks are dropped; the rest grouped by the job they belong to."""
+        """Points of unknown tasks are dropped; the rest grouped by the job they belong to. An
+        agent reporting on a task it does not hold is logged (once per agent and task): a
+        late flush after its lease ran out, or an agent that misbehaves."""
         job_of: dict[str, str | None] = {}
         by_job: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             task_id = item.task_id
             if task_id not in job_of:
-                job_of[task_id] = self.store.job_of_task(task_id)
+                holder = self.store.task_holder(task_id)
+                job_of[task_id] = holder[0] if holder else None
+                if holder is None:
+                    self._warn_once(agent_id, task_id, "reported on unknown task %s; dropped")
+                elif holder[1] != agent_id:
+                    self._warn_once(agent_id, task_id, "reported on task %s, not its own")
             job_id = job_of[task_id]
             if job_id is not None:
                 by_job.setdefault(job_id, []).append(to_row(item))
         return by_job
+
+    def _warn_once(self, agent_id: str, task_id: str, what: str) -> None:
+        key = (agent_id, task_id)
+        if key in self._warned:
+            return
+        if len(self._warned) > MAX_WARNED:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning("agent %s " + what, agent_id, task_id)
 
     def _finish(self, session: AgentSession, result: agents_pb2.TaskResult) -> None:
         outcome = OUTCOME_FROM_PB.get(result.outcome)

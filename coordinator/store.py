@@ -804,10 +804,12 @@ class Store:
                 )
         return deleted
 
-    def job_of_task(self, task_id: str) -> str | None:
+    def task_holder(self, task_id: str) -> tuple[str, str | None] | None:
+        """The task's job and the agent that holds (or last held) it; None if no such task."""
         t = schema.tasks
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(t.c.job_id).where(t.c.id == task_id)).scalar()
+            row = conn.execute(sa.select(t.c.job_id, t.c.agent_id).where(t.c.id == task_id)).first()
+        return None if row is None else (row.job_id, row.agent_id)
 
     # ---- agents -------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ the Prometheus endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import urllib.request
@@ -161,3 +162,45 @@ def test_prometheus_endpoint(channel: grpc.Channel, metrics_port: int, dataset: 
         assert 'matrec_tasks{state="running"} 0.0' in text
     finally:
         stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
+
+
+def test_an_agent_reporting_on_tasks_it_does_not_hold_is_logged(
+    cluster: LocalCluster, channel: grpc.Channel
+) -> None:
+    jobs = jobs_pb2_grpc.JobServiceStub(channel)
+    job = jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(spec=spec({"steps": 1}, kind="diagnostic")), timeout=5
+    ).job
+    task_id = job.tasks[0].id  # queued, held by no agent
+    agents = agents_pb2_grpc.AgentServiceStub(channel)
+    registered = agents.RegisterAgent(
+        agents_pb2.RegisterAgentRequest(
+            name="rogue", hostname="rogue", resources=common_pb2.Resources(cpus=0.0)
+        ),
+        timeout=5,
+    )
+    point = common_pb2.Metric(task_id=task_id, attempt=1, step=1, key="loss", value=1.0)
+    messages = [
+        agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=registered.agent_id)),
+        agents_pb2.AgentMessage(seq=1, metrics=common_pb2.MetricBatch(metrics=[point])),
+        agents_pb2.AgentMessage(
+            seq=2,
+            metrics=common_pb2.MetricBatch(
+                metrics=[common_pb2.Metric(task_id="no-such-task", attempt=1, step=1, key="x")]
+            ),
+        ),
+    ]
+    # The stream ends when the agent's messages run out (or at the deadline).
+    with contextlib.suppress(grpc.RpcError):
+        for _ in agents.Connect(iter(messages), timeout=3):
+            pass
+    log = ""
+    for _ in range(50):
+        log = cluster.coordinator_log.read_text()
+        if "no-such-task" in log:
+            break
+        time.sleep(0.1)
+    assert f"agent {registered.agent_id} reported on task {task_id}, not its own" in log
+    assert f"agent {registered.agent_id} reported on unknown task no-such-task; dropped" in log
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING

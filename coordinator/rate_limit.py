@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from matrec.common.metadata import RETRY_AFTER_KEY
 from matrec.coordinator.auth import OPEN_PREFIXES, bearer_token, rebuild_handler
 
 UNLIMITED_METHODS = ("/matrec.v1.AgentService/Connect",)
 #: Callers remembered at once; the least recently seen are forgotten first.
 MAX_CALLERS = 10_000
-#: Trailing metadata key with the seconds to wait before the next call is allowed.
-RETRY_AFTER_KEY = "retry-after-ms"
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
+from matrec.common.metadata import FIELD_METADATA_KEY
 from matrec.common.specs import SpecError
-
-FIELD_METADATA_KEY = "matrec-field"
 
 
 def metadata_safe(text: str) -> str:

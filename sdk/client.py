@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 from matrec.common.active_learning.project import parse_project_spec
+from matrec.common.metadata import RETRY_AFTER_KEY
 from matrec.common.specs import JobSpecModel, SpecError, parse_job_spec
 from matrec.common.studies import StudySpecModel, parse_study_spec
 from matrec.common.wire import job_spec_to_proto, study_spec_to_proto
@@ -72,8 +73,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: A call refused by the coordinator's rate limit is retried after the wait it names.
 RATE_LIMIT_RETRIES = 20
 MAX_RATE_LIMIT_WAIT = 10.0
-#: Set by the coordinator's rate limit (coordinator/rate_limit.py).
-RETRY_AFTER_KEY = "retry-after-ms"
+
 T = TypeVar("T")
 
 # Keepalive pings only while a call is open (a long WatchJob); a coordinator must allow pings this

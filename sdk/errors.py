@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from matrec.common.metadata import FIELD_METADATA_KEY
+
 if TYPE_CHECKING:
     import grpc
-
-#: Trailing metadata key in which the coordinator names the offending field of INVALID_ARGUMENT.
-FIELD_METADATA_KEY = "matrec-field"
 
 START_HINT = "start one with `matrec-ctl server` (or try everything at once with `matrec-ctl demo`)"
 

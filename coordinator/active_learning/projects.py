@@ -298,16 +298,11 @@ class ProjectManager:
     def check_triggers(self, project: ProjectRecord) -> list[TriggerRecord]:
         """Evaluate the project's triggers; store and return those that fire now. Nothing fires
         while a retraining job is queued or running."""
-        versions = self.projects.versions(project.id)
-        if any(
-            v.job.state not in FINAL_JOB_STATES and v.job.state is not None for v in versions[1:]
-        ):
-            return []
-        current = _current_version(versions)
-        if current is None:
+        status = self.status(project)
+        current = status.current
+        if _retraining(status.versions) or current is None:
             return []
         policy = project.spec.triggers
-        status = self.status(project)
         fired: list[TriggerRecord | None] = []
         key = f"v{current.version}"
         if policy.feedback_threshold and status.pending_feedback >= policy.feedback_threshold:
@@ -413,9 +408,7 @@ class ProjectManager:
                     "precondition", f"trigger {trigger_id} is already {trigger.state}"
                 )
         versions = self.projects.versions(project.id)
-        if any(
-            v.job.state not in FINAL_JOB_STATES and v.job.state is not None for v in versions[1:]
-        ):
+        if _retraining(versions):
             raise ProjectError("precondition", "a retraining job of this project is still running")
         current = _current_version(versions)
         if current is None or not (current.job.result or {}).get("model_path"):

@@ -4,6 +4,7 @@ feedback, retraining triggers and retraining."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
@@ -285,8 +286,6 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
 
 
 def _check_paths(dataset_path: str, pool_path: str) -> None:
-    from pathlib import Path
-
     if not Path(dataset_path).expanduser().is_dir():
         raise SpecError("dataset_path", f"{dataset_path!r} is not a directory")
     if not Path(pool_path).expanduser().exists():

@@ -3,12 +3,26 @@ made once per session."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from support.postgres import PostgresServer, start_postgres
+
+
+@pytest.fixture(autouse=True)
+def test_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point TMPDIR (and so every tempfile default, in this process and the agents it starts)
+    at the test's own tmp_path, which is removed when the test passes: the SDK's default work
+    directories hold trained models and would otherwise fill /tmp over a whole run."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
 
 
 @pytest.fixture(scope="session")

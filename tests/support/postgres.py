@@ -20,6 +20,10 @@ from pathlib import Path
 import psycopg
 
 
+# Taken at import, before a test points TMPDIR at its own tmp_path: the server outlives tests.
+SYSTEM_TEMP_DIR = tempfile.gettempdir()
+
+
 def find_bindir() -> Path:
     explicit = os.environ.get("MATREC_PG_BIN")
     candidates = [explicit] if explicit else []
@@ -106,7 +110,7 @@ def start_postgres() -> PostgresServer:
     bindir = find_bindir()
     run_as = "postgres" if os.geteuid() == 0 else None
     # Not under pytest's tmp dir: that one is private to root, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="matrec-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="matrec-pg-", dir=SYSTEM_TEMP_DIR))
     if run_as:
         shutil.chown(root, user=run_as)
     server = PostgresServer(root, _free_port(), bindir, run_as)

@@ -19,7 +19,7 @@ from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
-from matrec.coordinator.store import Store, new_id
+from matrec.coordinator.store import Store, TaskHolder, new_id
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
@@ -162,6 +162,8 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 if message is None:
                     break
                 yield message
+            if session.refused:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, session.refused)
         finally:
             reader.cancel()
             if self.sessions.discard(session):
@@ -174,6 +176,18 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     ) -> None:
         try:
             async for message in request_iterator:
+                if message.seq:
+                    if message.seq <= session.last_seq:
+                        # The agent's outbox numbers its messages in order and replays them in
+                        # order on a new stream; anything else is a broken or hostile agent.
+                        reason = (
+                            f"sequence number {message.seq} after {session.last_seq}: an agent "
+                            "numbers its messages in increasing order on each stream"
+                        )
+                        log.warning("agent %s: %s; stream closed", session.agent_id, reason)
+                        session.refuse(reason)
+                        return
+                    session.last_seq = message.seq
                 if not await self._handle_until_stored(session, message):
                     continue
                 if message.seq:
@@ -277,23 +291,30 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     def _rows_by_job(
         self, agent_id: str, items: Iterable[T], to_row: Callable[[T], dict[str, Any]]
     ) -> dict[str, list[dict[str, Any]]]:
-        """Points of unknown tasks are dropped; the rest grouped by the job they belong to. An
-        agent reporting on a task it does not hold is logged (once per agent and task): a
-        late flush after its lease ran out, or an agent that misbehaves."""
-        job_of: dict[str, str | None] = {}
+        """The points of tasks this agent holds, grouped by their job. Points of unknown tasks,
+        of tasks another agent holds (or none: queued again), and of attempts the task has not
+        reached are dropped and logged, once per agent and task: a late flush after a lease ran
+        out, or an agent that misbehaves. Either way they cannot land in another attempt's
+        history."""
+        holders: dict[str, TaskHolder | None] = {}
         by_job: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             task_id = item.task_id
-            if task_id not in job_of:
-                holder = self.store.task_holder(task_id)
-                job_of[task_id] = holder[0] if holder else None
-                if holder is None:
-                    self._warn_once(agent_id, task_id, "reported on unknown task %s; dropped")
-                elif holder[1] != agent_id:
-                    self._warn_once(agent_id, task_id, "reported on task %s, not its own")
-            job_id = job_of[task_id]
-            if job_id is not None:
-                by_job.setdefault(job_id, []).append(to_row(item))
+            if task_id not in holders:
+                holders[task_id] = self.store.task_holder(task_id)
+            holder = holders[task_id]
+            if holder is None:
+                self._warn_once(agent_id, task_id, "reported on unknown task %s; dropped")
+            elif holder.agent_id != agent_id:
+                self._warn_once(
+                    agent_id, task_id, "reported on task %s, which it does not hold; dropped"
+                )
+            elif not 1 <= item.attempt <= holder.attempt:
+                self._warn_once(
+                    agent_id, task_id, "reported on an attempt task %s has not had; dropped"
+                )
+            else:
+                by_job.setdefault(holder.job_id, []).append(to_row(item))
         return by_job
 
     def _warn_once(self, agent_id: str, task_id: str, what: str) -> None:

@@ -16,12 +16,21 @@ class AgentSession:
     outbox: asyncio.Queue[agents_pb2.CoordinatorMessage | None] = field(
         default_factory=asyncio.Queue
     )
+    #: The highest sequence number received on this stream (messages that want an ack).
+    last_seq: int = 0
+    #: Why the coordinator ends this stream on a protocol violation ("" while there is none).
+    refused: str = ""
 
     def send(self, message: agents_pb2.CoordinatorMessage) -> None:
         self.outbox.put_nowait(message)
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
+
+    def refuse(self, reason: str) -> None:
+        """End the stream with FAILED_PRECONDITION and this reason."""
+        self.refused = reason
+        self.close()
 
 
 class AgentSessions:

@@ -126,6 +126,15 @@ class AgentRecord:
 
 
 @dataclass(frozen=True)
+class TaskHolder:
+    """Who may report on a task: the agent of its latest attempt (None while queued)."""
+
+    job_id: str
+    agent_id: str | None
+    attempt: int
+
+
+@dataclass(frozen=True)
 class TaskChange:
     """What a fenced transition did, for the caller to log, count and notify."""
 
@@ -804,12 +813,15 @@ class Store:
                 )
         return deleted
 
-    def task_holder(self, task_id: str) -> tuple[str, str | None] | None:
-        """The task's job and the agent that holds (or last held) it; None if no such task."""
+    def task_holder(self, task_id: str) -> TaskHolder | None:
+        """The task's job, latest attempt and the agent that holds (or last held) it; None if
+        no such task."""
         t = schema.tasks
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t.c.job_id, t.c.agent_id).where(t.c.id == task_id)).first()
-        return None if row is None else (row.job_id, row.agent_id)
+            row = conn.execute(
+                sa.select(t.c.job_id, t.c.agent_id, t.c.attempt).where(t.c.id == task_id)
+            ).first()
+        return None if row is None else TaskHolder(row.job_id, row.agent_id, row.attempt)
 
     # ---- agents -------------------------------------------------------------------------------
 

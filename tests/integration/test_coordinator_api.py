@@ -4,7 +4,7 @@ the Prometheus endpoint."""
 
 from __future__ import annotations
 
-import contextlib
+import queue
 import socket
 import time
 import urllib.request
@@ -164,43 +164,96 @@ def test_prometheus_endpoint(channel: grpc.Channel, metrics_port: int, dataset: 
         stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
 
 
-def test_an_agent_reporting_on_tasks_it_does_not_hold_is_logged(
+class ScriptedAgent:
+    """A hand-driven agent stream: registers, sends hello, then whatever the test sends."""
+
+    def __init__(self, channel: grpc.Channel, name: str, cpus: float) -> None:
+        stub = agents_pb2_grpc.AgentServiceStub(channel)
+        self.agent_id = stub.RegisterAgent(
+            agents_pb2.RegisterAgentRequest(
+                name=name, hostname=name, resources=common_pb2.Resources(cpus=cpus)
+            ),
+            timeout=5,
+        ).agent_id
+        self._outgoing: queue.Queue[agents_pb2.AgentMessage | None] = queue.Queue()
+        self.send(agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=self.agent_id)))
+        self.stream = stub.Connect(iter(self._outgoing.get, None), timeout=30)
+
+    def send(self, message: agents_pb2.AgentMessage) -> None:
+        self._outgoing.put(message)
+
+    def close(self) -> None:
+        self._outgoing.put(None)
+
+
+def metrics_of(channel: grpc.Channel, job_id: str) -> list[common_pb2.Metric]:
+    stub = jobs_pb2_grpc.JobServiceStub(channel)
+    request = jobs_pb2.ListJobMetricsRequest(job_id=job_id)
+    return list(stub.ListJobMetrics(request, timeout=5).metrics)
+
+
+def test_an_agent_cannot_report_on_or_finish_tasks_it_does_not_hold(
     cluster: LocalCluster, channel: grpc.Channel
 ) -> None:
     jobs = jobs_pb2_grpc.JobServiceStub(channel)
     job = jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(spec=spec({"steps": 1}, kind="diagnostic")), timeout=5
     ).job
-    task_id = job.tasks[0].id  # queued, held by no agent
-    agents = agents_pb2_grpc.AgentServiceStub(channel)
-    registered = agents.RegisterAgent(
-        agents_pb2.RegisterAgentRequest(
-            name="rogue", hostname="rogue", resources=common_pb2.Resources(cpus=0.0)
-        ),
-        timeout=5,
-    )
-    point = common_pb2.Metric(task_id=task_id, attempt=1, step=1, key="loss", value=1.0)
-    messages = [
-        agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=registered.agent_id)),
-        agents_pb2.AgentMessage(seq=1, metrics=common_pb2.MetricBatch(metrics=[point])),
-        agents_pb2.AgentMessage(
-            seq=2,
-            metrics=common_pb2.MetricBatch(
-                metrics=[common_pb2.Metric(task_id="no-such-task", attempt=1, step=1, key="x")]
-            ),
-        ),
-    ]
-    # The stream ends when the agent's messages run out (or at the deadline).
-    with contextlib.suppress(grpc.RpcError):
-        for _ in agents.Connect(iter(messages), timeout=3):
-            pass
-    log = ""
-    for _ in range(50):
+    task_id = job.tasks[0].id
+    holder = ScriptedAgent(channel, "holder", cpus=2.0)
+    rogue = ScriptedAgent(channel, "rogue", cpus=0.0)
+    try:
+        assignment = next(
+            m.assignment
+            for m in holder.stream
+            if m.HasField("assignment") and m.assignment.task.task_id == task_id
+        )
+        attempt = assignment.task.attempt
+
+        def point(step: int, key: str, of_task: str = task_id, at: int = attempt) -> Any:
+            metric = common_pb2.Metric(task_id=of_task, attempt=at, step=step, key=key, value=1.0)
+            return common_pb2.MetricBatch(metrics=[metric])
+
+        # The rogue reports points and a success on the holder's task, a point on an attempt
+        # the task has not had (as the holder), and on an unknown task: all dropped.
+        rogue.send(agents_pb2.AgentMessage(seq=1, metrics=point(1, "rogue")))
+        rogue.send(
+            agents_pb2.AgentMessage(
+                seq=2,
+                result=agents_pb2.TaskResult(
+                    task=agents_pb2.TaskRef(task_id=task_id, attempt=attempt),
+                    outcome=agents_pb2.TASK_OUTCOME_SUCCEEDED,
+                ),
+            )
+        )
+        rogue.send(agents_pb2.AgentMessage(seq=3, metrics=point(1, "x", of_task="no-such-task")))
+        holder.send(agents_pb2.AgentMessage(seq=1, metrics=point(1, "future", at=attempt + 1)))
+        # Each message is acknowledged once handled, so these acks mean "stored or dropped".
+        next(m for m in rogue.stream if m.HasField("ack") and m.ack.seq == 3)
+        # A sequence number that goes back ends the rogue's stream.
+        rogue.send(agents_pb2.AgentMessage(seq=2, metrics=point(2, "rogue")))
+        with pytest.raises(grpc.RpcError) as refused:
+            for _ in rogue.stream:
+                pass
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert "sequence number 2 after 3" in refused.value.details()  # type: ignore[attr-defined]
+
+        # The holder's own point is stored; the job is still running on the holder.
+        holder.send(agents_pb2.AgentMessage(seq=2, metrics=point(1, "own")))
+        next(m for m in holder.stream if m.HasField("ack") and m.ack.seq == 2)
+        assert [m.key for m in metrics_of(channel, job.id)] == ["own"]
+        current = jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), timeout=5).job
+        assert current.state != common_pb2.JOB_STATE_SUCCEEDED
+        assert current.tasks[0].agent_id == holder.agent_id
+
         log = cluster.coordinator_log.read_text()
-        if "no-such-task" in log:
-            break
-        time.sleep(0.1)
-    assert f"agent {registered.agent_id} reported on task {task_id}, not its own" in log
-    assert f"agent {registered.agent_id} reported on unknown task no-such-task; dropped" in log
+        assert f"agent {rogue.agent_id} reported on task {task_id}, which it does not hold" in log
+        assert f"agent {rogue.agent_id} reported on unknown task no-such-task; dropped" in log
+        assert f"agent {holder.agent_id} reported on an attempt task {task_id} has not had" in log
+        assert f"agent {rogue.agent_id}: sequence number 2 after 3" in log
+    finally:
+        holder.close()
+        rogue.close()
+        jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -3,6 +3,7 @@ made once per session."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -14,15 +15,18 @@ from support.postgres import PostgresServer, start_postgres
 
 
 @pytest.fixture(autouse=True)
-def test_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def test_temp_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Point TMPDIR (and so every tempfile default, in this process and the agents it starts)
-    at the test's own tmp_path, which is removed when the test passes: the SDK's default work
-    directories hold trained models and would otherwise fill /tmp over a whole run."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
+    at a folder of the test's own, removed when it ends: the SDK's default work directories
+    hold trained models and would otherwise fill /tmp over a whole run. Not inside tmp_path,
+    which tests expect to find as they left it."""
+    directory = tmp_path_factory.mktemp("tmpdir")
     monkeypatch.setenv("TMPDIR", str(directory))
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -245,6 +245,7 @@ class AgentDaemon:
                 cpus=assignment.resources.cpus or 1.0,
                 gpu_indices=gpus,
                 allowed_paths=self.settings.allowed_paths,
+                script_user=self.settings.script_user,
             ),
             self.outbox.add,
         )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matrec.agent.script_user import ScriptUser
 from matrec.agent.training.reporting import Reporter
 from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import ScriptConfig
@@ -56,15 +57,25 @@ def run_script(
     command = list(config.command)
     if command[0] in ("python", "python3"):
         command[0] = sys.executable
-    reporter.log(f"running {' '.join(command)} in {work_dir}")
+    env = script_environment(config)
+    user = ScriptUser.from_environ()
+    switch: dict[str, Any] = {}
+    if user is not None:
+        if not config.working_dir:
+            user.give(work_dir)  # the task's own folder; a named one keeps its owner
+        env |= user.environment()
+        switch = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    as_user = f" as {user.name}" if user is not None else ""
+    reporter.log(f"running {' '.join(command)} in {work_dir}{as_user}")
     process = subprocess.Popen(
         command,
         cwd=work_dir,
-        env=script_environment(config),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        **switch,
     )
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     assert process.stdout is not None

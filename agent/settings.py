@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrec.agent.path_policy import parse_roots
+from matrec.agent.script_user import ScriptUser, ScriptUserError
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class AgentSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allowed_paths: tuple[Path, ...] = ()
+    script_user: str = ""
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -127,12 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(give it once per root; include the shared artifact root for retraining and resumes) "
         f"[MATREC_ALLOWED_PATHS, separated by '{os.pathsep}'] (default: any path)",
     )
+    parser.add_argument(
+        "--script-user",
+        default=_env("SCRIPT_USER", ""),
+        metavar="NAME",
+        help="run `script` tasks' programs as this account (its primary group only, in the "
+        "task's own working folder); the agent must run as root [MATREC_SCRIPT_USER] "
+        "(default: the agent's own user)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
 
 def parse_settings(argv: list[str] | None = None) -> AgentSettings:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.script_user:
+        try:
+            ScriptUser.lookup(args.script_user)
+        except ScriptUserError as exc:
+            parser.error(str(exc))
     return AgentSettings(
         coordinator=args.coordinator,
         token=args.token,
@@ -151,4 +167,5 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         allowed_paths=tuple(
             p.expanduser() for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
         ),
+        script_user=args.script_user,
     )

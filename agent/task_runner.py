@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from matrec.agent.path_policy import ALLOWED_PATHS_ENV
+from matrec.agent.script_user import SCRIPT_USER_ENV
 from matrec.agent.worker_protocol import (
     EXIT_INVALID_TASK,
     EXIT_OK,
@@ -52,6 +53,7 @@ class TaskEnvironment:
     cpus: float
     gpu_indices: tuple[int, ...]
     allowed_paths: tuple[Path, ...] = ()
+    script_user: str = ""
 
 
 class TaskRun:
@@ -159,6 +161,8 @@ class TaskRun:
         env[PARENT_PID_ENV] = str(os.getpid())
         # The worker checks the task's paths against the agent's roots (agent/path_policy.py).
         env[ALLOWED_PATHS_ENV] = os.pathsep.join(str(p) for p in self.env.allowed_paths)
+        # A script task's program drops to this account (agent/script_user.py).
+        env[SCRIPT_USER_ENV] = self.env.script_user
         read_fd, write_fd = os.pipe()
         try:
             self.process = await asyncio.create_subprocess_exec(

@@ -4,6 +4,8 @@ agent's launcher as ranks on one host or over two agents; their output in the ta
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,35 @@ def test_a_script_spec_is_checked(cluster: LocalCluster) -> None:
     with cluster.client() as client, pytest.raises(InvalidSpecError) as raised:
         client.submit_job({"kind": "script", "config": {"command": []}})
     assert raised.value.field == "config.command"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching a program's user needs a root agent")
+def test_a_script_runs_as_the_configured_user_in_its_own_folder(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    command = (
+        "echo uid=$(id -u) groups=$(id -G) home=$HOME; touch made-here; "
+        f"touch {private}/x 2>/dev/null && echo wrote-private || echo private-refused"
+    )
+    workdir = tmp_path_factory.mktemp("script-user") / "cluster"
+    with LocalCluster(workdir, agents=1, agent_args=["--script-user", "nobody"]) as cluster:
+        job, lines, _ = run_job(cluster, {"command": ["sh", "-c", command]})
+    assert job.state == "succeeded", job.error
+    assert f"uid={nobody.pw_uid} groups={nobody.pw_gid} home={nobody.pw_dir}" in lines
+    assert "private-refused" in lines and "wrote-private" not in lines
+    assert not (private / "x").exists()
+    made = Path(job.result["working_dir"]) / "made-here"
+    assert made.stat().st_uid == nobody.pw_uid  # its own folder, which it could write
+
+
+def test_an_agent_refuses_a_script_user_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    from matrec.agent.settings import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(["--script-user", "no-such-user-matrec"])
+    assert (
+        "--script-user 'no-such-user-matrec': no such user on this host" in capsys.readouterr().err
+    )

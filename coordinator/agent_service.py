@@ -151,6 +151,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 f"this token is for agent {identity.name!r}, not for {agent_id} ({agent.name!r})",
             )
         session = self.sessions.open(agent_id)
+        session.context = context
         self.store.set_agent_state(agent_id, AgentState.CONNECTED)
         log.info("agent %s connected (%d tasks running)", agent_id, len(first.hello.running))
         self._renew(session, [(r.task_id, r.attempt) for r in first.hello.running])
@@ -163,7 +164,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                     break
                 yield message
             if session.refused:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, session.refused)
+                await context.abort(session.refused_code, session.refused)
         finally:
             reader.cancel()
             if self.sessions.discard(session):

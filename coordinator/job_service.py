@@ -45,6 +45,8 @@ class SubmitPolicy:
     artifact_root: Path
     # Dataset paths must be visible to the coordinator (shared storage); turn off otherwise.
     check_paths: bool = True
+    # SubmitJob is refused while this many jobs wait in the queue (0: no bound).
+    max_queued_jobs: int = 0
 
 
 def _state_signature(job: jobs_pb2.Job) -> bytes:
@@ -121,6 +123,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         except SpecError as error:
             # Strictly before anything is stored: a rejected job leaves no trace.
             await abort_invalid(context, error)
+        limit = self.policy.max_queued_jobs
+        if limit and self.store.count_jobs_by_state().get("queued", 0) >= limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the queue is full: {limit} jobs are waiting (the coordinator's "
+                "--max-queued-jobs); submit again once some have started, or cancel queued ones",
+            )
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
         job = self.store.create_job(

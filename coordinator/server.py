@@ -106,6 +106,8 @@ class Coordinator:
                 DatabaseErrorInterceptor(),
             ],
             options=GRPC_SERVER_OPTIONS,
+            # Calls beyond this many in flight (streams included) get RESOURCE_EXHAUSTED.
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(tokens), server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
@@ -115,7 +117,7 @@ class Coordinator:
                 scheduler,
                 notifier,
                 telemetry,
-                SubmitPolicy(s.effective_artifact_root, s.check_paths),
+                SubmitPolicy(s.effective_artifact_root, s.check_paths, s.max_queued_jobs),
             ),
             server,
         )

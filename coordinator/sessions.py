@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
+import grpc
 from matrec.v1 import agents_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+#: Messages waiting unread for one agent (acks, assignments, cancels) before the coordinator
+#: gives up on it: a connected agent reads its stream at once, so only a stuck or hostile one
+#: lets this many pile up. It is disconnected, and its leases run out unless it comes back.
+OUTBOX_LIMIT = 1000
 
 
 @dataclass(eq=False)
@@ -20,17 +30,46 @@ class AgentSession:
     last_seq: int = 0
     #: Why the coordinator ends this stream on a protocol violation ("" while there is none).
     refused: str = ""
+    refused_code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
+    #: The agent's Connect call, ended from outside when its outbox overflows.
+    context: grpc.aio.ServicerContext | None = None
+    _ending: asyncio.Task[None] | None = None
 
     def send(self, message: agents_pb2.CoordinatorMessage) -> None:
+        if self.refused:
+            return
+        if self.outbox.qsize() >= OUTBOX_LIMIT:
+            log.warning(
+                "agent %s does not read its stream (%d messages waiting); disconnected",
+                self.agent_id,
+                OUTBOX_LIMIT,
+            )
+            reason = f"{OUTBOX_LIMIT} messages waited unread on this stream"
+            self.refuse(reason, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            # Its Connect call may be stuck sending to it: end the call itself.
+            if self.context is not None:
+                self._ending = asyncio.get_running_loop().create_task(
+                    _abort(self.context, self.refused_code, reason)
+                )
+            return
         self.outbox.put_nowait(message)
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
 
-    def refuse(self, reason: str) -> None:
-        """End the stream with FAILED_PRECONDITION and this reason."""
+    def refuse(
+        self, reason: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
+    ) -> None:
+        """End the stream with this status once the messages before it are sent."""
         self.refused = reason
+        self.refused_code = code
         self.close()
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+    # abort() always raises, to unwind a handler; here it runs beside the handler.
+    with contextlib.suppress(Exception):
+        await context.abort(code, reason)
 
 
 class AgentSessions:

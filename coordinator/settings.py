@@ -32,6 +32,8 @@ class CoordinatorSettings:
     trigger_check_interval: float = 60.0
     rate_limit: float = 0.0
     rate_burst: float = 0.0
+    max_queued_jobs: int = 10_000
+    max_concurrent_rpcs: int = 10_000
 
     @property
     def tls(self) -> bool:
@@ -132,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
         "at least 10 [MATREC_RATE_BURST] (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-queued-jobs",
+        type=int,
+        default=int(_env("MAX_QUEUED_JOBS", str(d.max_queued_jobs))),
+        help="refuse SubmitJob with RESOURCE_EXHAUSTED while this many jobs are queued; 0 = no "
+        "bound [MATREC_MAX_QUEUED_JOBS] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=int(_env("MAX_CONCURRENT_RPCS", str(d.max_concurrent_rpcs))),
+        help="calls in flight at once, agent streams and watches included; more get "
+        "RESOURCE_EXHAUSTED; 0 = no bound [MATREC_MAX_CONCURRENT_RPCS] (default: %(default)s)",
+    )
+    parser.add_argument(
         "--trigger-check-interval",
         type=float,
         default=float(_env("TRIGGER_CHECK_INTERVAL", "60")),
@@ -204,6 +220,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
     if args.rate_limit < 0 or args.rate_burst < 0:
         build_parser().error("--rate-limit and --rate-burst must be >= 0")
+    if args.max_queued_jobs < 0 or args.max_concurrent_rpcs < 0:
+        build_parser().error("--max-queued-jobs and --max-concurrent-rpcs must be >= 0")
     if args.trigger_check_interval <= 0:
         build_parser().error("--trigger-check-interval must be > 0 seconds")
     if args.lease_ttl <= args.heartbeat_interval:
@@ -240,6 +258,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         trigger_check_interval=args.trigger_check_interval,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst or max(10.0, 2 * args.rate_limit),
+        max_queued_jobs=args.max_queued_jobs,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import psycopg
 
-
 # Taken at import, before a test points TMPDIR at its own tmp_path: the server outlives tests.
 SYSTEM_TEMP_DIR = tempfile.gettempdir()
 

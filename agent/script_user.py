@@ -1,10 +1,12 @@
 """The account a `script` task's program runs as.
 
-An agent started as root with `--script-user NAME` (MATREC_SCRIPT_USER) runs every user program
-as that account, with its primary group only (root's supplementary groups dropped) and its
-HOME, in the task's own working folder, which it is given. The agent and its workers stay root:
-they need the GPUs, the artifact store and the task folders; the program that came from a user
-does not. Without the flag the program runs as the agent's own user, as on a workstation.
+Without a setting the program runs as the agent's own user: the `matrec` system user of the
+systemd unit in deploy/, or whoever started the agent on a workstation. An agent started as root
+with `--script-user NAME` (MATREC_SCRIPT_USER) runs every user program as that account instead,
+with its primary group only (root's supplementary groups dropped) and its HOME, in the task's
+own working folder, which it is given; so a program cannot read the agent's token or touch other
+tasks' folders. The agent and its workers keep their user: they need the GPUs, the artifact
+store and the task folders; the program that came from a user does not.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class ScriptUser:
             raise ScriptUserError(
                 f"--script-user {name!r}: the agent runs as {pwd.getpwuid(current).pw_name!r}, "
                 "and only root can start programs as another user; run the agent as root "
-                "(the systemd unit in deploy/ does) or drop the flag"
+                "or drop the flag (programs then run as the agent's own user)"
             )
         return user
 

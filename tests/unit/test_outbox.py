@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from matrec.agent.outbox import Outbox
 from matrec.v1 import agents_pb2, common_pb2
 
@@ -56,3 +57,26 @@ def test_wait_empty_times_out_while_messages_are_pending() -> None:
         assert not await outbox.wait_empty(timeout=0.05)
 
     asyncio.run(scenario())
+
+
+def test_a_long_outage_drops_the_oldest_batches_but_never_a_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> Outbox:
+        outbox = Outbox(limit=5)
+        result = agents_pb2.AgentMessage(
+            result=agents_pb2.TaskResult(task=agents_pb2.TaskRef(task_id="t", attempt=1))
+        )
+        outbox.add(metrics(1))
+        outbox.add(result)  # seq 2
+        for step in range(2, 10):
+            outbox.add(metrics(step))
+        return outbox
+
+    outbox = asyncio.run(scenario())
+    assert outbox.pending == 5 and outbox.dropped == 5
+    hello = agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id="a"))
+    replayed = drain(outbox.attach(hello))[1:]
+    assert replayed[0].HasField("result")  # the oldest batches went, the result stayed
+    assert [m.metrics.metrics[0].step for m in replayed[1:]] == [6, 7, 8, 9]
+    assert "dropped the oldest metric or log batch (1 so far)" in caplog.text

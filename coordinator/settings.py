@@ -52,6 +52,23 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"MATREC_{name}", default)
 
 
+def _number_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: type[int] | type[float],
+    default: float,
+    meaning: str,
+) -> None:
+    """A numeric flag whose environment variable is MATREC_ and the flag's name in capitals."""
+    variable = flag.removeprefix("--").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
+        type=kind,
+        default=kind(_env(variable, str(default))),
+        help=f"{meaning} [MATREC_{variable}] (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = CoordinatorSettings()
     parser = argparse.ArgumentParser(
@@ -66,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to bind; 0.0.0.0 to accept agents from other hosts [MATREC_HOST] "
         "(default: %(default)s)",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--port",
-        type=int,
-        default=int(_env("PORT", str(d.port))),
-        help="gRPC port; 0 picks a free one [MATREC_PORT] (default: %(default)s)",
+        int,
+        d.port,
+        "gRPC port; 0 picks a free one",
     )
     parser.add_argument(
         "--data-dir",
@@ -91,75 +109,81 @@ def build_parser() -> argparse.ArgumentParser:
         help="where tasks write checkpoints and models; must be shared storage visible to every "
         "agent for resume on another host [MATREC_ARTIFACT_ROOT] (default: DATA_DIR/artifacts)",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", str(d.metrics_port))),
-        help="Prometheus /metrics port; 0 disables it [MATREC_METRICS_PORT] (default: %(default)s)",
+        int,
+        d.metrics_port,
+        "Prometheus /metrics port; 0 disables it",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--lease-ttl",
-        type=float,
-        default=float(_env("LEASE_TTL", str(d.lease_ttl))),
-        help="seconds a task stays with an agent that stopped heartbeating before it is requeued "
-        "[MATREC_LEASE_TTL] (default: %(default)s)",
+        float,
+        d.lease_ttl,
+        "seconds a task stays with an agent that stopped heartbeating before it is requeued",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--heartbeat-interval",
-        type=float,
-        default=float(_env("HEARTBEAT_INTERVAL", str(d.heartbeat_interval))),
-        help="seconds between agent heartbeats [MATREC_HEARTBEAT_INTERVAL] (default: %(default)s)",
+        float,
+        d.heartbeat_interval,
+        "seconds between agent heartbeats",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--metric-max-points",
-        type=int,
-        default=int(_env("METRIC_MAX_POINTS", "0")),
-        help="downsample any metric series (task, attempt, key) longer than this, keeping every "
-        "k-th point and the last; 0 keeps every point [MATREC_METRIC_MAX_POINTS] "
-        "(default: %(default)s)",
+        int,
+        0,
+        "downsample any metric series (task, attempt, key) longer than this, keeping every "
+        "k-th point and the last; 0 keeps every point",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--rate-limit",
-        type=float,
-        default=float(_env("RATE_LIMIT", "0")),
-        help="calls per second allowed to each caller (API token, else client address); over "
-        "it a call gets RESOURCE_EXHAUSTED and the SDK waits and retries; 0 = no limit "
-        "[MATREC_RATE_LIMIT] (default: %(default)s)",
+        float,
+        0.0,
+        "calls per second allowed to each caller (API token, else client address); over "
+        "it a call gets RESOURCE_EXHAUSTED and the SDK waits and retries; 0 = no limit",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--rate-burst",
-        type=float,
-        default=float(_env("RATE_BURST", "0")),
-        help="calls a caller may make at once before --rate-limit applies; 0 = twice the rate, "
-        "at least 10 [MATREC_RATE_BURST] (default: %(default)s)",
+        float,
+        0.0,
+        "calls a caller may make at once before --rate-limit applies; 0 = twice the rate, "
+        "at least 10",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--max-queued-jobs",
-        type=int,
-        default=int(_env("MAX_QUEUED_JOBS", str(d.max_queued_jobs))),
-        help="refuse SubmitJob with RESOURCE_EXHAUSTED while this many jobs are queued; 0 = no "
-        "bound [MATREC_MAX_QUEUED_JOBS] (default: %(default)s)",
+        int,
+        d.max_queued_jobs,
+        "refuse SubmitJob with RESOURCE_EXHAUSTED while this many jobs are queued; 0 = no bound",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--max-concurrent-rpcs",
-        type=int,
-        default=int(_env("MAX_CONCURRENT_RPCS", str(d.max_concurrent_rpcs))),
-        help="calls in flight at once, agent streams and watches included; more get "
-        "RESOURCE_EXHAUSTED; 0 = no bound [MATREC_MAX_CONCURRENT_RPCS] (default: %(default)s)",
+        int,
+        d.max_concurrent_rpcs,
+        "calls in flight at once, agent streams and watches included; more get "
+        "RESOURCE_EXHAUSTED; 0 = no bound",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--trigger-check-interval",
-        type=float,
-        default=float(_env("TRIGGER_CHECK_INTERVAL", "60")),
-        help="seconds between two evaluations of the active-learning projects' retraining "
-        "triggers by the monitor [MATREC_TRIGGER_CHECK_INTERVAL] (default: %(default)s)",
+        float,
+        60.0,
+        "seconds between two evaluations of the active-learning projects' retraining "
+        "triggers by the monitor",
     )
-    parser.add_argument(
+    _number_flag(
+        parser,
         "--metric-retention-days",
-        type=float,
-        default=float(_env("METRIC_RETENTION_DAYS", "0")),
-        help="delete the metrics and log lines of jobs finished more than this many days ago; "
-        "0 keeps them forever [MATREC_METRIC_RETENTION_DAYS] (default: %(default)s)",
+        float,
+        0.0,
+        "delete the metrics and log lines of jobs finished more than this many days ago; "
+        "0 keeps them forever",
     )
     parser.add_argument(
         "--no-check-paths",

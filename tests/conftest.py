@@ -29,6 +29,28 @@ def test_temp_dir(
     shutil.rmtree(directory, ignore_errors=True)
 
 
+#: Folders of session-scoped fixtures start with this; they outlive every module.
+SESSION_PREFIX = "session-"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_temp_dirs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Remove the folders a test module made (its module fixtures' clusters and models) once
+    it is done, unless one of its tests failed: a passing test's tmp_path is removed at once,
+    but module fixtures' folders would otherwise stay until the whole run ends."""
+    root = tmp_path_factory.getbasetemp()
+    before = set(root.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed:
+        return
+    for entry in set(root.iterdir()) - before:
+        if entry.is_dir() and not entry.name.startswith(SESSION_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = start_postgres()
@@ -48,5 +70,5 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDatasetInfo:
     """6 classes x (24 train + 8 val) real texture patches of 32 px."""
-    root = tmp_path_factory.mktemp("data") / "demo"
+    root = tmp_path_factory.mktemp(f"{SESSION_PREFIX}data") / "demo"
     return make_demo_dataset(root, seed=0, patch_size=32, train_per_class=24, val_per_class=8)

@@ -28,6 +28,7 @@ from matrec.sdk.errors import InvalidSpecError
 from matrec.sdk.types import IntermediateValue, Study, Trial
 from rich.console import Console, RenderableType
 
+STAMP = re.compile(r"^(\d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2} \d{2}:\d{2}) ")
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 OOM = (
     "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total capacity)\n"
@@ -291,7 +292,8 @@ def test_plain_lines_follow_the_trials() -> None:
     )
     printer.handle(second)
     printer.handle(replace(second, state="completed"))
-    lines = [line.split(" ", 1)[1] for line in console.export_text().splitlines()]
+    # Each line starts with its time: HH:MM:SS today, YYYY-MM-DD HH:MM on another day.
+    lines = [STAMP.sub("", line, count=1) for line in console.export_text().splitlines()]
     assert lines[0].startswith("study study-0123456789ab (wood-lr): tpe, val/accuracy (maximize)")
     assert lines[1].startswith("trial 0 started (job-000000000000): dense_units=128")
     assert lines[2].startswith("trial 1 started")

@@ -260,7 +260,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 context,
                 SpecError("interval", f"must be at least {CLUSTER_MIN_INTERVAL_SECONDS} s"),
             )
-        last_signature = b""
+        # None, not b"": an empty cluster's snapshot serialises to b"", and the first one is due.
+        last_signature: bytes | None = None
         points = self.telemetry.metric_points_total
         clock = time.monotonic()
         while True:

@@ -257,3 +257,18 @@ def test_an_agent_cannot_report_on_or_finish_tasks_it_does_not_hold(
         jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_watch_cluster_answers_at_once_on_an_empty_cluster(tmp_path: Path) -> None:
+    # An empty cluster's snapshot serialises to no bytes at all; it must still be sent.
+    with (
+        LocalCluster(tmp_path / "empty", agents=0) as empty,
+        grpc.insecure_channel(empty.address) as channel,
+    ):
+        stream = jobs_pb2_grpc.JobServiceStub(channel).WatchCluster(
+            jobs_pb2.WatchClusterRequest(), timeout=5
+        )
+        first = next(stream)
+        stream.cancel()
+    assert not first.snapshot.agents and not first.snapshot.active_jobs
+    assert first.snapshot.time.seconds > 0

@@ -23,7 +23,6 @@ one is trained first on `dataset_path` (`finetune` holds its config fields).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from matrec.sdk.address import ADDRESS_ENV
+from matrec.sdk.address import configured_address
 from matrec.sdk.client import Client
 from matrec.sdk.errors import JobFailedError
 from matrec.sdk.local_cluster import LocalCluster
@@ -78,7 +77,7 @@ class ActiveLearner:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._cluster: LocalCluster | None = None
-        address = coordinator or os.environ.get(ADDRESS_ENV)
+        address = coordinator or configured_address()
         if address:
             self.client = Client(address)
         else:

@@ -275,22 +275,40 @@ def load_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {"config_file": path_source}
     for setting in SETTINGS:
-        explicit = overrides.get(setting.name)
-        env_name = next((name for name in setting.env if env.get(name, "").strip()), None)
-        if explicit is not None:
-            values[setting.name] = _parse(setting, explicit, f"argument {setting.name}")
-            sources[setting.name] = "argument"
-        elif env_name is not None:
-            values[setting.name] = _parse(setting, env[env_name], env_name)
-            sources[setting.name] = f"env {env_name}"
-        elif setting.name in file_values:
-            where = f"config file {path}, key {setting.name}"
-            values[setting.name] = _parse(setting, file_values[setting.name], where)
-            sources[setting.name] = f"file {path}"
-        else:
-            values[setting.name] = _parse(setting, setting.default, "default")
-            sources[setting.name] = "default"
+        values[setting.name], sources[setting.name] = _resolve(
+            setting, overrides.get(setting.name), env, file_values, path
+        )
     return MatrecConfig(**values, sources=sources, config_file=path)
+
+
+def configured(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting as the precedence gives it when no argument sets it: its environment
+    variables, else the config file, else its default. For callers that need only the
+    coordinator's address or the token, so that a bad value of another setting cannot stop
+    them."""
+    env = os.environ if environ is None else environ
+    path, path_source = _config_file_path(None, env)
+    file_values = _read_config_file(path, required=path_source != "default")
+    return _resolve(SETTINGS_BY_NAME[name], None, env, file_values, path)[0]
+
+
+def _resolve(
+    setting: Setting,
+    explicit: Any,
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    path: Path | None,
+) -> tuple[Any, str]:
+    """A setting's typed value and where it came from: argument, environment, file, default."""
+    env_name = next((name for name in setting.env if env.get(name, "").strip()), None)
+    if explicit is not None:
+        return _parse(setting, explicit, f"argument {setting.name}"), "argument"
+    if env_name is not None:
+        return _parse(setting, env[env_name], env_name), f"env {env_name}"
+    if setting.name in file_values:
+        where = f"config file {path}, key {setting.name}"
+        return _parse(setting, file_values[setting.name], where), f"file {path}"
+    return _parse(setting, setting.default, "default"), "default"
 
 
 def mask_url_password(url: str) -> str:

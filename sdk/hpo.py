@@ -16,7 +16,6 @@ the call and stopped after it, its files kept under `workdir`.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from matrec.common.specs import SpecError
 from matrec.common.studies import parse_study_spec
-from matrec.sdk.address import ADDRESS_ENV
+from matrec.sdk.address import configured_address
 from matrec.sdk.errors import InvalidSpecError, MatrecError
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ def optimize_hyperparameters(
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
 
-    address = coordinator or os.environ.get(ADDRESS_ENV) or None
+    address = coordinator or configured_address() or None
     from matrec.sdk.client import Client
 
     if address is not None:

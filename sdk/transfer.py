@@ -13,7 +13,6 @@ first, locally, with the same rules as the coordinator's.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from matrec.common.specs import (
     check_dataset_path,
     parse_job_spec,
 )
-from matrec.sdk.address import ADDRESS_ENV
+from matrec.sdk.address import configured_address
 from matrec.sdk.errors import (
     CoordinatorUnavailableError,
     InvalidSpecError,
@@ -146,7 +145,7 @@ def transfer_learn(
     checkpoint in `artifact_dir`. Raises InvalidSpecError (naming the field) before any work
     when the config is invalid.
     """
-    address = coordinator or os.environ.get(ADDRESS_ENV) or None
+    address = coordinator or configured_address() or None
     raw_config: dict[str, Any] = {
         "dataset_path": _absolute(dataset_path),
         "model_type": model_type,

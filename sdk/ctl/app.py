@@ -62,22 +62,25 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     coordinator: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--coordinator",
             "-c",
             envvar=ADDRESS_ENV,
             metavar="HOST:PORT",
-            help="Coordinator to talk to.",
+            help=f"Coordinator to talk to; else `coordinator` in the config file, else "
+            f"{DEFAULT_ADDRESS}.",
+            show_default=False,
         ),
-    ] = DEFAULT_ADDRESS,
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             "--token",
             envvar=TOKEN_ENV,
             metavar="TOKEN",
-            help="API token, for a coordinator started with --auth.",
+            help="API token, for a coordinator started with --auth; else `token` in the "
+            "config file.",
             show_default=False,
         ),
     ] = None,

@@ -268,3 +268,27 @@ def test_describe_lists_every_setting_once_then_the_file(tmp_path: Path) -> None
     rows = load_config(environ=home(tmp_path)).describe()
     assert [name for name, _, _ in rows] == [s.name for s in SETTINGS] + ["config_file"]
     assert all(isinstance(value, str) for _, value, _ in rows)
+
+
+def test_the_client_and_one_call_functions_read_coordinator_and_token_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matrec.sdk.address import configured_address, default_address, default_token
+    from matrec.sdk.client import Client
+
+    for name in ("MATREC_COORDINATOR", "MATREC_TOKEN", "MATREC_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert configured_address() is None  # nothing set: the one-call functions go embedded
+    assert default_address() == "127.0.0.1:50051" and default_token() is None
+
+    write_toml(
+        tmp_path / ".matrec" / "config.toml", 'coordinator = "gpu-head:50051"\ntoken = "t-1"\n'
+    )
+    assert configured_address() == "gpu-head:50051" and default_token() == "t-1"
+    with Client() as client:
+        assert client.address == "gpu-head:50051"
+
+    monkeypatch.setenv("MATREC_COORDINATOR", "other:1")
+    monkeypatch.setenv("MATREC_TOKEN", "t-2")
+    assert default_address() == "other:1" and default_token() == "t-2"  # the environment wins

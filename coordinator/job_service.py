@@ -124,7 +124,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             # Strictly before anything is stored: a rejected job leaves no trace.
             await abort_invalid(context, error)
         limit = self.policy.max_queued_jobs
-        if limit and self.store.count_jobs_by_state().get("queued", 0) >= limit:
+        if limit and self.store.count_jobs(JobState.QUEUED) >= limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the queue is full: {limit} jobs are waiting (the coordinator's "

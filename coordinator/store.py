@@ -376,12 +376,14 @@ class Store:
                     tasks[task_row.job_id].append(_task(task_row))
         return [_job(row, tasks[row.id]) for row in rows]
 
-    def count_jobs(self) -> int:
+    def count_jobs(self, state: JobState | None = None) -> int:
+        """All jobs, or those in `state` (an index lookup, for the submit path)."""
+        j = schema.training_jobs
+        query = sa.select(sa.func.count()).select_from(j)
+        if state is not None:
+            query = query.where(j.c.state == str(state))
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).select_from(schema.training_jobs)).scalar()
-                or 0
-            )
+            return int(conn.execute(query).scalar() or 0)
 
     def request_cancel(self, job_id: str, reason: str) -> list[TaskRecord]:
         """Mark a job cancelled-on-request; cancel its queued tasks now. Returns the active tasks

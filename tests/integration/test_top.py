@@ -3,7 +3,6 @@ are the stored ones, and the live view in a real terminal (tmux) updates while t
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from matrec.sdk.ctl.top_view import render_top, summary_line
 from matrec.sdk.local_cluster import LocalCluster
 from rich.console import Console
 from support.cluster_jobs import wait_until
+from support.tools import require_tool
 
 DIAGNOSTIC = {
     "kind": "diagnostic",
@@ -55,7 +55,7 @@ def test_snapshot_shows_the_stored_numbers(cluster: LocalCluster) -> None:
 
 
 def test_live_view_updates_in_a_terminal(cluster: LocalCluster, tmp_path: Path) -> None:
-    assert shutil.which("tmux"), "tmux is missing: `make setup` installs it"
+    require_tool("tmux")
     session = f"matrec-top-{time.monotonic_ns()}"
     command = (
         f"{sys.executable} -c 'from matrec.sdk.ctl.app import main; main()' "

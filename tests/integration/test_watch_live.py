@@ -3,7 +3,6 @@ and numbers shown are the stored ones, and the live view in tmux updates while t
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from rich.console import Console
 from support.cluster_jobs import finetune_spec
+from support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_watch_view_shows_the_stored_curves(
 def test_watch_updates_live_in_a_terminal(
     cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
-    assert shutil.which("tmux"), "tmux is missing: `make setup` installs it"
+    require_tool("tmux")
     with cluster.client() as client:
         job = client.submit_job(finetune_spec(small_dataset, 4))
         session = f"matrec-watch-{time.monotonic_ns()}"

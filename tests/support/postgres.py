@@ -7,7 +7,6 @@ the server runs as the `postgres` user, since PostgreSQL refuses to run as root.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import socket
@@ -18,25 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from matrec.sdk.ctl.doctor import missing_message, postgres_bin_dir
 
 # Taken at import, before a test points TMPDIR at its own tmp_path: the server outlives tests.
 SYSTEM_TEMP_DIR = tempfile.gettempdir()
 
 
 def find_bindir() -> Path:
-    explicit = os.environ.get("MATREC_PG_BIN")
-    candidates = [explicit] if explicit else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").is_file():
-            return Path(candidate)
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    raise RuntimeError(
-        "PostgreSQL server binaries not found; run `make setup` (installs the OS package "
-        "`postgresql`) or set MATREC_PG_BIN to the folder holding initdb and pg_ctl"
-    )
+    """The folder of initdb and pg_ctl: MATREC_PG_BIN, the OS package's, or on PATH."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError(missing_message("postgres-server"))
+    return bin_dir
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from matrec.agent.path_policy import parse_roots
 from matrec.agent.script_user import ScriptUser, ScriptUserError
+from matrec.common.paths import absolute_path, optional_absolute_path
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None = None) -> AgentSettings:
+    """The settings from `argv` and the environment; every path made absolute here, because the
+    agent starts workers inside task folders and relative paths would point elsewhere there."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.script_user:
@@ -152,20 +155,26 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
     return AgentSettings(
         coordinator=args.coordinator,
         token=args.token,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
+        tls_ca=optional_absolute_path(args.tls_ca),
+        tls_cert=optional_absolute_path(args.tls_cert),
+        tls_key=optional_absolute_path(args.tls_key),
         name=args.name,
-        data_dir=args.data_dir,
+        data_dir=absolute_path(args.data_dir),
         cpus=args.cpus,
         gpus=None if args.gpus < 0 else args.gpus,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
-        python=args.python,
+        python=_interpreter(args.python),
         stop_grace=args.stop_grace,
         log_level=args.log_level,
         allowed_paths=tuple(
-            p.expanduser() for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
+            absolute_path(p) for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
         ),
         script_user=args.script_user,
     )
+
+
+def _interpreter(python: str) -> str:
+    """A bare name (``python3``) is looked up on PATH when a worker starts; a path is made
+    absolute, since workers start inside their task's folder."""
+    return str(absolute_path(python)) if os.sep in python else python

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrec.common.paths import absolute_path, optional_absolute_path
+
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
+    """The settings from `argv` and the environment; every path made absolute here, because
+    artifact folders travel to agents, whose tasks run in other working folders."""
     args = build_parser().parse_args(argv)
     if args.metric_max_points < 0 or args.metric_retention_days < 0:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
@@ -262,28 +266,43 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
     return CoordinatorSettings(
         host=args.host,
         port=args.port,
-        data_dir=args.data_dir,
-        database_url=args.database_url,
-        artifact_root=args.artifact_root,
+        data_dir=absolute_path(args.data_dir),
+        database_url=_absolute_sqlite_url(args.database_url),
+        artifact_root=optional_absolute_path(args.artifact_root),
         metrics_port=args.metrics_port,
         lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval,
         check_paths=args.check_paths,
         metric_max_points=args.metric_max_points,
         metric_retention_days=args.metric_retention_days,
-        ready_file=args.ready_file,
+        ready_file=optional_absolute_path(args.ready_file),
         log_level=args.log_level,
         auth=args.auth,
-        admin_token_file=args.admin_token_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
+        admin_token_file=optional_absolute_path(args.admin_token_file),
+        tls_cert=optional_absolute_path(args.tls_cert),
+        tls_key=optional_absolute_path(args.tls_key),
+        tls_client_ca=optional_absolute_path(args.tls_client_ca),
         insecure=args.insecure,
         trigger_check_interval=args.trigger_check_interval,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst or max(10.0, 2 * args.rate_limit),
         max_queued_jobs=args.max_queued_jobs,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+    )
+
+
+def _absolute_sqlite_url(url: str) -> str:
+    """A SQLite URL naming a relative file (``sqlite:///matrec.db``) made absolute; other URLs
+    as given."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return url
+    return parsed.set(database=str(absolute_path(parsed.database))).render_as_string(
+        hide_password=False
     )
 
 

@@ -35,6 +35,9 @@ device                               MATREC_DEVICE                              
 pretrained_path                      MATREC_PRETRAINED_PATH                       unset
 ==================================== ============================================ ==============
 
+Paths are made absolute when read: a relative path in the config file against the file's folder,
+one from an argument or the environment against the working directory.
+
 Booleans accept true/false, 1/0, yes/no, on/off (any case; TOML booleans in the file). A bad
 value raises ConfigError naming the variable or file key and the accepted values.
 `MatrecConfig.describe()` lists every setting with its value and source, secrets masked
@@ -50,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from matrec.common.paths import absolute_path
 
 CONFIG_ENV = "MATREC_CONFIG"
 DEFAULT_CONFIG_FILE = "~/.matrec/config.toml"
@@ -201,7 +206,7 @@ class MatrecConfig:
     supabase_url: str | None = None
     supabase_key: str | None = None
     database_url: str | None = None
-    base_dir: Path = field(default_factory=lambda: Path(DEFAULT_BASE_DIR).expanduser())
+    base_dir: Path = field(default_factory=lambda: absolute_path(DEFAULT_BASE_DIR))
     num_workers: int = 4
     visualization_level: str = "standard"
     enable_transfer_learning: bool = True
@@ -307,7 +312,8 @@ def _resolve(
         return _parse(setting, env[env_name], env_name), f"env {env_name}"
     if setting.name in file_values:
         where = f"config file {path}, key {setting.name}"
-        return _parse(setting, file_values[setting.name], where), f"file {path}"
+        base = path.parent if path is not None else None
+        return _parse(setting, file_values[setting.name], where, base), f"file {path}"
     return _parse(setting, setting.default, "default"), "default"
 
 
@@ -334,10 +340,10 @@ def _config_file_path(
     config_file: str | Path | None, env: Mapping[str, str]
 ) -> tuple[Path | None, str]:
     if config_file is not None:
-        return Path(config_file).expanduser(), "argument"
+        return absolute_path(config_file), "argument"
     named = env.get(CONFIG_ENV, "").strip()
     if named:
-        return Path(named).expanduser(), f"env {CONFIG_ENV}"
+        return absolute_path(named), f"env {CONFIG_ENV}"
     home = env.get("HOME", "").strip()
     root = Path(home) if home else Path.home()
     return root / ".matrec" / "config.toml", "default"
@@ -369,8 +375,10 @@ def _read_config_file(path: Path | None, *, required: bool) -> dict[str, Any]:
     return document
 
 
-def _parse(setting: Setting, raw: Any, where: str) -> Any:
-    """The typed value of `raw` (a string from the environment, a TOML value, or an argument)."""
+def _parse(setting: Setting, raw: Any, where: str, base: Path | None = None) -> Any:
+    """The typed value of `raw` (a string from the environment, a TOML value, or an argument).
+    A path is made absolute here, against `base` (a config file's folder) or else the working
+    directory, so that no relative path reaches the embedded cluster's processes."""
     if raw is None:
         return None
     if setting.kind == "flag":
@@ -390,7 +398,7 @@ def _parse(setting: Setting, raw: Any, where: str) -> Any:
     if not text:
         return None
     if setting.kind == "path":
-        return Path(text).expanduser()
+        return absolute_path(text, base)
     return text
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from matrec.common.paths import absolute_path
 from matrec.sdk.client import Client
 from matrec.sdk.errors import MatrecError
 from matrec.sdk.types import Agent
@@ -115,7 +116,7 @@ class LocalCluster:
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
     ) -> None:
-        self.workdir = workdir.resolve()
+        self.workdir = absolute_path(workdir)
         self.agent_count = agents
         self.agent_cpus = agent_cpus
         self.agent_gpus = agent_gpus

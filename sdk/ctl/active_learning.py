@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from matrec.common.paths import absolute_path
 from matrec.sdk.ctl.active_learning_view import (
     batch_header,
     candidates_table,
@@ -113,11 +114,6 @@ class ProjectFlags:
     retrain_epochs: int | None = None
 
 
-def _absolute(path: Path, base: Path) -> str:
-    path = path.expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def load_project_file(path: Path) -> dict[str, Any]:
     """A project spec as a JSON object; its paths are resolved against the file's folder."""
     from matrec.sdk.errors import InvalidSpecError
@@ -132,7 +128,7 @@ def load_project_file(path: Path) -> dict[str, Any]:
         raise InvalidSpecError("--spec", f"{path}: expected a JSON object at the top level")
     for key in PATH_KEYS:
         if isinstance(data.get(key), str):
-            data[key] = _absolute(Path(data[key]), base=path.parent)
+            data[key] = str(absolute_path(Path(data[key]), path.parent))
     return data
 
 
@@ -154,8 +150,8 @@ def build_project_spec(spec_file: Path | None, flags: ProjectFlags) -> dict[str,
     cwd = Path.cwd()
     top: dict[str, Any] = {
         "name": flags.name,
-        "dataset_path": None if flags.dataset is None else _absolute(flags.dataset, cwd),
-        "pool_path": None if flags.pool is None else _absolute(flags.pool, cwd),
+        "dataset_path": None if flags.dataset is None else str(absolute_path(flags.dataset, cwd)),
+        "pool_path": None if flags.pool is None else str(absolute_path(flags.pool, cwd)),
         "model_job_id": flags.model_job,
         "strategy": flags.strategy,
         "mc_dropout_passes": flags.mc_dropout_passes,

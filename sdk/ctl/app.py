@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from matrec.common.paths import absolute_path
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
 from matrec.sdk.ctl.active_learning import active_learning_app
 from matrec.sdk.ctl.certs import certs_app
@@ -104,12 +105,12 @@ def root(
     ] = False,
 ) -> None:
     ctx.obj = coordinator
-    # Every Client a command makes reads these.
+    # Every Client a command makes reads these; paths absolute, as everywhere they are read.
     if token:
         os.environ[TOKEN_ENV] = token
     for variable, path in zip(TLS_ENV, (tls_ca, tls_cert, tls_key), strict=True):
         if path is not None:
-            os.environ[variable] = str(path)
+            os.environ[variable] = str(absolute_path(path))
 
 
 # -- processes ---------------------------------------------------------------------------------

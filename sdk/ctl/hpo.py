@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from matrec.common.paths import absolute_path
 from matrec.sdk.ctl.connection import client_from_context
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, print_error, stderr
 from rich.console import Console
@@ -99,11 +100,6 @@ class StudyFlags:
 # -- assembling the spec -----------------------------------------------------------------------
 
 
-def _absolute(path: Path, base: Path) -> str:
-    path = path.expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def _read_mapping(path: Path, option: str) -> dict[str, Any]:
     """A JSON (or, with PyYAML, YAML) file holding a mapping; InvalidSpecError names `option`."""
     from matrec.sdk.errors import InvalidSpecError
@@ -164,7 +160,7 @@ def load_study_file(path: Path) -> dict[str, Any]:
     if isinstance(config, dict):
         for key in PATH_KEYS:
             if isinstance(config.get(key), str):
-                config[key] = _absolute(Path(config[key]), base=path.parent)
+                config[key] = str(absolute_path(Path(config[key]), path.parent))
     return spec
 
 
@@ -185,7 +181,7 @@ def build_study_spec(spec_file: Path | None, flags: StudyFlags) -> dict[str, Any
     if not isinstance(config, dict):
         raise InvalidSpecError("trial.config", "must be a mapping of settings")
     if flags.dataset is not None:
-        config["dataset_path"] = _absolute(flags.dataset, Path.cwd())
+        config["dataset_path"] = str(absolute_path(flags.dataset, Path.cwd()))
     config.update(parse_assignment(text) for text in flags.assignments)
     if flags.max_attempts is not None:
         trial["max_attempts"] = flags.max_attempts

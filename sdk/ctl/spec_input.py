@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matrec.common.paths import absolute_path
 from matrec.sdk.errors import InvalidSpecError
 
 _PATH_KEYS = ("dataset_path", "pretrained_path")
@@ -96,7 +97,7 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     if isinstance(config, dict):
         for key in _PATH_KEYS:
             if isinstance(config.get(key), str):
-                config[key] = _absolute(Path(config[key]), base=path.parent)
+                config[key] = str(absolute_path(Path(config[key]), path.parent))
     return data
 
 
@@ -113,11 +114,6 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise InvalidSpecError("--file", f"{path}: invalid YAML: {exc}") from None
 
 
-def _absolute(path: Path, base: Path) -> str:
-    path = path.expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
     """The spec from `file` (if any), overridden by the flags that were given, then by --set."""
     spec: dict[str, Any] = load_spec_file(file) if file is not None else {}
@@ -127,13 +123,15 @@ def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
         raise InvalidSpecError("config", "must be a mapping of settings")
     cwd = Path.cwd()
     config_flags = {
-        "dataset_path": None if flags.dataset is None else _absolute(flags.dataset, cwd),
+        "dataset_path": None if flags.dataset is None else str(absolute_path(flags.dataset, cwd)),
         "model": flags.model,
         "epochs": flags.epochs,
         "batch_size": flags.batch_size,
         "learning_rate": flags.learning_rate,
         "image_size": flags.image_size,
-        "pretrained_path": None if flags.pretrained is None else _absolute(flags.pretrained, cwd),
+        "pretrained_path": None
+        if flags.pretrained is None
+        else str(absolute_path(flags.pretrained, cwd)),
         "pretrained_weights": flags.pretrained_weights,
         "model_type": flags.model_type,
         "strategy": flags.strategy,

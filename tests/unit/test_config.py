@@ -146,6 +146,24 @@ def test_values_are_typed(tmp_path: Path) -> None:
     assert config.pretrained_path == Path("~/models/r18.pt").expanduser()
 
 
+def test_relative_paths_are_made_absolute_where_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config file's relative path is relative to the file; others to the working folder."""
+    file = write_toml(tmp_path / "conf" / "matrec.toml", 'base_dir = "runs"\n')
+    (tmp_path / "shell").mkdir()
+    monkeypatch.chdir(tmp_path / "shell")
+    config = load_config(config_file="../conf/matrec.toml", environ=home(tmp_path))
+    assert config.base_dir == tmp_path / "conf" / "runs"
+    assert config.config_file == file
+    config = load_config(
+        pretrained_path="../models/r18.pt",
+        environ={**home(tmp_path), "MATREC_BASE_DIR": "./runs"},
+    )
+    assert config.base_dir == tmp_path / "shell" / "runs"
+    assert config.pretrained_path == tmp_path / "models" / "r18.pt"
+
+
 def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
     file = write_toml(tmp_path / "home" / ".matrec" / "config.toml", "num_workers = 9\n")
     config = load_config(environ={**home(tmp_path), "MATREC_NUM_WORKERS": "", "NUM_WORKERS": " "})

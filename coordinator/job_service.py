@@ -328,7 +328,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             await abort_invalid(context, SpecError("offset", "must be >= 0"))
         found = pick_artifact(self.store.artifacts(job.id), request.uri, request.kind)
         if found is None:
-            what = repr(request.uri) if request.uri else f"a {request.kind or 'model'} artifact"
+            what = repr(request.uri) if request.uri else f"{request.kind or 'model'} artifact"
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"job {job.id} has no {what}; `matrec-ctl artifacts {job.id}` lists its files",

@@ -330,13 +330,16 @@ class Client:
         uri: str = "",
         progress: Callable[[int, int], None] | None = None,
     ) -> Path:
-        """Copy one of the job's artifacts (`uri`, else its newest `kind`) to `destination` (a
-        file, or a folder to put it in). Bytes go to DESTINATION.part first, so an interrupted
-        download resumes where it stopped; the file is renamed into place only after its SHA-256
-        matched. `progress(done, total)` is called per chunk. Raises JobNotFoundError,
-        JobStateError (the coordinator cannot see the file) or MatrecError (corrupt transfer).
+        """Copy one of the job's artifacts (`uri`, else its newest `kind`) to `destination`: a
+        file, or a folder to put it in (an existing one, or a name ending in "/", then created).
+        Bytes go to DESTINATION.part first, so an interrupted download resumes where it stopped;
+        the file is renamed into place only after its SHA-256 matched. `progress(done, total)`
+        is called per chunk. Raises JobNotFoundError, JobStateError (the coordinator cannot see
+        the file) or MatrecError (corrupt transfer).
         """
         target = Path(destination)
+        if str(destination).endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             name = Path(uri).name if uri else f"{job_id}-{kind}.pt"
             target = target / name

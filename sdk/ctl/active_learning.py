@@ -490,13 +490,17 @@ def select(
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of random and clustering choices.")] = 0,
     as_json: JsonOption = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the batch id, for scripts.")
+    ] = False,
 ) -> None:
     """Propose a batch of pool samples to label, most informative first; print it.
 
     Samples already labelled or waiting in an open batch are never proposed again. Needs a finished pool scoring (see `score`).
 
     [dim]$ matrec-ctl active-learning select alp-5d1e2f3a4b6c --count 20 --strategy hybrid
-    $ matrec-ctl active-learning select alp-5d1e2f3a4b6c -n 12 --class-balance[/]
+    $ matrec-ctl active-learning select alp-5d1e2f3a4b6c -n 12 --class-balance
+    $ BATCH=$(matrec-ctl active-learning select alp-5d1e2f3a4b6c -n 10 --quiet)[/]
     """  # noqa: E501
     with client_from_context(ctx) as client:
         batch = client.select_samples(
@@ -506,6 +510,9 @@ def select(
             class_balance=class_balance,
             seed=seed,
         )
+    if quiet:
+        typer.echo(batch.id)
+        return
     show_selection(batch, count, as_json)
 
 

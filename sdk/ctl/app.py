@@ -118,8 +118,11 @@ def root(
 
 @app.command()
 def doctor() -> None:
-    """Check this machine: the system tools the tests need (found, missing, how to install), torch,
-    torchvision and Horovod. Exit code 1 when something required is missing."""
+    """Check this machine: the tools the tests need, torch, torchvision and Horovod.
+
+    Each system tool is found (path, version) or missing, with how to install it (`make NAME`,
+    which `make setup` runs). Exit code 1 when something required is missing.
+    """
     from matrec.sdk.ctl.doctor import doctor as run_doctor
 
     raise typer.Exit(run_doctor())
@@ -595,8 +598,15 @@ def download(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="JOB", help="Job id.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="File to write, or a folder to put it in.")
-    ] = Path("."),
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="File to write, or a folder to put it in: an existing one, or a name ending "
+            "in / (created).",
+        ),
+    ] = ".",
     kind: Annotated[
         str, typer.Option(help="Which artifact: model or checkpoint (the newest of that kind).")
     ] = "model",

@@ -93,8 +93,9 @@ def test_unknown_job_or_artifact(finished: tuple[LocalCluster, Job], tmp_path: P
     with Client(cluster.address) as client:
         with pytest.raises(JobNotFoundError):
             client.list_artifacts("job-nope")
-        with pytest.raises(JobNotFoundError, match="matrec-ctl artifacts"):
+        with pytest.raises(JobNotFoundError, match="matrec-ctl artifacts") as refused:
             client.download_artifact(job.id, tmp_path, kind="report")
+        assert f"job {job.id} has no report artifact;" in str(refused.value)
     assert not list(tmp_path.iterdir()), "a failed download left a file behind"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 from matrec.sdk.ctl.doctor import missing_message, postgres_bin_dir
+
+from support.network import free_port
 
 # Taken at import, before a test points TMPDIR at its own tmp_path: the server outlives tests.
 SYSTEM_TEMP_DIR = tempfile.gettempdir()
@@ -29,12 +30,6 @@ def find_bindir() -> Path:
     if bin_dir is None:
         raise RuntimeError(missing_message("postgres-server"))
     return bin_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -104,7 +99,7 @@ def start_postgres() -> PostgresServer:
     root = Path(tempfile.mkdtemp(prefix="matrec-pg-", dir=SYSTEM_TEMP_DIR))
     if run_as:
         shutil.chown(root, user=run_as)
-    server = PostgresServer(root, _free_port(), bindir, run_as)
+    server = PostgresServer(root, free_port(), bindir, run_as)
     server._run(
         "initdb", "-D", str(server.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"
     )

@@ -5,12 +5,12 @@ tables of diagnostic and score jobs match the specs."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import typer
 from matrec.common.specs import JOB_KINDS
 from matrec.sdk.ctl.app import app
+from support.tools import make
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -66,14 +66,7 @@ def test_every_command_has_a_row_and_every_named_option_exists() -> None:
 
 
 def test_make_help_targets_are_all_listed() -> None:
-    shown = subprocess.run(
-        ["make", "--no-print-directory", "help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = make("help")
     targets = set(re.findall(r"^  ([a-z][a-z-]*)  ", shown, re.MULTILINE))
     tools = shown.split("one target each (setup runs them all):")[1].split("\n")[1].split()
     sentence = README.split("`make help` lists every target:")[1].split("\n\n")[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from matrec.sdk.ctl.doctor import BASE_COMMANDS, SYSTEM_TOOLS
+from support.tools import make
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
@@ -32,14 +33,7 @@ def programs_used(source: str) -> set[str]:
 
 def setup_prerequisites() -> list[str]:
     """`setup`'s prerequisites as make sees them, variables expanded."""
-    database = subprocess.run(
-        ["make", "--no-print-directory", "-p", "-n", "help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    database = make("-p", "-n", "help")
     lines = [line for line in database.splitlines() if line.startswith("setup:")]
     assert len(lines) == 1, f"no single `setup:` rule in make's database: {lines}"
     return lines[0].removeprefix("setup:").split()
@@ -56,15 +50,8 @@ def test_setup_depends_on_a_target_for_every_tool() -> None:
 
 def test_each_tool_target_installs_that_tool() -> None:
     for entry in SYSTEM_TOOLS:
-        dry_run = subprocess.run(
-            ["make", "--no-print-directory", "-n", entry.name],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert dry_run.returncode == 0, dry_run.stderr
-        assert f"sdk/ctl/doctor.py install {entry.name}" in dry_run.stdout, dry_run.stdout
+        dry_run = make("-n", entry.name)
+        assert f"sdk/ctl/doctor.py install {entry.name}" in dry_run, dry_run
 
 
 def test_every_program_a_test_runs_is_in_the_list() -> None:

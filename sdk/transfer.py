@@ -7,12 +7,14 @@
 
 With a coordinator (the `coordinator` argument, else $MATREC_COORDINATOR) the fine-tune is a
 `finetune` job submitted through `Client`; without one it runs here, by calling the agent's
-training engine directly (torch is imported only then). Either way the config is validated
-first, locally, with the same rules as the coordinator's.
+training engine through its one public in-process entry point, `matrec.agent.in_process`
+(torch is imported only then). Either way the config is validated first, locally, with the
+same rules as the coordinator's.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -206,24 +208,6 @@ def _wait_for(
     return TransferResult.from_result(job.id, job.result)
 
 
-class _SinkReporter:
-    """The engine's Reporter for an in-process run: metrics to the sink, logs to the logger."""
-
-    def __init__(self, sink: ProgressSink) -> None:
-        self.sink = sink
-
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.sink.update(step, values)
-
-    def checkpoint(self, path: Path, epoch: int, step: int) -> None:
-        pass
-
-    def log(self, text: str) -> None:
-        import logging
-
-        logging.getLogger("matrec.sdk.transfer").info(text)
-
-
 def _run_here(
     config: FinetuneConfig,
     artifact_dir: str | Path | None,
@@ -234,7 +218,8 @@ def _run_here(
         check_dataset_path(config)
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
-    from matrec.agent.training.finetune import TrainingPreempted, run_finetune
+    # The agent package's documented in-process entry point (it imports torch).
+    from matrec.agent.in_process import TrainingPreempted, finetune_in_process
 
     if artifact_dir is None:
         directory = Path(tempfile.mkdtemp(prefix="matrec-transfer-"))
@@ -248,7 +233,13 @@ def _run_here(
 
     try:
         with sink:
-            finished = run_finetune(config, directory, _SinkReporter(sink), should_stop=should_stop)
+            finished = finetune_in_process(
+                config,
+                directory,
+                on_metrics=sink.update,
+                on_log=logging.getLogger("matrec.sdk.transfer").info,
+                should_stop=should_stop,
+            )
     except TrainingPreempted as exc:
         raise TimeoutError(
             f"training did not finish within {timeout} s; stopped at step {exc.step} with a "
@@ -257,4 +248,4 @@ def _run_here(
         ) from None
     except (ValueError, RuntimeError, OSError) as exc:
         raise JobFailedError(None, "failed", f"{type(exc).__name__}: {exc}") from exc
-    return TransferResult.from_result(None, finished.to_dict())
+    return TransferResult.from_result(None, finished)

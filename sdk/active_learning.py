@@ -30,10 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from matrec.sdk.address import configured_address
-from matrec.sdk.client import Client
 from matrec.sdk.errors import JobFailedError
-from matrec.sdk.local_cluster import LocalCluster
+from matrec.sdk.session import open_session
 from matrec.sdk.types import Candidate, LabellingBatch, LearningProject, RetrainingTrigger
 
 PROJECT_FILE = "project.json"
@@ -76,14 +74,8 @@ class ActiveLearner:
         self.storage_dir = Path(storage_dir).expanduser()
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        self._cluster: LocalCluster | None = None
-        address = coordinator or configured_address()
-        if address:
-            self.client = Client(address)
-        else:
-            self._cluster = LocalCluster(self.storage_dir / "cluster", agents=agents)
-            self._cluster.start()
-            self.client = self._cluster.client()
+        self._session = open_session(coordinator, self.storage_dir / "cluster", agents=agents)
+        self.client = self._session.client
         try:
             self.project_id = project_id or self._remembered_project() or ""
             if not self.project_id:
@@ -118,10 +110,7 @@ class ActiveLearner:
     # Lifecycle
 
     def close(self) -> None:
-        self.client.close()
-        if self._cluster is not None:
-            self._cluster.stop()
-            self._cluster = None
+        self._session.close()
 
     def __enter__(self) -> ActiveLearner:
         return self

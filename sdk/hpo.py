@@ -16,7 +16,6 @@ the call and stopped after it, its files kept under `workdir`.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from matrec.common.specs import SpecError
 from matrec.common.studies import parse_study_spec
-from matrec.sdk.address import configured_address
 from matrec.sdk.errors import InvalidSpecError, MatrecError
+from matrec.sdk.session import open_session
 
 if TYPE_CHECKING:
     from matrec.sdk.client import Client
@@ -138,22 +137,10 @@ def optimize_hyperparameters(
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
 
-    address = coordinator or configured_address() or None
-    from matrec.sdk.client import Client
-
-    if address is not None:
-        with Client(address) as client:
-            return _run_study(client, spec, progress, timeout)
-
-    from matrec.sdk.local_cluster import LocalCluster
-
-    root = (
-        Path(workdir).expanduser().resolve()
-        if workdir is not None
-        else Path(tempfile.mkdtemp(prefix="matrec-hpo-"))
-    )
-    with LocalCluster(root, agents=max_parallel) as cluster, cluster.client() as client:
-        return _run_study(client, spec, progress, timeout)
+    with open_session(
+        coordinator, workdir, agents=max_parallel, temp_prefix="matrec-hpo-"
+    ) as session:
+        return _run_study(session.client, spec, progress, timeout)
 
 
 def _run_study(

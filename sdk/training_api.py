@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import importlib.util
 import json
 import logging
@@ -68,22 +67,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from matrec.common.specs import SpecError, parse_job_spec
 from matrec.sdk.active_learning import RetrainResult
-from matrec.sdk.client import Client
 from matrec.sdk.config import ConfigError, MatrecConfig, load_config
 from matrec.sdk.errors import InvalidSpecError, JobFailedError, MatrecError
 from matrec.sdk.evaluation import Evaluation
 from matrec.sdk.hpo import DEFAULT_HP_SPACE, HPOResult, StudyFailedError
-from matrec.sdk.local_cluster import LocalCluster
+from matrec.sdk.session import Session, open_session
 from matrec.sdk.transfer import TransferResult
 from matrec.sdk.types import Agent, Candidate, LabellingBatch
 
 log = logging.getLogger("matrec.sdk.training_api")
 
 STATE_FILE = "training-api.json"
+#: The embedded cluster (base_dir/cluster) is held through this lock file (`open_session`).
 LOCK_FILE = "cluster.lock"
 DEFAULT_MAX_TRIALS = 8
 #: Settings EnhancedTrainingAPI takes (train_with_all_improvements passes these to it).
@@ -294,26 +293,18 @@ class EnhancedTrainingAPI:
         self._reported: set[str] = set()
         #: Fallbacks that hold for every job of this API (the embedded cluster's storage).
         self._standing_notes: list[str] = []
-        self._cluster: LocalCluster | None = None
-        self._lock: IO[str] | None = None
         self._closed = False
-        if self.config.coordinator:
-            self.address = self.config.coordinator
-            self.client = Client(self.address, token=self.config.token)
-            self._where = self.address
-        else:
-            self._start_embedded()
-            assert self._cluster is not None
-            self.address = self._cluster.address
-            self.client = self._cluster.client()
-            self._where = "embedded"
+        self._session = self._open_session()
+        self.client = self._session.client
+        self.address = self._session.address
+        self._where = "embedded" if self._session.embedded else self.address
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     @property
     def embedded(self) -> bool:
         """Whether this API runs its own local cluster (no coordinator configured)."""
-        return self._cluster is not None
+        return self._session.embedded
 
     def close(self) -> None:
         """Close the connection; stop the embedded cluster (its data stays in base_dir)."""
@@ -321,13 +312,7 @@ class EnhancedTrainingAPI:
             return
         self._closed = True
         with contextlib.suppress(AttributeError):
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.stop()
-            self._cluster = None
-        if self._lock is not None:
-            self._lock.close()  # releases the flock
-            self._lock = None
+            self._session.close()
 
     def __enter__(self) -> EnhancedTrainingAPI:
         return self
@@ -340,17 +325,12 @@ class EnhancedTrainingAPI:
     ) -> None:
         self.close()
 
-    def _start_embedded(self) -> None:
-        lock = (self.base_dir / LOCK_FILE).open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise MatrecError(
-                f"another EnhancedTrainingAPI is using the embedded cluster in {self.base_dir}; "
-                "close it, or give this one another base_dir"
-            ) from None
-        self._lock = lock
+    def _open_session(self) -> Session:
+        """The configured coordinator, else the embedded cluster of base_dir: one agent
+        offering min(num_workers, cores) CPUs, storing where database_url says (SQLite in
+        base_dir without one, which is a standing note)."""
+        if self.config.coordinator:
+            return open_session(self.config.coordinator, token=self.config.token)
         database_url = self.config.database_url or ""
         workdir = self.base_dir / "cluster"
         if not database_url:
@@ -366,22 +346,17 @@ class EnhancedTrainingAPI:
                 self._standing_notes.append(
                     f"storage: no Supabase database configured; storing in SQLite at {where}"
                 )
-        cores = os.cpu_count() or 1
-        self._cluster = LocalCluster(
+        session = open_session(
+            None,
             workdir,
             agents=1,
-            agent_cpus=float(min(self.config.num_workers, cores)),
+            exclusive="EnhancedTrainingAPI",
+            agent_cpus=float(min(self.config.num_workers, os.cpu_count() or 1)),
             agent_name_prefix="embedded",
             database_url=database_url,
         )
-        try:
-            self._cluster.start()
-        except BaseException:
-            self._cluster.stop()
-            self._cluster = None
-            self.close()
-            raise
-        log.info("embedded cluster at %s (files in %s)", self._cluster.address, workdir)
+        log.info("embedded cluster at %s (files in %s)", session.address, workdir)
+        return session
 
     def _degrade(self, notes: list[str], note: str) -> None:
         """Record a fallback in this call's notes; log it the first time this API meets it."""

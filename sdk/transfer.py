@@ -29,7 +29,6 @@ from matrec.common.specs import (
     check_dataset_path,
     parse_job_spec,
 )
-from matrec.sdk.address import configured_address
 from matrec.sdk.errors import (
     CoordinatorUnavailableError,
     InvalidSpecError,
@@ -37,6 +36,7 @@ from matrec.sdk.errors import (
     MatrecError,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
+from matrec.sdk.session import coordinator_address
 from matrec.sdk.training_progress import ProgressCallback, ProgressSink
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def transfer_learn(
     checkpoint in `artifact_dir`. Raises InvalidSpecError (naming the field) before any work
     when the config is invalid.
     """
-    address = coordinator or configured_address() or None
+    address = coordinator_address(coordinator)
     raw_config: dict[str, Any] = {
         "dataset_path": _absolute(dataset_path),
         "model_type": model_type,
@@ -174,13 +174,13 @@ def transfer_learn(
             raise ValueError("wait=False needs a coordinator; without one training runs here")
         return _run_here(finetune_config, artifact_dir, sink, timeout)
 
-    from matrec.sdk.client import Client
+    from matrec.sdk.session import open_session
 
-    with Client(address) as client:
-        job = client.submit_job(spec)
+    with open_session(address) as session:
+        job = session.client.submit_job(spec)
         if not wait:
             return job
-        return _wait_for(client, job.id, sink, timeout)
+        return _wait_for(session.client, job.id, sink, timeout)
 
 
 def _absolute(path: str | Path) -> str:

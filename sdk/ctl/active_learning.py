@@ -113,26 +113,12 @@ class ProjectFlags:
     retrain_epochs: int | None = None
 
 
-def _absolute(path: Path, base: Path) -> str:
-    path = path.expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def load_project_file(path: Path) -> dict[str, Any]:
-    """A project spec as a JSON object; its paths are resolved against the file's folder."""
-    from matrec.sdk.errors import InvalidSpecError
+    """A project spec file (JSON, or YAML); its paths are resolved against the file's folder."""
+    from matrec.sdk.ctl.spec_input import read_spec_file, resolve_paths
 
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InvalidSpecError("--spec", f"cannot read {str(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidSpecError("--spec", f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidSpecError("--spec", f"{path}: expected a JSON object at the top level")
-    for key in PATH_KEYS:
-        if isinstance(data.get(key), str):
-            data[key] = _absolute(Path(data[key]), base=path.parent)
+    data = read_spec_file(path, "--spec")
+    resolve_paths(data, PATH_KEYS, path.parent)
     return data
 
 
@@ -148,14 +134,15 @@ def _section(spec: dict[str, Any], key: str) -> dict[str, Any]:
 def build_project_spec(spec_file: Path | None, flags: ProjectFlags) -> dict[str, Any]:
     """The spec from `spec_file` (if any), overridden by the flags that were given. The three
     things every project needs are checked here, naming the option that gives them."""
+    from matrec.sdk.ctl.spec_input import absolute
     from matrec.sdk.errors import InvalidSpecError
 
     spec = load_project_file(spec_file) if spec_file is not None else {}
     cwd = Path.cwd()
     top: dict[str, Any] = {
         "name": flags.name,
-        "dataset_path": None if flags.dataset is None else _absolute(flags.dataset, cwd),
-        "pool_path": None if flags.pool is None else _absolute(flags.pool, cwd),
+        "dataset_path": None if flags.dataset is None else absolute(flags.dataset, cwd),
+        "pool_path": None if flags.pool is None else absolute(flags.pool, cwd),
         "model_job_id": flags.model_job,
         "strategy": flags.strategy,
         "mc_dropout_passes": flags.mc_dropout_passes,
@@ -234,9 +221,9 @@ def create(
         typer.Option(
             "--spec",
             metavar="FILE",
-            help="A whole project spec as JSON: name, dataset_path, pool_path, model_job_id, "
-            "strategy, mc_dropout_passes, triggers {...}, retrain {...}; the flags below "
-            "override it.",
+            help="A whole project spec as JSON or YAML: name, dataset_path, pool_path, "
+            "model_job_id, strategy, mc_dropout_passes, triggers {...}, retrain {...}; the flags "
+            "below override it.",
         ),
     ] = None,
     dataset: Annotated[

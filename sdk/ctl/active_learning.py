@@ -973,21 +973,20 @@ def _dispatch(client: Client, project_id: str, options: SeedOptions, *, embedded
         show_status(client, project_id, options.as_json)
     elif operation is Operation.select:
         assert options.count is not None
-        project = client.get_learning_project(project_id)
-        if project.pool_scoring_job_id:
-            # As ActiveLearner.select_samples_for_labeling: wait for a scoring still running.
-            scored = client.wait(project.pool_scoring_job_id)
-            if scored.state != "succeeded":
-                print_error(
-                    f"scoring the pool failed (job {scored.id}, {scored.state}): {scored.error}"
-                )
-                raise typer.Exit(EXIT_FAILURE)
-        batch = client.select_samples(
-            project_id,
-            options.count,
-            options.strategy or "",
-            class_balance=options.class_balance,
-        )
+        from matrec.sdk.active_learning import select_when_scored
+        from matrec.sdk.errors import JobFailedError
+
+        try:
+            batch = select_when_scored(
+                client,
+                project_id,
+                options.count,
+                options.strategy or "",
+                class_balance=options.class_balance,
+            )
+        except JobFailedError as exc:
+            print_error(f"scoring the pool failed (job {exc.job_id}, {exc.state}): {exc.error}")
+            raise typer.Exit(EXIT_FAILURE) from None
         where = f" --storage-dir {options.storage_dir}" if options.storage_dir else ""
         show_selection(
             batch,

@@ -1,7 +1,8 @@
 """`matrec-ctl train`: the seed's unified training (EnhancedTrainingAPI) from the terminal.
 
-The flags are those of `python -m matrec.sdk.training_api`; both build a
-`matrec.sdk.training_api.TrainingRequest` for `run_training`, so the two behave alike. While it
+`python -m matrec.sdk.training_api` with the seed's flags runs this same command (one parser
+for both: `run_seed_command_line`); it builds a `matrec.sdk.training_request.TrainingRequest`
+for `run_training`. While it
 runs, a spinner shows the API's current phase (it reports its phases as log records of the
 ``matrec.sdk.training_api`` logger; each fallback it takes is one warning line); then a summary
 (or, with --json, the TrainingResult as JSON on stdout).
@@ -9,23 +10,27 @@ runs, a spinner shows the API's current phase (it reports its phases as log reco
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from collections.abc import Callable, Iterator
+import sys
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from matrec.sdk.ctl.config_cmd import coordinator_flag
 from matrec.sdk.ctl.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, print_error, stderr
+from matrec.sdk.training_request import DEFAULT_MAX_TRIALS
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from matrec.sdk.training_api import TrainingResult
+    from matrec.sdk.training_result import TrainingResult
     from rich.table import Table
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
@@ -105,7 +110,9 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final fine-tune.")] = 10,
-    max_trials: Annotated[int, typer.Option(min=1, help="Trials of the hyperparameter study.")] = 8,
+    max_trials: Annotated[
+        int, typer.Option(min=1, help="Trials of the hyperparameter study.")
+    ] = DEFAULT_MAX_TRIALS,
     hpo_epochs: Annotated[
         int | None,
         typer.Option(min=1, help="Epochs of each trial (default: --epochs).", show_default=False),
@@ -177,7 +184,7 @@ def train(
     $ matrec-ctl train --dataset ./wood --pretrained-path textures.pt --epochs 5 --json[/]
     """  # noqa: E501
     from matrec.sdk.config import ConfigError
-    from matrec.sdk.training_api import TrainingRequest, run_training
+    from matrec.sdk.training_request import TrainingRequest, run_training
 
     request = TrainingRequest(
         dataset=str(dataset),
@@ -224,6 +231,60 @@ def train(
     # In a pipe, long values (paths, fallback notes) stay on their line instead of folding.
     out = console if console.is_terminal else Console(width=400)
     out.print(result_table(result))
+
+
+# -- python -m matrec.sdk.training_api ---------------------------------------------------------
+
+SEED_PROG = "python -m matrec.sdk.training_api"
+
+
+def run_seed_command_line(argv: Sequence[str] | None = None) -> int:
+    """`python -m matrec.sdk.training_api ARGS`: `matrec-ctl train ARGS`, with matrec-ctl's
+    handling of errors and exit codes; returns the exit code."""
+    import typer.main
+    from matrec.sdk.ctl.app import app
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        typer.main.get_command(app).main(args=["train", *args], prog_name="matrec-ctl")
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """This command's options as an argparse parser, generated from the command itself (for
+    code that inspects the seed's `python -m matrec.sdk.training_api` grammar)."""
+    import typer.main
+
+    single = typer.Typer()
+    single.command()(train)
+    command = typer.main.get_command(single)
+    hints = typing.get_type_hints(train)
+    parser = argparse.ArgumentParser(prog=SEED_PROG, description=command.help)
+    for param in command.params:
+        if param.name not in hints or not param.opts[0].startswith("-"):
+            continue  # typer's --install-completion and --show-completion
+        kind = next(
+            (t for t in typing.get_args(hints[param.name]) if t is not type(None)),
+            hints[param.name],
+        )
+        options: dict[str, Any] = {"dest": param.name, "help": getattr(param, "help", None)}
+        if param.secondary_opts:
+            options.update(action=argparse.BooleanOptionalAction, default=None)
+        elif kind is bool:
+            options.update(action="store_true")
+        elif param.multiple:
+            options.update(action="append", default=[])
+        else:
+            default = param.default
+            options.update(required=param.required, default=getattr(default, "value", default))
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                options["choices"] = tuple(member.value for member in kind)
+            elif kind is int:
+                options["type"] = int
+        parser.add_argument(*param.opts, **options)
+    return parser
 
 
 # -- while it runs -----------------------------------------------------------------------------

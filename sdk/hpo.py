@@ -140,15 +140,18 @@ def optimize_hyperparameters(
     with open_session(
         coordinator, workdir, agents=max_parallel, temp_prefix="matrec-hpo-"
     ) as session:
-        return _run_study(session.client, spec, progress, timeout)
+        return run_study(session.client, spec, progress, timeout)
 
 
-def _run_study(
+def run_study(
     client: Client,
     spec: dict[str, Any],
-    progress: StudyCallback | None,
-    timeout: float | None,
+    progress: StudyCallback | None = None,
+    timeout: float | None = None,
 ) -> HPOResult:
+    """Create the study of `spec` and wait for its end (`progress` gets each change); its
+    result, or StudyFailedError when no trial completed. Integer parameters of the search
+    space come back as ints (a protobuf Struct sends every number as a float)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     study = client.create_study(spec)
     if progress is not None:
@@ -163,9 +166,21 @@ def _run_study(
         study_id=study.id,
         objective=study.objective,
         direction=str(study.spec.get("direction")),
-        best_params=dict(best.params),
+        best_params=_typed_params(best.params, spec.get("search_space") or {}),
         best_value=best.objective_value,
         best_job_id=best.job_id,
         trials=study.trials,
         study=study,
     )
+
+
+def _typed_params(
+    params: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    typed: dict[str, Any] = {}
+    for key, value in params.items():
+        if space.get(key, {}).get("type") == "int" and isinstance(value, float):
+            typed[key] = round(value)
+        else:
+            typed[key] = value
+    return typed

@@ -56,7 +56,6 @@ connection string and the embedded coordinator stores there.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -70,13 +69,21 @@ from matrec.common.specs import SpecError, parse_job_spec
 from matrec.sdk.active_learning import ActiveLearner, RetrainResult
 from matrec.sdk.config import MatrecConfig, load_config
 from matrec.sdk.errors import InvalidSpecError, JobFailedError, MatrecError
-from matrec.sdk.hpo import DEFAULT_HP_SPACE, HPOResult, StudyFailedError
+from matrec.sdk.hpo import DEFAULT_HP_SPACE, HPOResult, run_study
 from matrec.sdk.session import Session, open_session
+from matrec.sdk.training_memory import ApiMemory
 from matrec.sdk.training_request import DEFAULT_MAX_TRIALS, TrainingRequest, run_training
 from matrec.sdk.training_result import TrainingResult
 from matrec.sdk.transfer import TransferResult
 from matrec.sdk.types import Candidate, LabellingBatch
-from matrec.sdk.worker_planning import Capacity, horovod_installed, plan_workers
+from matrec.sdk.worker_planning import (
+    Capacity,
+    choose_device,
+    final_resources,
+    horovod_installed,
+    plan_ranks,
+    plan_workers,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -182,7 +189,10 @@ class EnhancedTrainingAPI:
         self._session = self._open_session()
         self.client = self._session.client
         self.address = self._session.address
-        self._where = "embedded" if self._session.embedded else self.address
+        #: What this API remembers in base_dir, per coordinator ("embedded" for its own).
+        self._memory = ApiMemory(
+            self.base_dir / STATE_FILE, "embedded" if self._session.embedded else self.address
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -323,26 +333,22 @@ class EnhancedTrainingAPI:
                 f"{self.config.num_workers} CPUs; the jobs wait for an agent",
             )
             capacity = Capacity(0, self.config.num_workers, 0, self.config.num_workers, 0)
-        on_gpu = self._device(config, capacity, notes) == "cuda"
-
+        device, why = choose_device(str(config.get("device") or self.config.device), capacity)
+        config["device"] = device
+        on_gpu = device == "cuda"
         ranks = int(config.get("workers_per_host", 1))
         if use_distributed and "workers_per_host" not in finetune:
-            ranks, why = plan_workers(
+            ranks, more = plan_ranks(
                 self.config.num_workers,
                 int(config.get("batch_size", 32)),
-                capacity.max_gpus if on_gpu else capacity.max_cpus,
-                "GPU" if on_gpu else "CPU",
+                capacity,
+                on_gpu,
+                local_auto_backend=self.embedded and config.get("backend", "auto") == "auto",
             )
-            for note in why:
-                self._degrade(notes, note)
-            local_auto = self.embedded and config.get("backend", "auto") == "auto"
-            if ranks > 1 and local_auto and not horovod_installed():
-                self._degrade(
-                    notes,
-                    "distributed: Horovod is not installed here, so the ranks use "
-                    "torch.distributed (gloo on CPUs, nccl on GPUs)",
-                )
+            why += more
             config["workers_per_host"] = ranks
+        for note in why:
+            self._degrade(notes, note)
 
         hpo: HPOResult | None = None
         if use_hpo:
@@ -361,7 +367,7 @@ class EnhancedTrainingAPI:
             if hpo is not None:
                 config.update(hpo.best_params)
 
-        resources = self._final_resources(ranks, capacity, on_gpu)
+        resources = final_resources(ranks, capacity, on_gpu, self.config.num_workers)
         job = self.client.submit_job(
             {"name": name, "kind": "finetune", "config": config, "resources": resources}
         )
@@ -370,7 +376,7 @@ class EnhancedTrainingAPI:
         if done.state != "succeeded":
             raise JobFailedError(done.id, done.state, done.error)
         trained = TransferResult.from_result(done.id, done.result)
-        self._remember(last_model_job_id=done.id, dataset_path=config["dataset_path"])
+        self._memory.remember(last_model_job_id=done.id, dataset_path=config["dataset_path"])
 
         html, document, study_html = self._write_reports(
             done.id, hpo.study_id if hpo else None, notes
@@ -419,30 +425,6 @@ class EnhancedTrainingAPI:
         )
         return None
 
-    def _device(self, config: dict[str, Any], capacity: Capacity, notes: list[str]) -> str:
-        """cpu or cuda, written into the config; a note when a GPU was wanted but none exists."""
-        wanted = str(config.get("device") or self.config.device)
-        if wanted == "cpu":
-            config["device"] = "cpu"
-            return "cpu"
-        if capacity.max_gpus > 0:
-            config["device"] = "cuda"
-            return "cuda"
-        if wanted == "cuda":
-            self._degrade(notes, "device: cuda asked for, but no agent has a GPU: training on CPU")
-        else:
-            self._degrade(notes, "device: no agent has a GPU: training on CPU")
-        config["device"] = "cpu"
-        return "cpu"
-
-    def _final_resources(self, ranks: int, capacity: Capacity, on_gpu: bool) -> dict[str, Any]:
-        """GPU jobs: one GPU and one CPU per rank. CPU jobs: num_workers CPUs (at most the
-        largest agent's), shared by the ranks as torch threads."""
-        if on_gpu:
-            return {"gpus": ranks, "cpus": float(ranks)}
-        cpus = max(ranks, min(self.config.num_workers, max(capacity.max_cpus, 1)))
-        return {"cpus": float(cpus)}
-
     def _search(
         self,
         config: Mapping[str, Any],
@@ -487,48 +469,19 @@ class EnhancedTrainingAPI:
         }
         if epochs >= 3:
             spec["pruner"] = {"kind": "asha"}
-        study = self.client.create_study(spec)
-        log.info("study %s: %d trials, %d at a time", study.id, max_trials, parallel)
-        study = self.client.wait_study(study.id, timeout=self.timeout)
-        best = study.best
-        if best is None or best.objective_value is None:
-            raise StudyFailedError(study.id, study.state, study.error)
-        return HPOResult(
-            study_id=study.id,
-            objective=study.objective,
-            direction=str(study.spec.get("direction")),
-            best_params=_typed_params(best.params, space),
-            best_value=best.objective_value,
-            best_job_id=best.job_id,
-            trials=study.trials,
-            study=study,
-        )
+        log.info("hyperparameter study: %d trials, %d at a time", max_trials, parallel)
+        return run_study(self.client, spec, timeout=self.timeout)
 
     def _write_reports(
         self, job_id: str, study_id: str | None, notes: list[str]
     ) -> tuple[str | None, str | None, str | None]:
         """report.html and report.json of the job (and study.html, study.json of the study)
         under base_dir/reports/JOB; a note instead when they cannot be written."""
-        from matrec.sdk.reports import (
-            export_report,
-            export_study_report,
-            fetch_report,
-            fetch_study_report,
-        )
+        from matrec.sdk.reports import write_reports
 
         folder = self.base_dir / "reports" / job_id
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            report = fetch_report(self.client, job_id)
-            html, document = folder / "report.html", folder / "report.json"
-            html.write_bytes(export_report(report, "html"))
-            document.write_bytes(export_report(report, "json"))
-            study_html: Path | None = None
-            if study_id is not None:
-                study = fetch_study_report(self.client, study_id)
-                study_html = folder / "study.html"
-                study_html.write_bytes(export_study_report(study, "html"))
-                (folder / "study.json").write_bytes(export_study_report(study, "json"))
+            html, document, study_html = write_reports(self.client, folder, job_id, study_id)
         except (OSError, ValueError) as exc:
             self._degrade(notes, f"report: not written to {folder} ({exc})")
             return None, None, None
@@ -607,7 +560,7 @@ class EnhancedTrainingAPI:
     def _project(self, pool_path: str | Path | None) -> str:
         """The project of the latest trained model, created on first use."""
         self._require_active_learning()
-        state = self._state()
+        state = self._memory.read()
         model_job_id = state.get("last_model_job_id")
         if not model_job_id:
             raise MatrecError(
@@ -637,42 +590,18 @@ class EnhancedTrainingAPI:
             "triggers": {"feedback_threshold": self.feedback_threshold},
         }
         project = self.client.create_learning_project(spec)
-        self._remember(project_id=project.id, project_model_job_id=model_job_id, pool_path=pool)
+        self._memory.remember(
+            project_id=project.id, project_model_job_id=model_job_id, pool_path=pool
+        )
         log.info("active-learning project %s on %s", project.id, pool)
         return project.id
 
     def _project_id(self) -> str | None:
-        state = self._state()
+        state = self._memory.read()
         if state.get("project_model_job_id") != state.get("last_model_job_id"):
             return None
         project_id = state.get("project_id")
         return str(project_id) if project_id else None
-
-    # ---- what this API remembers in base_dir (per coordinator) ---------------------------
-
-    def _state(self) -> dict[str, Any]:
-        path = self.base_dir / STATE_FILE
-        try:
-            everything = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            raise MatrecError(f"{path} is not a training-API state file; remove it") from None
-        state = everything.get(self._where, {}) if isinstance(everything, dict) else {}
-        return dict(state) if isinstance(state, dict) else {}
-
-    def _remember(self, **values: Any) -> None:
-        path = self.base_dir / STATE_FILE
-        try:
-            everything = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            everything = {}
-        if not isinstance(everything, dict):
-            everything = {}
-        everything[self._where] = {**self._state(), **values}
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(everything, indent=2) + "\n")
-        temporary.replace(path)
 
 
 def train_with_all_improvements(
@@ -719,20 +648,6 @@ def _validate(config: Mapping[str, Any], name: str) -> None:
         parse_job_spec({"name": name, "kind": "finetune", "config": dict(config)})
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
-
-
-def _typed_params(
-    params: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """The best trial's parameters with ints as ints (a protobuf Struct sends every number as
-    a float)."""
-    typed: dict[str, Any] = {}
-    for key, value in params.items():
-        if space.get(key, {}).get("type") == "int" and isinstance(value, float):
-            typed[key] = round(value)
-        else:
-            typed[key] = value
-    return typed
 
 
 # ---- python -m matrec.sdk.training_api ----------------------------------------------------

@@ -7,6 +7,7 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from matrec.sdk.types import Agent
 
@@ -54,6 +55,54 @@ def plan_workers(
             f"{fitting} rank{'s' if fitting != 1 else ''}"
         )
     return fitting, notes
+
+
+def plan_ranks(
+    num_workers: int,
+    batch_size: int,
+    capacity: Capacity,
+    on_gpu: bool,
+    *,
+    local_auto_backend: bool,
+) -> tuple[int, list[str]]:
+    """`plan_workers` on the largest agent's GPUs (on_gpu) or CPUs; with more than one rank
+    on this machine's agent under backend auto (`local_auto_backend`), a note when Horovod is
+    missing and torch.distributed takes over."""
+    ranks, notes = plan_workers(
+        num_workers,
+        batch_size,
+        capacity.max_gpus if on_gpu else capacity.max_cpus,
+        "GPU" if on_gpu else "CPU",
+    )
+    if ranks > 1 and local_auto_backend and not horovod_installed():
+        notes.append(
+            "distributed: Horovod is not installed here, so the ranks use "
+            "torch.distributed (gloo on CPUs, nccl on GPUs)"
+        )
+    return ranks, notes
+
+
+def choose_device(wanted: str, capacity: Capacity) -> tuple[str, list[str]]:
+    """cpu or cuda for `wanted` (auto, cpu, cuda) on these agents; a note when a GPU was
+    wanted but none exists."""
+    if wanted == "cpu":
+        return "cpu", []
+    if capacity.max_gpus > 0:
+        return "cuda", []
+    if wanted == "cuda":
+        return "cpu", ["device: cuda asked for, but no agent has a GPU: training on CPU"]
+    return "cpu", ["device: no agent has a GPU: training on CPU"]
+
+
+def final_resources(
+    ranks: int, capacity: Capacity, on_gpu: bool, num_workers: int
+) -> dict[str, Any]:
+    """The final job's resources. GPU jobs: one GPU and one CPU per rank. CPU jobs:
+    `num_workers` CPUs (at most the largest agent's), shared by the ranks as torch threads."""
+    if on_gpu:
+        return {"gpus": ranks, "cpus": float(ranks)}
+    cpus = max(ranks, min(num_workers, max(capacity.max_cpus, 1)))
+    return {"cpus": float(cpus)}
 
 
 def horovod_installed() -> bool:

@@ -72,6 +72,7 @@ from matrec.sdk.errors import InvalidSpecError, JobFailedError, MatrecError
 from matrec.sdk.hpo import DEFAULT_HP_SPACE, HPOResult, run_study
 from matrec.sdk.session import Session, open_session
 from matrec.sdk.training_memory import ApiMemory
+from matrec.sdk.training_progress import TrainingProgress, TrainingUpdate
 from matrec.sdk.training_request import DEFAULT_MAX_TRIALS, TrainingRequest, run_training
 from matrec.sdk.training_result import TrainingResult
 from matrec.sdk.transfer import TransferResult
@@ -126,6 +127,7 @@ API_ARGUMENTS = frozenset(
         "pool_path",
         "feedback_threshold",
         "timeout",
+        "progress",
     }
 )
 
@@ -137,7 +139,9 @@ class EnhancedTrainingAPI:
     (`matrec.sdk.config`). `coordinator`, `token`, `database_url`, `device` likewise.
     `pool_path` is the unlabelled images active learning selects from; `feedback_threshold`
     the labels that make `retrain_from_feedback` retrain by default; `timeout` (seconds) bounds
-    each wait for a job or study (TimeoutError).
+    each wait for a job or study (TimeoutError). `progress` is called with each phase the API
+    enters and with each fallback the first time it takes it (a `TrainingUpdate`); without it
+    they are logged (logger ``matrec.sdk.training_api``: phases INFO, fallbacks WARNING).
     """
 
     def __init__(
@@ -159,7 +163,9 @@ class EnhancedTrainingAPI:
         pool_path: str | Path | None = None,
         feedback_threshold: int = 50,
         timeout: float | None = None,
+        progress: TrainingProgress | None = None,
     ) -> None:
+        self._progress = progress
         self.config: MatrecConfig = load_config(
             base_dir=base_dir,
             supabase_url=supabase_url,
@@ -250,16 +256,27 @@ class EnhancedTrainingAPI:
             agent_name_prefix="embedded",
             database_url=database_url,
         )
-        log.info("embedded cluster at %s (files in %s)", session.address, workdir)
+        self._phase(f"embedded cluster at {session.address} (files in {workdir})")
         return session
 
+    def _phase(self, text: str) -> None:
+        """Tell `progress` (else the log) what the API does now."""
+        if self._progress is not None:
+            self._progress(TrainingUpdate("phase", text))
+        else:
+            log.info("%s", text)
+
     def _degrade(self, notes: list[str], note: str) -> None:
-        """Record a fallback in this call's notes; log it the first time this API meets it."""
+        """Record a fallback in this call's notes; tell `progress` (else the log) the first
+        time this API meets it."""
         if note not in notes:
             notes.append(note)
         if note not in self._reported:
             self._reported.add(note)
-            log.warning("%s", note)
+            if self._progress is not None:
+                self._progress(TrainingUpdate("fallback", note))
+            else:
+                log.warning("%s", note)
 
     # ---- training -------------------------------------------------------------------------
 
@@ -371,7 +388,7 @@ class EnhancedTrainingAPI:
         job = self.client.submit_job(
             {"name": name, "kind": "finetune", "config": config, "resources": resources}
         )
-        log.info("training job %s submitted (%s ranks)", job.id, ranks)
+        self._phase(f"training job {job.id} submitted ({ranks} ranks)")
         done = self.client.wait(job.id, timeout=self.timeout)
         if done.state != "succeeded":
             raise JobFailedError(done.id, done.state, done.error)
@@ -469,7 +486,7 @@ class EnhancedTrainingAPI:
         }
         if epochs >= 3:
             spec["pruner"] = {"kind": "asha"}
-        log.info("hyperparameter study: %d trials, %d at a time", max_trials, parallel)
+        self._phase(f"hyperparameter study: {max_trials} trials, {parallel} at a time")
         return run_study(self.client, spec, timeout=self.timeout)
 
     def _write_reports(
@@ -593,7 +610,7 @@ class EnhancedTrainingAPI:
         self._memory.remember(
             project_id=project.id, project_model_job_id=model_job_id, pool_path=pool
         )
-        log.info("active-learning project %s on %s", project.id, pool)
+        self._phase(f"active-learning project {project.id} on {pool}")
         return project.id
 
     def _project_id(self) -> str | None:
@@ -617,7 +634,7 @@ def train_with_all_improvements(
     configured cluster or an embedded one (started and stopped for the call).
 
     `kwargs` holds EnhancedTrainingAPI settings (base_dir, coordinator, token, supabase_url,
-    supabase_key, database_url, visualization_level, device, timeout) and train_model's
+    supabase_key, database_url, visualization_level, device, timeout, progress) and train_model's
     arguments (epochs, pretrained_path, max_trials, hpo_epochs, hp_space, and any finetune
     config field such as model, batch_size or image_size).
     """

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matrec.sdk.training_progress import TrainingProgress
     from matrec.sdk.training_result import TrainingResult
 
 DEFAULT_MAX_TRIALS = 8
@@ -64,8 +65,11 @@ class TrainingRequest:
         return finetune
 
 
-def run_training(request: TrainingRequest) -> TrainingResult:
-    """Train as `request` asks, with an EnhancedTrainingAPI opened (and closed) for it."""
+def run_training(
+    request: TrainingRequest, progress: TrainingProgress | None = None
+) -> TrainingResult:
+    """Train as `request` asks, with an EnhancedTrainingAPI opened (and closed) for it;
+    `progress` as EnhancedTrainingAPI's."""
     from matrec.sdk.training_api import EnhancedTrainingAPI
 
     finetune = request.finetune_config()
@@ -78,6 +82,7 @@ def run_training(request: TrainingRequest) -> TrainingResult:
         num_workers=request.num_workers,
         coordinator=request.coordinator,
         device=request.device,
+        progress=progress,
     ) as api:
         return api.train_model(
             request.dataset,

@@ -340,7 +340,10 @@ def show_status(client: Client, target: str | None, as_json: bool) -> None:
         data = {"project": project, "batches": batches, "triggers": triggers}
         typer.echo(_to_json(data))
         return
-    console.print(project_detail(client, project, batches, sizes, triggers))
+    from matrec.sdk.ctl.active_learning_monitor import scoring_jobs
+
+    jobs = scoring_jobs(client, project)
+    console.print(project_detail(project, batches, sizes, triggers, jobs))
 
 
 def _show_batch(batch: LabellingBatch, as_json: bool) -> None:

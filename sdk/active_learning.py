@@ -117,7 +117,8 @@ class ActiveLearner:
         cls, client: Client, project_id: str, *, timeout: float | None = None
     ) -> ActiveLearner:
         """A learner for an existing project on a client its caller keeps open (and closes):
-        `close` leaves the client alone. The unified API (EnhancedTrainingAPI) uses one."""
+        `close` leaves the client alone, and it has no storage_dir (nothing is remembered).
+        The unified API (EnhancedTrainingAPI) uses one for its active learning."""
         learner = cls.__new__(cls)
         learner.timeout = timeout
         learner.client = client

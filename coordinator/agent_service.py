@@ -16,10 +16,11 @@ from matrec.coordinator import convert
 from matrec.coordinator.auth import current_identity
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.rows import new_id
 from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
-from matrec.coordinator.store import Store, TaskHolder, new_id
+from matrec.coordinator.store import Store, TaskHolder
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 from matrec.coordinator import schema
-from matrec.coordinator.store import as_utc, new_id, utcnow
+from matrec.coordinator.rows import as_utc, new_id, utcnow
 
 ROLES = ("viewer", "operator", "admin", "agent")
 #: What each user role may do, as the roles it includes.

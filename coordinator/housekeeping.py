@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
-from matrec.coordinator.store import Store, utcnow
+from matrec.coordinator.rows import utcnow
+from matrec.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.gangs import gang_size, place_gang
 from matrec.coordinator.notifier import JobNotifier
+from matrec.coordinator.rows import new_id
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
-from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord, new_id
+from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2
 

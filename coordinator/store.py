@@ -8,16 +8,22 @@ lease expired can never complete or fail a task that has moved on.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from matrec.coordinator import schema
 from matrec.coordinator.database import create_engine_for, insert_ignore_for, migrate
+
+# Shared with the other store modules; importable from here as before.
+from matrec.coordinator.rows import add_event as add_event
+from matrec.coordinator.rows import as_utc as as_utc
+from matrec.coordinator.rows import insert_job as insert_job
+from matrec.coordinator.rows import new_id as new_id
+from matrec.coordinator.rows import utcnow as utcnow
 from matrec.coordinator.states import (
     ACTIVE_TASK_STATES,
     FINAL_JOB_STATES,
@@ -29,17 +35,6 @@ from matrec.coordinator.states import (
 )
 
 R = TypeVar("R")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without a zone; they were written in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -222,80 +217,6 @@ RESULT_ARTIFACTS = (
     ("checkpoint", "checkpoint_path"),
     ("scores", "scores_path"),
 )
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def add_event(
-    conn: sa.Connection,
-    job_id: str,
-    kind: str,
-    message: str,
-    task_id: str = "",
-    attempt: int = 0,
-) -> None:
-    conn.execute(
-        schema.job_events.insert().values(
-            job_id=job_id,
-            task_id=task_id,
-            attempt=attempt,
-            time=utcnow(),
-            kind=kind,
-            message=message,
-        )
-    )
-
-
-def insert_job(
-    conn: sa.Connection,
-    *,
-    name: str,
-    kind: str,
-    spec: dict[str, Any],
-    resources: dict[str, Any],
-    max_attempts: int,
-    artifact_root: Path,
-    num_tasks: int = 1,
-) -> str:
-    """Insert a queued job, its tasks, parameters and first event in `conn`'s transaction (so
-    that a caller can store something else atomically with it). Returns the job's id."""
-    job_id = new_id("job")
-    now = utcnow()
-    conn.execute(
-        schema.training_jobs.insert().values(
-            id=job_id,
-            name=name,
-            kind=kind,
-            spec=spec,
-            state=JobState.QUEUED,
-            max_attempts=max_attempts,
-            created_at=now,
-        )
-    )
-    for index in range(num_tasks):
-        task_id = f"{job_id}-t{index}"
-        conn.execute(
-            schema.tasks.insert().values(
-                id=task_id,
-                job_id=job_id,
-                index=index,
-                state=TaskState.QUEUED,
-                max_attempts=max_attempts,
-                resources=resources,
-                artifact_dir=str(artifact_root / job_id / task_id),
-                created_at=now,
-            )
-        )
-    config = spec.get("config", {})
-    if config:
-        conn.execute(
-            schema.training_parameters.insert(),
-            [{"job_id": job_id, "name": k, "value": v} for k, v in sorted(config.items())],
-        )
-    add_event(conn, job_id, "submitted", f"{kind} job submitted")
-    return job_id
 
 
 class Store:

@@ -28,13 +28,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matrec.sdk.address import configured_address
-from matrec.sdk.client import Client
 from matrec.sdk.errors import JobFailedError
-from matrec.sdk.local_cluster import LocalCluster
+from matrec.sdk.session import Session, open_session
 from matrec.sdk.types import Candidate, LabellingBatch, LearningProject, RetrainingTrigger
+
+if TYPE_CHECKING:
+    from matrec.sdk.client import Client
 
 PROJECT_FILE = "project.json"
 DEFAULT_STORAGE_DIR = "~/.matrec/active-learning"
@@ -76,14 +77,10 @@ class ActiveLearner:
         self.storage_dir = Path(storage_dir).expanduser()
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        self._cluster: LocalCluster | None = None
-        address = coordinator or configured_address()
-        if address:
-            self.client = Client(address)
-        else:
-            self._cluster = LocalCluster(self.storage_dir / "cluster", agents=agents)
-            self._cluster.start()
-            self.client = self._cluster.client()
+        self._session: Session | None = open_session(
+            coordinator, self.storage_dir / "cluster", agents=agents
+        )
+        self.client = self._session.client
         try:
             self.project_id = project_id or self._remembered_project() or ""
             if not self.project_id:
@@ -115,13 +112,25 @@ class ActiveLearner:
             self.close()
             raise
 
+    @classmethod
+    def for_project(
+        cls, client: Client, project_id: str, *, timeout: float | None = None
+    ) -> ActiveLearner:
+        """A learner for an existing project on a client its caller keeps open (and closes):
+        `close` leaves the client alone, and it has no storage_dir (nothing is remembered).
+        The unified API (EnhancedTrainingAPI) uses one for its active learning."""
+        learner = cls.__new__(cls)
+        learner.timeout = timeout
+        learner.client = client
+        learner.project_id = project_id
+        learner._session = None
+        return learner
+
     # Lifecycle
 
     def close(self) -> None:
-        self.client.close()
-        if self._cluster is not None:
-            self._cluster.stop()
-            self._cluster = None
+        if self._session is not None:
+            self._session.close()
 
     def __enter__(self) -> ActiveLearner:
         return self
@@ -169,11 +178,14 @@ class ActiveLearner:
         seed: int = 0,
     ) -> LabellingBatch:
         """A new batch of `count` candidates (waits for a pool scoring still running)."""
-        project = self.status()
-        if project.pool_scoring_job_id:
-            self.client.wait(project.pool_scoring_job_id, timeout=self.timeout)
-        return self.client.select_samples(
-            self.project_id, count, strategy, class_balance=class_balance, seed=seed
+        return select_when_scored(
+            self.client,
+            self.project_id,
+            count,
+            strategy,
+            class_balance=class_balance,
+            seed=seed,
+            timeout=self.timeout,
         )
 
     def record_feedback(
@@ -229,25 +241,55 @@ class ActiveLearner:
             time.sleep(0.5)
 
     def retrain_from_feedback(
-        self, model_type: str | None = None, feedback_threshold: int | None = None
+        self,
+        model_type: str | None = None,
+        feedback_threshold: int | None = None,
+        *,
+        wait: bool = True,
     ) -> RetrainResult | None:
         """Retrain when at least `feedback_threshold` (default: the project's) labels wait;
-        None when fewer do. `model_type`, if given, must be the project's."""
+        None when fewer do. `model_type`, if given, must be the project's. `wait` as in
+        retrain_model."""
         project = self.status()
         if model_type is not None:
             first = self.client.get_job(project.versions[0].job_id) if project.versions else None
             actual = (first.spec.config if first else {}).get("model_type", "cnn")
             if actual != model_type:
                 raise ValueError(
-                    f"model_type {model_type!r}: this project's models are {actual!r}; start "
-                    "another project (another storage_dir) for a different model type"
+                    f"model_type {model_type!r}: this project's models are {actual!r}; a "
+                    "different model type needs another project (another storage_dir, or a "
+                    "model of that type trained with train_model)"
                 )
         threshold = feedback_threshold
         if threshold is None:
             threshold = int(project.spec.get("triggers", {}).get("feedback_threshold", 50))
         if project.pending_feedback < max(1, threshold):
             return None
-        return self.retrain_model()
+        return self.retrain_model(wait=wait)
+
+
+def select_when_scored(
+    client: Client,
+    project_id: str,
+    count: int,
+    strategy: str = "",
+    *,
+    class_balance: bool = False,
+    seed: int = 0,
+    timeout: float | None = None,
+) -> LabellingBatch:
+    """Wait for the project's pool scoring if one is still running, then select a batch of
+    `count` candidates (`strategy` "" is the project's). Raises JobFailedError when that
+    scoring failed (a selection would use stale scores, or none) and TimeoutError after
+    `timeout` seconds."""
+    project = client.get_learning_project(project_id)
+    if project.pool_scoring_job_id:
+        scored = client.wait(project.pool_scoring_job_id, timeout=timeout)
+        if scored.state != "succeeded":
+            raise JobFailedError(scored.id, scored.state, scored.error)
+    return client.select_samples(
+        project_id, count, strategy, class_balance=class_balance, seed=seed
+    )
 
 
 def retrain_from_feedback(

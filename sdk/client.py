@@ -1,4 +1,6 @@
-"""Synchronous client for the coordinator's JobService."""
+"""Synchronous client for the coordinator: every public RPC of its JobService (jobs, agents,
+metrics, artifacts, the cluster view), StudyService (hyperparameter studies), TokenService (API
+tokens) and ActiveLearningService (projects, batches, feedback, triggers), over one channel."""
 
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ the call and stopped after it, its files kept under `workdir`.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from matrec.common.specs import SpecError
 from matrec.common.studies import parse_study_spec
-from matrec.sdk.address import configured_address
 from matrec.sdk.errors import InvalidSpecError, MatrecError
+from matrec.sdk.session import open_session
 
 if TYPE_CHECKING:
     from matrec.sdk.client import Client
@@ -138,30 +137,21 @@ def optimize_hyperparameters(
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
 
-    address = coordinator or configured_address() or None
-    from matrec.sdk.client import Client
-
-    if address is not None:
-        with Client(address) as client:
-            return _run_study(client, spec, progress, timeout)
-
-    from matrec.sdk.local_cluster import LocalCluster
-
-    root = (
-        Path(workdir).expanduser().resolve()
-        if workdir is not None
-        else Path(tempfile.mkdtemp(prefix="matrec-hpo-"))
-    )
-    with LocalCluster(root, agents=max_parallel) as cluster, cluster.client() as client:
-        return _run_study(client, spec, progress, timeout)
+    with open_session(
+        coordinator, workdir, agents=max_parallel, temp_prefix="matrec-hpo-"
+    ) as session:
+        return run_study(session.client, spec, progress, timeout)
 
 
-def _run_study(
+def run_study(
     client: Client,
     spec: dict[str, Any],
-    progress: StudyCallback | None,
-    timeout: float | None,
+    progress: StudyCallback | None = None,
+    timeout: float | None = None,
 ) -> HPOResult:
+    """Create the study of `spec` and wait for its end (`progress` gets each change); its
+    result, or StudyFailedError when no trial completed. Integer parameters of the search
+    space come back as ints (a protobuf Struct sends every number as a float)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     study = client.create_study(spec)
     if progress is not None:
@@ -176,9 +166,21 @@ def _run_study(
         study_id=study.id,
         objective=study.objective,
         direction=str(study.spec.get("direction")),
-        best_params=dict(best.params),
+        best_params=_typed_params(best.params, spec.get("search_space") or {}),
         best_value=best.objective_value,
         best_job_id=best.job_id,
         trials=study.trials,
         study=study,
     )
+
+
+def _typed_params(
+    params: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    typed: dict[str, Any] = {}
+    for key, value in params.items():
+        if space.get(key, {}).get("type") == "int" and isinstance(value, float):
+            typed[key] = round(value)
+        else:
+            typed[key] = value
+    return typed

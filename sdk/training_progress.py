@@ -1,4 +1,5 @@
-"""Where `transfer_learn` sends a run's metrics while it trains: a callback, a Rich bar, or both.
+"""Where `transfer_learn` sends a run's metrics while it trains: a callback, a Rich bar, or both;
+and the unified API's (EnhancedTrainingAPI's) progress callback, `TrainingProgress`.
 
 Metrics arrive as (step, values) pairs, the shape the training task reports them in: a
 ``train/loss`` every few steps, and at the end of each epoch a dict holding ``epoch`` (1-based,
@@ -8,7 +9,9 @@ as a float), ``val/accuracy``, ``val/loss`` and the epoch's train figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 from matrec.sdk.types import Metric
 from rich.console import Console
@@ -24,6 +27,20 @@ from rich.progress import (
 
 #: Called with (step, values) for every metrics report of the run.
 ProgressCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainingUpdate:
+    """One step of the unified API: `kind` "phase" (what it does now: the embedded cluster,
+    the study, the training job, ...) or "fallback" (a part missing, and what it does instead:
+    the sentence its result lists in `degraded`)."""
+
+    kind: Literal["phase", "fallback"]
+    text: str
+
+
+#: EnhancedTrainingAPI's progress callback.
+TrainingProgress = Callable[[TrainingUpdate], None]
 
 
 class ProgressSink:

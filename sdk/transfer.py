@@ -7,12 +7,14 @@
 
 With a coordinator (the `coordinator` argument, else $MATREC_COORDINATOR) the fine-tune is a
 `finetune` job submitted through `Client`; without one it runs here, by calling the agent's
-training engine directly (torch is imported only then). Either way the config is validated
-first, locally, with the same rules as the coordinator's.
+training engine through its one public in-process entry point, `matrec.agent.in_process`
+(torch is imported only then). Either way the config is validated first, locally, with the
+same rules as the coordinator's.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -27,7 +29,6 @@ from matrec.common.specs import (
     check_dataset_path,
     parse_job_spec,
 )
-from matrec.sdk.address import configured_address
 from matrec.sdk.errors import (
     CoordinatorUnavailableError,
     InvalidSpecError,
@@ -35,6 +36,7 @@ from matrec.sdk.errors import (
     MatrecError,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
+from matrec.sdk.session import coordinator_address
 from matrec.sdk.training_progress import ProgressCallback, ProgressSink
 
 if TYPE_CHECKING:
@@ -145,7 +147,7 @@ def transfer_learn(
     checkpoint in `artifact_dir`. Raises InvalidSpecError (naming the field) before any work
     when the config is invalid.
     """
-    address = coordinator or configured_address() or None
+    address = coordinator_address(coordinator)
     raw_config: dict[str, Any] = {
         "dataset_path": _absolute(dataset_path),
         "model_type": model_type,
@@ -172,13 +174,13 @@ def transfer_learn(
             raise ValueError("wait=False needs a coordinator; without one training runs here")
         return _run_here(finetune_config, artifact_dir, sink, timeout)
 
-    from matrec.sdk.client import Client
+    from matrec.sdk.session import open_session
 
-    with Client(address) as client:
-        job = client.submit_job(spec)
+    with open_session(address) as session:
+        job = session.client.submit_job(spec)
         if not wait:
             return job
-        return _wait_for(client, job.id, sink, timeout)
+        return _wait_for(session.client, job.id, sink, timeout)
 
 
 def _absolute(path: str | Path) -> str:
@@ -206,24 +208,6 @@ def _wait_for(
     return TransferResult.from_result(job.id, job.result)
 
 
-class _SinkReporter:
-    """The engine's Reporter for an in-process run: metrics to the sink, logs to the logger."""
-
-    def __init__(self, sink: ProgressSink) -> None:
-        self.sink = sink
-
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.sink.update(step, values)
-
-    def checkpoint(self, path: Path, epoch: int, step: int) -> None:
-        pass
-
-    def log(self, text: str) -> None:
-        import logging
-
-        logging.getLogger("matrec.sdk.transfer").info(text)
-
-
 def _run_here(
     config: FinetuneConfig,
     artifact_dir: str | Path | None,
@@ -234,7 +218,8 @@ def _run_here(
         check_dataset_path(config)
     except SpecError as exc:
         raise InvalidSpecError(exc.field, exc.message) from None
-    from matrec.agent.training.finetune import TrainingPreempted, run_finetune
+    # The agent package's documented in-process entry point (it imports torch).
+    from matrec.agent.in_process import TrainingPreempted, finetune_in_process
 
     if artifact_dir is None:
         directory = Path(tempfile.mkdtemp(prefix="matrec-transfer-"))
@@ -248,7 +233,13 @@ def _run_here(
 
     try:
         with sink:
-            finished = run_finetune(config, directory, _SinkReporter(sink), should_stop=should_stop)
+            finished = finetune_in_process(
+                config,
+                directory,
+                on_metrics=sink.update,
+                on_log=logging.getLogger("matrec.sdk.transfer").info,
+                should_stop=should_stop,
+            )
     except TrainingPreempted as exc:
         raise TimeoutError(
             f"training did not finish within {timeout} s; stopped at step {exc.step} with a "
@@ -257,4 +248,4 @@ def _run_here(
         ) from None
     except (ValueError, RuntimeError, OSError) as exc:
         raise JobFailedError(None, "failed", f"{type(exc).__name__}: {exc}") from exc
-    return TransferResult.from_result(None, finished.to_dict())
+    return TransferResult.from_result(None, finished)

@@ -33,8 +33,9 @@ from matrec.coordinator.active_learning.store import (
     TriggerRecord,
     VersionRecord,
 )
+from matrec.coordinator.rows import utcnow
 from matrec.coordinator.states import FINAL_JOB_STATES, JobState
-from matrec.coordinator.store import Store, utcnow
+from matrec.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from matrec.common.studies import StudySpecModel
 from matrec.coordinator import schema
+from matrec.coordinator.rows import as_utc, insert_job, new_id, utcnow
 from matrec.coordinator.states import JobState, StudyState, TrialState
-from matrec.coordinator.store import as_utc, insert_job, new_id, utcnow
 from sqlalchemy.exc import IntegrityError
 
 

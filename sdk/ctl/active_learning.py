@@ -14,13 +14,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from matrec.common.paths import absolute_path
+
+# The shared options and the seed's form live in modules of their own; their names stay
+# importable from here.
+from matrec.sdk.ctl.active_learning_options import PATH_KEYS as PATH_KEYS
+from matrec.sdk.ctl.active_learning_options import (
+    BatchArgument,
+    FileFormat,
+    JsonOption,
+    ProjectArgument,
+    ProjectFlags,
+    Strategy,
+    build_project_spec,
+)
+from matrec.sdk.ctl.active_learning_options import load_project_file as load_project_file
+from matrec.sdk.ctl.active_learning_seed import REQUIRED as REQUIRED
+from matrec.sdk.ctl.active_learning_seed import Operation as Operation
+from matrec.sdk.ctl.active_learning_seed import SeedOptions as SeedOptions
+from matrec.sdk.ctl.active_learning_seed import run_seed_operation as run_seed_operation
+from matrec.sdk.ctl.active_learning_seed import seed_operation
 from matrec.sdk.ctl.active_learning_view import (
     batch_header,
     candidates_table,
@@ -69,117 +85,6 @@ active_learning_app = typer.Typer(
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
 
-#: Paths of a project spec that become absolute (against the cwd, or the spec file's folder).
-PATH_KEYS = ("dataset_path", "pool_path")
-
-
-class Strategy(StrEnum):
-    """The strategies of `matrec.common.active_learning.selection.STRATEGIES` (a test keeps
-    them equal; importing that module here would load numpy for every `--help`)."""
-
-    random = "random"
-    least_confidence = "least_confidence"
-    margin = "margin"
-    entropy = "entropy"
-    bald = "bald"
-    coreset = "coreset"
-    cluster_margin = "cluster_margin"
-    hybrid = "hybrid"
-
-
-class FileFormat(StrEnum):
-    csv = "csv"
-    json = "json"
-
-
-# -- assembling a project spec -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProjectFlags:
-    """The `create` options; None means "not given" (the spec file's value or the default)."""
-
-    name: str | None = None
-    dataset: Path | None = None
-    pool: Path | None = None
-    model_job: str | None = None
-    strategy: str | None = None
-    mc_dropout_passes: int | None = None
-    feedback_threshold: int | None = None
-    max_age: float | None = None
-    uncertainty_threshold: float | None = None
-    drift: bool | None = None
-    drift_alpha: float | None = None
-    auto_retrain: bool | None = None
-    retrain_epochs: int | None = None
-
-
-def load_project_file(path: Path) -> dict[str, Any]:
-    """A project spec as a JSON object; its paths are resolved against the file's folder."""
-    from matrec.sdk.errors import InvalidSpecError
-
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InvalidSpecError("--spec", f"cannot read {str(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidSpecError("--spec", f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidSpecError("--spec", f"{path}: expected a JSON object at the top level")
-    for key in PATH_KEYS:
-        if isinstance(data.get(key), str):
-            data[key] = str(absolute_path(Path(data[key]), path.parent))
-    return data
-
-
-def _section(spec: dict[str, Any], key: str) -> dict[str, Any]:
-    from matrec.sdk.errors import InvalidSpecError
-
-    section = spec.setdefault(key, {})
-    if not isinstance(section, dict):
-        raise InvalidSpecError(key, "must be a JSON object")
-    return section
-
-
-def build_project_spec(spec_file: Path | None, flags: ProjectFlags) -> dict[str, Any]:
-    """The spec from `spec_file` (if any), overridden by the flags that were given. The three
-    things every project needs are checked here, naming the option that gives them."""
-    from matrec.sdk.errors import InvalidSpecError
-
-    spec = load_project_file(spec_file) if spec_file is not None else {}
-    cwd = Path.cwd()
-    top: dict[str, Any] = {
-        "name": flags.name,
-        "dataset_path": None if flags.dataset is None else str(absolute_path(flags.dataset, cwd)),
-        "pool_path": None if flags.pool is None else str(absolute_path(flags.pool, cwd)),
-        "model_job_id": flags.model_job,
-        "strategy": flags.strategy,
-        "mc_dropout_passes": flags.mc_dropout_passes,
-    }
-    spec.update({key: value for key, value in top.items() if value is not None})
-    triggers = {
-        "feedback_threshold": flags.feedback_threshold,
-        "max_age_seconds": flags.max_age,
-        "uncertainty_threshold": flags.uncertainty_threshold,
-        "drift": flags.drift,
-        "drift_alpha": flags.drift_alpha,
-        "auto_retrain": flags.auto_retrain,
-    }
-    given = {key: value for key, value in triggers.items() if value is not None}
-    if given:
-        _section(spec, "triggers").update(given)
-    if flags.retrain_epochs is not None:
-        _section(spec, "retrain")["epochs"] = flags.retrain_epochs
-    for key, option in (
-        ("dataset_path", "--dataset"),
-        ("pool_path", "--pool"),
-        ("model_job_id", "--model-job"),
-    ):
-        if not spec.get(key):
-            raise InvalidSpecError(key, f"required: pass {option} (or set {key} in --spec)")
-    return spec
-
-
 # -- the coordinator's messages ----------------------------------------------------------------
 
 
@@ -213,14 +118,6 @@ def _follow_job(client: Client, job_id: str) -> None:
 
 # -- commands ----------------------------------------------------------------------------------
 
-ProjectArgument = Annotated[
-    str, typer.Argument(metavar="PROJECT", help="Project id (alp-…), as `create` prints it.")
-]
-BatchArgument = Annotated[
-    str, typer.Argument(metavar="BATCH", help="Batch id (alb-…), as `select` prints it.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
 
 @active_learning_app.command()
 def create(
@@ -230,9 +127,9 @@ def create(
         typer.Option(
             "--spec",
             metavar="FILE",
-            help="A whole project spec as JSON: name, dataset_path, pool_path, model_job_id, "
-            "strategy, mc_dropout_passes, triggers {...}, retrain {...}; the flags below "
-            "override it.",
+            help="A whole project spec as JSON or YAML: name, dataset_path, pool_path, "
+            "model_job_id, strategy, mc_dropout_passes, triggers {...}, retrain {...}; the flags "
+            "below override it.",
         ),
     ] = None,
     dataset: Annotated[
@@ -443,7 +340,10 @@ def show_status(client: Client, target: str | None, as_json: bool) -> None:
         data = {"project": project, "batches": batches, "triggers": triggers}
         typer.echo(_to_json(data))
         return
-    console.print(project_detail(client, project, batches, sizes, triggers))
+    from matrec.sdk.ctl.active_learning_monitor import scoring_jobs
+
+    jobs = scoring_jobs(client, project)
+    console.print(project_detail(project, batches, sizes, triggers, jobs))
 
 
 def _show_batch(batch: LabellingBatch, as_json: bool) -> None:
@@ -741,283 +641,5 @@ def start_retraining(client: Client, project_id: str, trigger: str, *, wait: boo
     _follow_job(client, job_id)
 
 
-# -- the seed's form: matrec-ctl active-learning --operation OP ... ------------------------------
-
-
-class Operation(StrEnum):
-    select = "select"
-    feedback = "feedback"
-    status = "status"
-    check_triggers = "check-triggers"
-    retrain = "retrain"
-
-
-@dataclass(frozen=True)
-class SeedOptions:
-    """The options of the seed's form; None means "not given"."""
-
-    operation: Operation
-    project: str | None = None
-    storage_dir: Path | None = None
-    count: int | None = None
-    strategy: str | None = None
-    sample_id: str | None = None
-    material_id: str | None = None
-    batch_id: str | None = None
-    trigger_id: str | None = None
-    dataset: Path | None = None
-    pool: Path | None = None
-    model_job: str | None = None
-    class_balance: bool = False
-    overwrite: bool = False
-    add_class: bool = False
-    wait: bool = False
-    as_json: bool = False
-
-
-#: What each operation needs, as (option, SeedOptions field).
-REQUIRED: dict[Operation, tuple[tuple[str, str], ...]] = {
-    Operation.select: (("--count", "count"),),
-    Operation.feedback: (
-        ("--batch-id", "batch_id"),
-        ("--sample-id", "sample_id"),
-        ("--material-id", "material_id"),
-    ),
-}
-
-
-@active_learning_app.callback(invoke_without_command=True)
-def seed_operation(
-    ctx: typer.Context,
-    operation: Annotated[
-        Operation | None,
-        typer.Option(
-            help="The seed's form of the commands below: select, feedback, status, "
-            "check-triggers (evaluate the triggers now) or retrain.",
-            show_default=False,
-        ),
-    ] = None,
-    project: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PROJECT",
-            help="Project id (alp-…); default: the one remembered in --storage-dir.",
-            show_default=False,
-        ),
-    ] = None,
-    storage_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="An ActiveLearner's folder (project.json; cluster/ when embedded). "
-            "Default: ~/.matrec/active-learning.",
-            show_default=False,
-        ),
-    ] = None,
-    count: Annotated[
-        int | None,
-        typer.Option(min=1, help="select: samples to propose.", show_default=False),
-    ] = None,
-    strategy: Annotated[
-        Strategy | None,
-        typer.Option(help="select: the strategy; default: the project's.", show_default=False),
-    ] = None,
-    class_balance: Annotated[
-        bool, typer.Option("--class-balance", help="select: spread over predicted classes.")
-    ] = False,
-    batch_id: Annotated[
-        str | None, typer.Option(metavar="BATCH", help="feedback: batch id.", show_default=False)
-    ] = None,
-    sample_id: Annotated[
-        str | None,
-        typer.Option(metavar="SAMPLE", help="feedback: sample id.", show_default=False),
-    ] = None,
-    material_id: Annotated[
-        str | None,
-        typer.Option(metavar="LABEL", help="feedback: the correct class.", show_default=False),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="feedback: replace a different label.")
-    ] = False,
-    add_class: Annotated[
-        bool, typer.Option("--add-class", help="feedback: accept a class the model lacks.")
-    ] = False,
-    trigger_id: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ID", help="retrain: the fired trigger it answers.", show_default=False
-        ),
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="retrain: follow the job until it ends.")
-    ] = False,
-    dataset: Annotated[
-        Path | None,
-        typer.Option(help="A new project's labelled dataset.", show_default=False),
-    ] = None,
-    pool: Annotated[
-        Path | None,
-        typer.Option(help="A new project's unlabelled images.", show_default=False),
-    ] = None,
-    model_job: Annotated[
-        str | None,
-        typer.Option(
-            metavar="JOB",
-            help="A new project's model job; without it a first model is trained.",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """The seed's form (see the group's help): dispatch --operation to the commands' code."""
-    if ctx.invoked_subcommand is not None:
-        if operation is not None:
-            print_error(
-                f"--operation {operation.value} and the command {ctx.invoked_subcommand!r}: "
-                "use one of them"
-            )
-            raise typer.Exit(EXIT_INVALID_INPUT)
-        return
-    if operation is None:
-        print_error(
-            "pass --operation (select, feedback, status, check-triggers, retrain) or a command; "
-            "see matrec-ctl active-learning --help"
-        )
-        raise typer.Exit(EXIT_INVALID_INPUT)
-    options = SeedOptions(
-        operation=operation,
-        project=project,
-        storage_dir=storage_dir,
-        count=count,
-        strategy=None if strategy is None else strategy.value,
-        sample_id=sample_id,
-        material_id=material_id,
-        batch_id=batch_id,
-        trigger_id=trigger_id,
-        dataset=dataset,
-        pool=pool,
-        model_job=model_job,
-        class_balance=class_balance,
-        overwrite=overwrite,
-        add_class=add_class,
-        wait=wait,
-        as_json=as_json,
-    )
-    missing = [flag for flag, name in REQUIRED.get(operation, ()) if getattr(options, name) is None]
-    if missing:
-        print_error(f"--operation {operation.value} needs {', '.join(missing)}")
-        raise typer.Exit(EXIT_INVALID_INPUT)
-    from matrec.sdk.ctl.config_cmd import configured_coordinator
-
-    run_seed_operation(configured_coordinator(ctx), options)
-
-
-def run_seed_operation(coordinator: str | None, options: SeedOptions) -> None:
-    """Run one seed-form operation on `coordinator` (None: the embedded cluster of the storage
-    dir), with the commands' own code."""
-    from matrec.sdk.active_learning import DEFAULT_STORAGE_DIR, PROJECT_FILE, ActiveLearner
-
-    storage = (options.storage_dir or Path(DEFAULT_STORAGE_DIR)).expanduser()
-    remembered = (storage / PROJECT_FILE).is_file()
-    if options.operation is Operation.feedback and coordinator is not None:
-        # A batch id names its project: no project needed.
-        with _connect(coordinator) as client:
-            _feedback(client, options)
-        return
-    if options.project is None and not remembered:
-        starting = options.dataset is not None and options.pool is not None
-        if options.operation is Operation.status and coordinator is not None and not starting:
-            with _connect(coordinator) as client:
-                show_status(client, None, options.as_json)
-            return
-        if not starting:
-            print_error(
-                f"no project: none is remembered in {storage}; pass --project ID, the "
-                "--storage-dir of an ActiveLearner, or --dataset and --pool (and --model-job) "
-                "to start one there"
-            )
-            raise typer.Exit(EXIT_INVALID_INPUT)
-    if coordinator is not None and options.project is not None:
-        with _connect(coordinator) as client:
-            _dispatch(client, options.project, options, embedded=False)
-        return
-    if coordinator is None:
-        stderr.print(
-            f"no coordinator configured: the embedded cluster in {storage / 'cluster'} runs for "
-            "this call",
-            style="dim",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    try:
-        learner = ActiveLearner(
-            storage,
-            project_id=options.project,
-            dataset_path=options.dataset,
-            pool_path=options.pool,
-            model_job_id=options.model_job,
-            coordinator=coordinator,
-        )
-    except ValueError as exc:
-        print_error(str(exc))
-        raise typer.Exit(EXIT_INVALID_INPUT) from None
-    with learner:
-        _dispatch(learner.client, learner.project_id, options, embedded=coordinator is None)
-
-
-def _connect(address: str) -> Client:
-    from matrec.sdk.client import Client
-
-    return Client(address)
-
-
-def _feedback(client: Client, options: SeedOptions) -> None:
-    assert options.batch_id and options.sample_id and options.material_id
-    record_one(
-        client,
-        options.batch_id,
-        options.sample_id,
-        options.material_id,
-        overwrite=options.overwrite,
-        add_class=options.add_class,
-    )
-
-
-def _dispatch(client: Client, project_id: str, options: SeedOptions, *, embedded: bool) -> None:
-    operation = options.operation
-    if operation is Operation.status:
-        show_status(client, project_id, options.as_json)
-    elif operation is Operation.select:
-        assert options.count is not None
-        project = client.get_learning_project(project_id)
-        if project.pool_scoring_job_id:
-            # As ActiveLearner.select_samples_for_labeling: wait for a scoring still running.
-            scored = client.wait(project.pool_scoring_job_id)
-            if scored.state != "succeeded":
-                print_error(
-                    f"scoring the pool failed (job {scored.id}, {scored.state}): {scored.error}"
-                )
-                raise typer.Exit(EXIT_FAILURE)
-        batch = client.select_samples(
-            project_id,
-            options.count,
-            options.strategy or "",
-            class_balance=options.class_balance,
-        )
-        where = f" --storage-dir {options.storage_dir}" if options.storage_dir else ""
-        show_selection(
-            batch,
-            options.count,
-            options.as_json,
-            how_to_label=f"label them: matrec-ctl active-learning --operation feedback "
-            f"--batch-id {batch.id} --sample-id SAMPLE --material-id LABEL{where}",
-        )
-    elif operation is Operation.feedback:
-        _feedback(client, options)
-    elif operation is Operation.check_triggers:
-        show_triggers(client.check_triggers(project_id), options.as_json)
-    else:
-        # An embedded cluster stops with this command: wait for the job to end.
-        start_retraining(
-            client, project_id, options.trigger_id or "", wait=options.wait or embedded
-        )
+# The seed's form: matrec-ctl active-learning --operation OP (sdk/ctl/active_learning_seed.py).
+active_learning_app.callback(invoke_without_command=True)(seed_operation)

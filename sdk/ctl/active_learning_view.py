@@ -1,6 +1,7 @@
 """What `matrec-ctl active-learning` and `matrec-ctl monitor` show: the Rich tables and panels
-of projects, batches, candidates and triggers, and the monitor that evaluates the retraining
-triggers every few seconds and shows them live (lines in a pipe).
+of projects, batches, candidates and triggers, and the monitor view that shows the retraining
+triggers' checks live (lines in a pipe). These functions render what they are given; fetching
+is the caller's (`active_learning_monitor`, the commands).
 
 Rich and the SDK's heavier modules are imported inside the functions, so that importing this
 module costs nothing at `matrec-ctl --help`.
@@ -9,19 +10,22 @@ module costs nothing at `matrec-ctl --help`.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+# The monitor's data, and its fetching, live apart; the names stay importable from here.
+from matrec.sdk.ctl.active_learning_monitor import MonitorCheck, ProjectState
+from matrec.sdk.ctl.active_learning_monitor import check_projects as check_projects
+
 if TYPE_CHECKING:
-    from matrec.sdk.client import Client
     from matrec.sdk.labelling_files import LabelRow
     from matrec.sdk.types import (
         Candidate,
+        Job,
         LabellingBatch,
         LearningProject,
-        ModelVersion,
         RetrainingTrigger,
     )
     from rich.console import Console, RenderableType
@@ -248,28 +252,27 @@ def triggers_table(
     return table
 
 
-def _job_state(client: Client, job_id: str) -> Text:
+def _job_state(job_id: str, jobs: Mapping[str, Job | None]) -> Text:
     from matrec.sdk.ctl.render import state_text
-    from matrec.sdk.errors import NotFoundError
     from rich.text import Text
 
     if not job_id:
         return Text("not submitted", style="dim")
-    try:
-        job = client.get_job(job_id)
-    except NotFoundError:
+    job = jobs.get(job_id)
+    if job is None:
         return Text(f"{job_id} (gone)", style="dim")
     return Text.assemble(job_id, " ", state_text(job.state))
 
 
 def project_detail(
-    client: Client,
     project: LearningProject,
     batches: Sequence[LabellingBatch],
     sizes: dict[str, int],
     triggers: Sequence[RetrainingTrigger],
+    jobs: Mapping[str, Job | None],
 ) -> RenderableType:
-    """Everything `status PROJECT` prints: settings, versions, batches and triggers."""
+    """Everything `status PROJECT` prints: settings, versions, batches and triggers. `jobs`
+    holds the project's scoring jobs by id (None: gone), as `scoring_jobs` fetches them."""
     from matrec.sdk.ctl.render import format_time, key_value_table
     from rich import box
     from rich.console import Group
@@ -293,8 +296,8 @@ def project_detail(
         f"{project.total_feedback} in all",
         "last trained": format_time(project.last_trained_at),
         "strategy": spec.get("strategy", "-"),
-        "pool scoring": _job_state(client, project.pool_scoring_job_id),
-        "drift reference": _job_state(client, project.reference_scoring_job_id),
+        "pool scoring": _job_state(project.pool_scoring_job_id, jobs),
+        "drift reference": _job_state(project.reference_scoring_job_id, jobs),
         "triggers": Text(policy_text(policy)),
     }
     parts: list[RenderableType] = [
@@ -344,39 +347,6 @@ def failed_rows_table(failed: Sequence[tuple[LabelRow, str]]) -> Table:
 
 
 # -- the monitor -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProjectState:
-    project: LearningProject
-    triggers: list[RetrainingTrigger]
-
-    @property
-    def retraining(self) -> list[ModelVersion]:
-        """Versions after the first: the retraining jobs."""
-        return [v for v in self.project.versions if v.version > 1]
-
-
-@dataclass(frozen=True)
-class MonitorCheck:
-    """One evaluation of the triggers of every watched project."""
-
-    checked_at: datetime
-    projects: list[ProjectState]
-    fired: list[RetrainingTrigger]
-
-
-def check_projects(client: Client, project_ids: Sequence[str]) -> MonitorCheck:
-    """Evaluate the triggers of `project_ids` (every project when empty) and read their state."""
-    ids = list(project_ids) or [p.id for p in client.list_learning_projects()]
-    fired: list[RetrainingTrigger] = []
-    states = []
-    for project_id in ids:
-        fired += client.check_triggers(project_id)
-        states.append(
-            ProjectState(client.get_learning_project(project_id), client.list_triggers(project_id))
-        )
-    return MonitorCheck(datetime.now(UTC), states, fired)
 
 
 def render_monitor(check: MonitorCheck, footer: str = "") -> RenderableType:
@@ -482,39 +452,39 @@ class MonitorTally:
 
 
 def run_monitor(
-    client: Client,
-    project_ids: Sequence[str],
+    check_now: Callable[[], MonitorCheck],
     out: Console,
     *,
     interval: float,
     once: bool,
     tally: MonitorTally,
 ) -> None:
-    """Evaluate the triggers every `interval` seconds until interrupted; with `once`, evaluate
-    them once and print the view and what fired. A live view on a terminal, lines in a pipe.
+    """Show `check_now()` (the triggers evaluated, `check_projects`) every `interval` seconds
+    until interrupted; with `once`, one check's view and what fired. A live view on a
+    terminal, lines in a pipe.
 
     The first check's errors end the run (an unknown project, no coordinator); later, an
     unreachable coordinator is shown and the next check tries again."""
-    first = check_projects(client, project_ids)
+    first = check_now()
     tally.checks, tally.fired = 1, len(first.fired)
     if once:
         out.print(render_monitor(first))
         _print_fired(out, first)
         return
     if out.is_terminal:
-        _monitor_live(client, project_ids, out, interval, first, tally)
+        _monitor_live(check_now, out, interval, first, tally)
     else:
-        _monitor_plain(client, project_ids, out, interval, first, tally)
+        _monitor_plain(check_now, out, interval, first, tally)
 
 
 def _next_check(
-    client: Client, project_ids: Sequence[str], tally: MonitorTally
+    check_now: Callable[[], MonitorCheck], tally: MonitorTally
 ) -> tuple[MonitorCheck | None, str]:
     """The next check, or the reason it could not be made."""
     from matrec.sdk.errors import CoordinatorUnavailableError
 
     try:
-        check = check_projects(client, project_ids)
+        check = check_now()
     except CoordinatorUnavailableError as exc:
         return None, str(exc)
     tally.checks += 1
@@ -523,8 +493,7 @@ def _next_check(
 
 
 def _monitor_live(
-    client: Client,
-    project_ids: Sequence[str],
+    check_now: Callable[[], MonitorCheck],
     out: Console,
     interval: float,
     latest: MonitorCheck,
@@ -549,15 +518,14 @@ def _monitor_live(
     with Live(get_renderable=view, console=out, refresh_per_second=2):
         while True:
             time.sleep(max(0.0, due - time.monotonic()))
-            check, error = _next_check(client, project_ids, tally)
+            check, error = _next_check(check_now, tally)
             if check is not None:
                 latest = check
             due = time.monotonic() + interval
 
 
 def _monitor_plain(
-    client: Client,
-    project_ids: Sequence[str],
+    check_now: Callable[[], MonitorCheck],
     out: Console,
     interval: float,
     first: MonitorCheck,
@@ -599,7 +567,7 @@ def _monitor_plain(
             for trigger in check.fired:
                 say(f"{stamp} {fired_line(trigger)}", "bold")
         time.sleep(interval)
-        check, error = _next_check(client, project_ids, tally)
+        check, error = _next_check(check_now, tally)
 
 
 def _project_line(state: ProjectState) -> str:

@@ -479,14 +479,14 @@ def monitor(
     [dim]$ matrec-ctl monitor --check-interval 30
     $ matrec-ctl monitor alp-5d1e2f3a4b6c --once[/]
     """  # noqa: E501
+    from matrec.sdk.ctl.active_learning_monitor import check_projects
     from matrec.sdk.ctl.active_learning_view import MonitorTally, run_monitor
 
     tally = MonitorTally()
     with client_from_context(ctx) as client:
         try:
             run_monitor(
-                client,
-                project_ids or [],
+                lambda: check_projects(client, project_ids or []),
                 console,
                 interval=check_interval,
                 once=once,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from matrec.common.paths import absolute_path
 from matrec.sdk.ctl.connection import client_from_context
 from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, print_error, stderr
 from rich.console import Console
@@ -100,36 +99,6 @@ class StudyFlags:
 # -- assembling the spec -----------------------------------------------------------------------
 
 
-def _read_mapping(path: Path, option: str) -> dict[str, Any]:
-    """A JSON (or, with PyYAML, YAML) file holding a mapping; InvalidSpecError names `option`."""
-    from matrec.sdk.errors import InvalidSpecError
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidSpecError(option, f"cannot read {str(path)!r}: {exc.strerror}") from None
-    data: Any
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise InvalidSpecError(
-                option, "reading YAML needs PyYAML (pip install pyyaml); or write it as JSON"
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InvalidSpecError(option, f"{path}: invalid YAML: {exc}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidSpecError(option, f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidSpecError(option, f"{path}: expected a JSON object at the top level")
-    return data
-
-
 def parse_space(text: str) -> dict[str, Any]:
     """`--space`: inline JSON (it starts with "{") or the path of a JSON/YAML file."""
     from matrec.sdk.errors import InvalidSpecError
@@ -149,25 +118,25 @@ def parse_space(text: str) -> dict[str, Any]:
             f"{text!r} is neither a file nor inline JSON; e.g. "
             '\'{"learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "log": true}}\'',
         )
-    return _read_mapping(path, "--space")
+    from matrec.sdk.ctl.spec_input import read_spec_file
+
+    return read_spec_file(path, "--space")
 
 
 def load_study_file(path: Path) -> dict[str, Any]:
     """A whole study spec; the trial's paths are resolved against the file's folder."""
-    spec = _read_mapping(path, "--spec")
+    from matrec.sdk.ctl.spec_input import read_spec_file, resolve_paths
+
+    spec = read_spec_file(path, "--spec")
     trial = spec.get("trial")
-    config = trial.get("config") if isinstance(trial, dict) else None
-    if isinstance(config, dict):
-        for key in PATH_KEYS:
-            if isinstance(config.get(key), str):
-                config[key] = str(absolute_path(Path(config[key]), path.parent))
+    resolve_paths(trial.get("config") if isinstance(trial, dict) else None, PATH_KEYS, path.parent)
     return spec
 
 
 def build_study_spec(spec_file: Path | None, flags: StudyFlags) -> dict[str, Any]:
     """The spec from `spec_file` (if any), overridden by the flags that were given. Validated
     afterwards by `Client.create_study`, which names the offending field."""
-    from matrec.sdk.ctl.spec_input import parse_assignment
+    from matrec.sdk.ctl.spec_input import absolute, parse_assignment
     from matrec.sdk.errors import InvalidSpecError
 
     spec: dict[str, Any] = load_study_file(spec_file) if spec_file is not None else {}
@@ -181,7 +150,7 @@ def build_study_spec(spec_file: Path | None, flags: StudyFlags) -> dict[str, Any
     if not isinstance(config, dict):
         raise InvalidSpecError("trial.config", "must be a mapping of settings")
     if flags.dataset is not None:
-        config["dataset_path"] = str(absolute_path(flags.dataset, Path.cwd()))
+        config["dataset_path"] = absolute(flags.dataset, Path.cwd())
     config.update(parse_assignment(text) for text in flags.assignments)
     if flags.max_attempts is not None:
         trial["max_attempts"] = flags.max_attempts

@@ -1,4 +1,6 @@
-"""Turn `matrec-ctl submit` input (a spec file and/or flags) into a raw job spec dict.
+"""Turn `matrec-ctl submit` input (a spec file and/or flags) into a raw job spec dict; and the
+one reader of spec files (JSON or YAML) for jobs, studies (`hpo`) and projects
+(`active-learning`).
 
 The dict is validated afterwards by `Client.submit_job`, so these functions only assemble it.
 Relative paths become absolute here, because the coordinator and agents resolve them elsewhere:
@@ -78,40 +80,57 @@ def parse_augmentation(text: str) -> str | list[str]:
     return names
 
 
-def load_spec_file(path: Path) -> dict[str, Any]:
-    """Read a JSON (or, with PyYAML installed, YAML) spec; resolve its paths against its folder."""
+def read_spec_file(path: Path, option: str) -> dict[str, Any]:
+    """A JSON (or, with PyYAML installed, YAML) file holding a mapping: a job, study or project
+    spec, or a search space. Errors are InvalidSpecError naming `option` (the flag that gave
+    the file)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InvalidSpecError("--file", f"cannot read {str(path)!r}: {exc.strerror}") from None
+        raise InvalidSpecError(option, f"cannot read {str(path)!r}: {exc.strerror}") from None
+    data: Any
     if path.suffix.lower() in (".yaml", ".yml"):
-        data = _parse_yaml(path, text)
+        try:
+            import yaml
+        except ImportError:
+            raise InvalidSpecError(
+                option, "reading YAML needs PyYAML (pip install pyyaml); or write it as JSON"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidSpecError(option, f"{path}: invalid YAML: {exc}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidSpecError("--file", f"{path}: invalid JSON: {exc}") from None
+            raise InvalidSpecError(option, f"{path}: invalid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidSpecError("--file", f"{path}: a spec must be a mapping at the top level")
-    config = data.get("config")
-    if isinstance(config, dict):
-        for key in _PATH_KEYS:
-            if isinstance(config.get(key), str):
-                config[key] = str(absolute_path(Path(config[key]), path.parent))
+        raise InvalidSpecError(
+            option, f"{path}: expected a mapping (a JSON object) at the top level"
+        )
     return data
 
 
-def _parse_yaml(path: Path, text: str) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise InvalidSpecError(
-            "--file", "reading YAML needs PyYAML (pip install pyyaml); or write the spec as JSON"
-        ) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidSpecError("--file", f"{path}: invalid YAML: {exc}") from None
+def resolve_paths(section: Any, keys: tuple[str, ...], base: Path) -> None:
+    """Make the relative paths under `keys` of `section` (when it is a mapping) absolute
+    against `base`, the spec file's folder."""
+    if isinstance(section, dict):
+        for key in keys:
+            if isinstance(section.get(key), str):
+                section[key] = absolute(Path(section[key]), base)
+
+
+def absolute(path: Path, base: Path) -> str:
+    """`path` (with ~ expanded) made absolute against `base` when it is relative."""
+    return str(absolute_path(path, base))
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """A job spec file (`--file`); its config's paths are resolved against its folder."""
+    data = read_spec_file(path, "--file")
+    resolve_paths(data.get("config"), _PATH_KEYS, path.parent)
+    return data
 
 
 def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
@@ -123,15 +142,13 @@ def build_spec(file: Path | None, flags: SubmitFlags) -> dict[str, Any]:
         raise InvalidSpecError("config", "must be a mapping of settings")
     cwd = Path.cwd()
     config_flags = {
-        "dataset_path": None if flags.dataset is None else str(absolute_path(flags.dataset, cwd)),
+        "dataset_path": None if flags.dataset is None else absolute(flags.dataset, cwd),
         "model": flags.model,
         "epochs": flags.epochs,
         "batch_size": flags.batch_size,
         "learning_rate": flags.learning_rate,
         "image_size": flags.image_size,
-        "pretrained_path": None
-        if flags.pretrained is None
-        else str(absolute_path(flags.pretrained, cwd)),
+        "pretrained_path": None if flags.pretrained is None else absolute(flags.pretrained, cwd),
         "pretrained_weights": flags.pretrained_weights,
         "model_type": flags.model_type,
         "strategy": flags.strategy,

@@ -1,36 +1,43 @@
 """`matrec-ctl train`: the seed's unified training (EnhancedTrainingAPI) from the terminal.
 
-The flags are those of `python -m matrec.sdk.training_api`; both build a
-`matrec.sdk.training_api.TrainingRequest` for `run_training`, so the two behave alike. While it
-runs, a spinner shows the API's current phase (it reports its phases as log records of the
-``matrec.sdk.training_api`` logger; each fallback it takes is one warning line); then a summary
-(or, with --json, the TrainingResult as JSON on stdout).
+`python -m matrec.sdk.training_api` with the seed's flags runs this same command (one parser
+for both: `run_seed_command_line`); it builds a `matrec.sdk.training_request.TrainingRequest`
+for `run_training`. While it runs, a spinner shows the API's current phase (its progress
+callback; each fallback it takes is one warning line); then a summary (or, with --json, the
+TrainingResult as JSON on stdout).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from collections.abc import Callable, Iterator
+import sys
+import typing
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from matrec.sdk.ctl.config_cmd import coordinator_flag
 from matrec.sdk.ctl.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, print_error, stderr
+from matrec.sdk.training_request import DEFAULT_MAX_TRIALS
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from matrec.sdk.training_api import TrainingResult
+    from matrec.sdk.training_progress import TrainingProgress, TrainingUpdate
+    from matrec.sdk.training_result import TrainingResult
     from rich.table import Table
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
 
+#: Where the API logs its phases and fallbacks when no progress callback is given (this command
+#: gives one).
 API_LOGGER = "matrec.sdk.training_api"
 
 
@@ -105,7 +112,9 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the final fine-tune.")] = 10,
-    max_trials: Annotated[int, typer.Option(min=1, help="Trials of the hyperparameter study.")] = 8,
+    max_trials: Annotated[
+        int, typer.Option(min=1, help="Trials of the hyperparameter study.")
+    ] = DEFAULT_MAX_TRIALS,
     hpo_epochs: Annotated[
         int | None,
         typer.Option(min=1, help="Epochs of each trial (default: --epochs).", show_default=False),
@@ -177,7 +186,7 @@ def train(
     $ matrec-ctl train --dataset ./wood --pretrained-path textures.pt --epochs 5 --json[/]
     """  # noqa: E501
     from matrec.sdk.config import ConfigError
-    from matrec.sdk.training_api import TrainingRequest, run_training
+    from matrec.sdk.training_request import TrainingRequest, run_training
 
     request = TrainingRequest(
         dataset=str(dataset),
@@ -205,8 +214,8 @@ def train(
         print_error(str(exc))
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     try:
-        with phase_display(stderr):
-            result = run_training(request)
+        with phase_display(stderr) as show:
+            result = run_training(request, progress=show)
     except (ConfigError, ValueError) as exc:
         # Bad settings or arguments, found before anything ran (MatrecError, a failed job or
         # study, is reported by the command group).
@@ -226,38 +235,88 @@ def train(
     out.print(result_table(result))
 
 
+# -- python -m matrec.sdk.training_api ---------------------------------------------------------
+
+SEED_PROG = "python -m matrec.sdk.training_api"
+
+
+def run_seed_command_line(argv: Sequence[str] | None = None) -> int:
+    """`python -m matrec.sdk.training_api ARGS`, the seed's invocation: this command's options
+    (through `build_parser`), its phases and fallbacks logged to stderr, the result's summary
+    (or, with --json, the TrainingResult as JSON) on stdout. Exit code 2 for a malformed
+    --set, 1 when the settings or the training fail; returns it."""
+    from dataclasses import fields
+
+    from matrec.sdk.config import ConfigError
+    from matrec.sdk.errors import MatrecError
+    from matrec.sdk.training_request import TrainingRequest, run_training
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainingRequest) if f.name != "settings"}
+    request = TrainingRequest(**given, settings=tuple(args.assignments))
+    try:
+        request.finetune_config()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_training(request)
+    except (MatrecError, ConfigError, ValueError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), indent=2) if args.as_json else result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """This command's options as an argparse parser, generated from the command itself (for
+    code that inspects the seed's `python -m matrec.sdk.training_api` grammar)."""
+    import typer.main
+
+    single = typer.Typer()
+    single.command()(train)
+    command = typer.main.get_command(single)
+    hints = typing.get_type_hints(train)
+    summary = (command.help or "").split("\n\n")[0]  # the rest holds matrec-ctl's examples
+    parser = argparse.ArgumentParser(prog=SEED_PROG, description=summary)
+    for param in command.params:
+        if param.name not in hints or not param.opts[0].startswith("-"):
+            continue  # typer's --install-completion and --show-completion
+        kind = next(
+            (t for t in typing.get_args(hints[param.name]) if t is not type(None)),
+            hints[param.name],
+        )
+        options: dict[str, Any] = {"dest": param.name, "help": getattr(param, "help", None)}
+        if param.secondary_opts:
+            options.update(action=argparse.BooleanOptionalAction, default=None)
+        elif kind is bool:
+            options.update(action="store_true")
+        elif param.multiple:
+            options.update(action="append", default=[], metavar=param.metavar)
+        else:
+            default = param.default
+            options.update(required=param.required, default=getattr(default, "value", default))
+            if param.metavar:
+                options["metavar"] = param.metavar
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                options["choices"] = tuple(member.value for member in kind)
+            elif kind is int:
+                options["type"] = int
+        parser.add_argument(*param.opts, **options)
+    return parser
+
+
 # -- while it runs -----------------------------------------------------------------------------
 
 
-class _PhaseHandler(logging.Handler):
-    """The API's log records as a phase line (INFO) and warning lines (its fallbacks)."""
-
-    def __init__(self, show_phase: Callable[[str], None], out: Console) -> None:
-        super().__init__(level=logging.INFO)
-        self._show_phase = show_phase
-        self._out = out
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record must not end the training
-            self.handleError(record)
-            return
-        if record.levelno >= logging.WARNING:
-            self._out.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
-        else:
-            self._show_phase(message)
-
-
 @contextmanager
-def phase_display(out: Console) -> Iterator[None]:
-    """A spinner with the current phase and the time so far on a terminal; plain phase lines
-    otherwise. Both on `out` (stderr), so that stdout holds only the result."""
+def phase_display(out: Console) -> Iterator[TrainingProgress]:
+    """The API's progress callback, shown on `out` (stderr, so that stdout holds only the
+    result): a spinner with the current phase and the time so far on a terminal, plain phase
+    lines otherwise; each fallback as one warning line."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    logger = logging.getLogger(API_LOGGER)
-    previous_level = logger.level
-    logger.setLevel(logging.INFO)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -269,20 +328,16 @@ def phase_display(out: Console) -> Iterator[None]:
     first = "starting: checking the configuration and the cluster"
     line = progress.add_task(escape(first), total=None)
 
-    def show_phase(message: str) -> None:
-        if out.is_terminal:
-            progress.update(line, description=escape(message))
+    def show(update: TrainingUpdate) -> None:
+        if update.kind == "fallback":
+            out.print(Text(f"warning: {update.text}", style="yellow"), soft_wrap=True)
+        elif out.is_terminal:
+            progress.update(line, description=escape(update.text))
         else:
-            out.print(Text(message, style="dim"), soft_wrap=True)
+            out.print(Text(update.text, style="dim"), soft_wrap=True)
 
-    handler = _PhaseHandler(show_phase, out)
-    logger.addHandler(handler)
-    try:
-        with progress:
-            yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
+    with progress:
+        yield show
 
 
 # -- the result --------------------------------------------------------------------------------

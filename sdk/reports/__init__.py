@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matrec.sdk.reports.compare import Comparison, ComparisonRow, compare
@@ -50,6 +51,7 @@ __all__ = [
     "fetch_study_report",
     "load_schema",
     "validate_document",
+    "write_reports",
 ]
 
 
@@ -73,6 +75,26 @@ def export_report(report: JobReport, fmt: str) -> bytes:
 
         return summary_png(report)
     raise ValueError(f"unknown report format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def write_reports(
+    client: Client, folder: Path, job_id: str, study_id: str | None = None
+) -> tuple[Path, Path, Path | None]:
+    """report.html and report.json of a job (and study.html, study.json of a study) in
+    `folder`, created if needed; their paths (the study's HTML None without a study). Raises
+    OSError when a file cannot be written, ValueError when a report does not validate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report = fetch_report(client, job_id)
+    html, document = folder / "report.html", folder / "report.json"
+    html.write_bytes(export_report(report, "html"))
+    document.write_bytes(export_report(report, "json"))
+    if study_id is None:
+        return html, document, None
+    study = fetch_study_report(client, study_id)
+    study_html = folder / "study.html"
+    study_html.write_bytes(export_study_report(study, "html"))
+    (folder / "study.json").write_bytes(export_study_report(study, "json"))
+    return html, document, study_html
 
 
 def export_comparison(reports: Sequence[JobReport], fmt: str) -> bytes:

@@ -202,6 +202,59 @@ def test_train_bad_settings_fail_before_anything_starts(clean_config: Path, tmp_
     assert not (base / "cluster").exists()
 
 
+def test_the_api_reports_progress_through_its_callback(
+    clean_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fallback goes to `progress` once (not to the log); without a callback, to the log.
+    epochs=0 stops train_model at validation, before it calls the (absent) coordinator."""
+    from matrec.sdk.errors import InvalidSpecError
+    from matrec.sdk.training_api import EnhancedTrainingAPI
+    from matrec.sdk.training_progress import TrainingUpdate
+
+    updates: list[TrainingUpdate] = []
+    closed_port = "127.0.0.1:9"
+    with (
+        EnhancedTrainingAPI(
+            base_dir=tmp_path, coordinator=closed_port, progress=updates.append
+        ) as api,
+        caplog.at_level("INFO", logger="matrec.sdk.training_api"),
+    ):
+        for _ in range(2):
+            with pytest.raises(InvalidSpecError, match="epochs"):
+                api.train_model(tmp_path, epochs=0)
+    assert [u.kind for u in updates] == ["fallback"]
+    assert updates[0].text.startswith("transfer learning: no local pretrained model")
+    assert not caplog.records
+
+    with (
+        EnhancedTrainingAPI(base_dir=tmp_path, coordinator=closed_port) as api,
+        caplog.at_level("INFO", logger="matrec.sdk.training_api"),
+        pytest.raises(InvalidSpecError),
+    ):
+        api.train_model(tmp_path, epochs=0)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", updates[0].text)]
+
+
+def test_train_shows_phases_and_fallbacks_on_stderr() -> None:
+    """`matrec-ctl train` renders the API's progress: in a pipe, one line per phase and one
+    warning line per fallback."""
+    import io
+
+    from matrec.sdk.ctl.train import phase_display
+    from matrec.sdk.training_progress import TrainingUpdate
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    out = Console(file=buffer, force_terminal=False, width=200)
+    with phase_display(out) as show:
+        show(TrainingUpdate("phase", "training job job-1 submitted (2 ranks)"))
+        show(TrainingUpdate("fallback", "device: no agent has a GPU: training on CPU"))
+    assert buffer.getvalue().splitlines() == [
+        "training job job-1 submitted (2 ranks)",
+        "warning: device: no agent has a GPU: training on CPU",
+    ]
+
+
 def test_config_show_names_sources_and_masks_secrets(clean_config: Path) -> None:
     env = {
         "NUM_WORKERS": "3",

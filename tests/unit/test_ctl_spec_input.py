@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -175,3 +176,40 @@ def test_yaml_file(tmp_path: Path) -> None:
     else:
         spec = build_spec(spec_file, SubmitFlags())
         assert spec["config"] == {"dataset_path": str(tmp_path / "data"), "epochs": 2}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("project.json", '{"dataset_path": "data", "pool_path": "../pool", "strategy": "bald"}'),
+        ("project.yaml", "dataset_path: data\npool_path: ../pool\nstrategy: bald\n"),
+    ],
+)
+def test_project_files_are_read_like_job_files(tmp_path: Path, name: str, text: str) -> None:
+    """`active-learning create --spec` reads JSON and YAML with the job files' reader: paths
+    relative to the file's folder, flags over the file, the required parts named by option."""
+    from matrec.sdk.ctl.active_learning import ProjectFlags, build_project_spec
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    spec_file = folder / name
+    spec_file.write_text(text)
+    if spec_file.suffix == ".yaml" and importlib.util.find_spec("yaml") is None:
+        with pytest.raises(InvalidSpecError, match="PyYAML") as missing:
+            build_project_spec(spec_file, ProjectFlags())
+        assert missing.value.field == "--spec"
+        return
+    with pytest.raises(InvalidSpecError, match="--model-job"):
+        build_project_spec(spec_file, ProjectFlags())
+    spec = build_project_spec(spec_file, ProjectFlags(model_job="job-1", strategy="margin"))
+    assert spec == {
+        "dataset_path": str(folder / "data"),
+        "pool_path": str(tmp_path / "pool"),
+        "strategy": "margin",
+        "model_job_id": "job-1",
+    }
+    listing = folder / f"list{spec_file.suffix}"
+    listing.write_text("[1, 2]")
+    with pytest.raises(InvalidSpecError, match="mapping") as raised:
+        build_project_spec(listing, ProjectFlags())
+    assert raised.value.field == "--spec"

@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,6 +156,20 @@ def test_revoked_token_stops_working_on_the_next_call(secured: tuple[LocalCluste
         listed = {t.id: t for t in admin.list_tokens()}
     assert listed[token.id].revoked_at is not None
     assert all("mtk_" not in t.name for t in listed.values())
+
+
+def test_a_token_past_its_ttl_is_refused(secured: tuple[LocalCluster, dict]) -> None:
+    cluster, tokens = secured
+    with Client(cluster.address, token=tokens["admin"]) as admin:
+        token, secret = admin.create_token("two-seconds", "viewer", ttl_seconds=2)
+    assert token.expires_at is not None
+    with Client(cluster.address, token=secret) as user:
+        assert isinstance(user.list_jobs(), list)  # works while the token is live
+        time.sleep(max(0.0, token.expires_at.timestamp() - time.time()) + 0.5)
+        with pytest.raises(MatrecError) as raised:
+            user.list_jobs()
+    assert raised.value.code == "UNAUTHENTICATED"
+    assert "expired" in str(raised.value)
 
 
 def test_admin_token_file_is_private(secured: tuple[LocalCluster, dict]) -> None:

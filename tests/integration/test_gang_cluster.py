@@ -16,8 +16,8 @@ import pytest
 import torch
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import Job, LogsEvent
-from support.cluster_jobs import FAST_LEASES, finetune_spec, wait_until
+from matrec.sdk.types import Job
+from support.cluster_jobs import FAST_LEASES, finetune_spec, job_log_lines, wait_until
 from support.sample_trace import SAMPLE_TRACE_DIR_ENV, assert_ranks_split_each_batch, read_trace
 
 
@@ -133,12 +133,7 @@ def test_killing_one_agent_of_a_gang_stops_the_other_and_the_gang_resumes(
         )
         stopped_after = time.monotonic() - killed_at
         final = client.wait(job.id, 300)
-        lines = [
-            line.text
-            for event in client.watch(job.id, include_logs=True)
-            if isinstance(event, LogsEvent)
-            for line in event.lines
-        ]
+        lines = job_log_lines(client, job.id)
     assert final.state == "succeeded", final.error
     assert stopped_after < 60
     # Placed again on the two agents left, and resumed rather than restarted.

@@ -156,6 +156,36 @@ MUTATIONS = [
         "            vals = self.encode(trial.params)",
         ("tests/unit/test_hpo_search.py::test_failed_trials_count_for_the_search_as_bad_results",),
     ),
+    Mutation(
+        "fuzz: a request crashes the coordinator (GetJob exits the process)",
+        "coordinator/job_service.py",
+        "matrec.coordinator.job_service",
+        "    ) -> jobs_pb2.GetJobResponse:\n",
+        "    ) -> jobs_pb2.GetJobResponse:\n        __import__('os')._exit(1)\n",
+        (
+            "tests/integration/test_fuzz_rpcs.py::"
+            "test_random_requests_never_break_the_coordinator[JobService.GetJob]",
+        ),
+    ),
+    Mutation(
+        "macro-F1: the mean of recalls instead of F1s",
+        "agent/training/evaluation.py",
+        "matrec.agent.training.evaluation",
+        'return sum(s["f1"] for s in scores)',
+        'return sum(s["recall"] for s in scores)',
+        ("tests/unit/test_training_runs.py::test_epoch_metrics_include_macro_f1",),
+    ),
+    Mutation(
+        "project preconditions: any job with a model may start a project",
+        "coordinator/active_learning/projects.py",
+        "matrec.coordinator.active_learning.projects",
+        'if model_job.kind != "finetune" or model_job.state != JobState.SUCCEEDED:',
+        "if False:",
+        (
+            "tests/integration/test_active_learning_cluster.py::"
+            "test_a_project_needs_a_succeeded_finetune_model",
+        ),
+    ),
 ]
 
 

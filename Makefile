@@ -77,6 +77,12 @@ demo: $(STAMP) ## run coordinator + 2 agents and fine-tune resnet18 on the demo 
 test: setup ## run the test suite (PYTEST_ARGS)
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
+# Scripted mutations of the headline features (access table, rank sharding, gang cancel, download
+# resume, failed trials) applied to a scratch copy; each named test must fail (a few minutes).
+.PHONY: mutation-check
+mutation-check: setup ## break headline features in a scratch copy; their tests must fail
+	$(VENV_PYTHON) scripts/mutation_check.py
+
 lint: setup ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

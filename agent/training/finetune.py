@@ -54,6 +54,7 @@ from matrec.agent.training.optim import (
     training_loss,
 )
 from matrec.agent.training.reporting import NullReporter, Reporter
+from matrec.agent.training.sample_trace import SampleTrace
 from matrec.agent.training.strategies import apply_strategy, describe_plan, param_groups
 from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import FinetuneConfig
@@ -250,6 +251,7 @@ def _train(
         pin_memory=use_cuda,
     )
     planned: int | None = None
+    trace = SampleTrace(collective.rank, collective.size)
     while progress.epoch < config.epochs and not progress.stopped_early:
         epoch = progress.epoch
         trainable = apply_strategy(model, config, epoch)
@@ -283,6 +285,7 @@ def _train(
             loss_value = loss.item()
             progress.step += 1
             progress.batch_in_epoch += 1
+            trace.record(progress.step, indices.tolist())
             progress.run_loss_sum += loss_value
             progress.run_steps += 1
             progress.epoch_loss_sum += loss_value * len(labels)

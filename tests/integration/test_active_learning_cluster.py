@@ -23,6 +23,7 @@ from matrec.sdk import (
 from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from matrec.sdk.local_cluster import LocalCluster
 from PIL import Image
+from support.cluster_jobs import finetune_spec
 
 pytestmark = pytest.mark.slow
 
@@ -213,6 +214,21 @@ def test_a_project_needs_a_succeeded_finetune_model(
                  "model_job_id": "job-nope"}
             )  # fmt: skip
         assert missing.value.field == "model_job_id"
+        # A job that exists but is not a succeeded finetune: a succeeded diagnostic job, and a
+        # cancelled finetune.
+        diagnostic = client.submit_job({"kind": "diagnostic", "config": {"duration_seconds": 0.1}})
+        assert client.wait(diagnostic.id, 60).state == "succeeded"
+        cancelled = client.submit_job(finetune_spec(small_dataset, 50))
+        client.cancel_job(cancelled.id, reason="not a model")
+        assert client.wait(cancelled.id, 60).state == "cancelled"
+        for job_id, words in ((diagnostic.id, "succeeded diagnostic"), (cancelled.id, "cancelled")):
+            with pytest.raises(InvalidSpecError) as wrong:
+                client.create_learning_project(
+                    {"dataset_path": str(small_dataset.path), "pool_path": str(pool),
+                     "model_job_id": job_id}
+                )  # fmt: skip
+            assert wrong.value.field == "model_job_id"
+            assert words in str(wrong.value) and "succeeded finetune" in str(wrong.value)
         with pytest.raises(InvalidSpecError) as strategy:
             client.create_learning_project(
                 {"dataset_path": str(small_dataset.path), "pool_path": str(pool),

@@ -70,7 +70,14 @@ def test_an_interrupted_download_resumes(
             job.id, target, kind="checkpoint", progress=lambda done, _: seen.append(done)
         )
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source).digest()
-    assert seen[0] > 1500 or seen[0] == len(source)
+    # Resumed at byte 1500 exactly: the first chunk (1 MiB) lands after the 1500 bytes kept,
+    # and only the rest of the file is fetched. A restart at byte 0 gives 1 MiB, 2 MiB, ...
+    mib = 1024 * 1024
+    assert len(source) > 1500 + mib, "the checkpoint is too small to tell a resume from a restart"
+    expected = [
+        min(1500 + k * mib, len(source)) for k in range(1, -(-(len(source) - 1500) // mib) + 1)
+    ]
+    assert seen == expected, f"progress {seen[:3]}..., expected {expected[:3]}... (resumed at 1500)"
 
 
 def test_a_corrupt_partial_download_is_refused_and_dropped(

@@ -1,8 +1,10 @@
 """Tokens and roles on a real coordinator started with --auth: every RPC of every matrec service
 refuses a call without a token (UNAUTHENTICATED) and a token of too small a role
 (PERMISSION_DENIED); revoked tokens stop working on the next call; an agent token acts only as
-its own agent. The table is built from the service descriptors, so a new RPC without an access
-rule fails this test."""
+its own agent. The expected role of each RPC is written out here, independently of the
+coordinator's table: the two are compared RPC by RPC (every RPC of every service in the
+descriptors must be in both), and the refusals are checked against this file's table, so a
+wrong role in the code fails here instead of being read back from the code under test."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from matrec.coordinator.auth import METHOD_ROLES, ROLE_INCLUDES
+from matrec.coordinator.auth import METHOD_ROLES
 from matrec.sdk import Client, MatrecError
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.v1 import agents_pb2, agents_pb2_grpc
@@ -40,6 +43,51 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
         yield cluster, tokens
 
 
+#: The role each RPC requires, written independently of `coordinator/auth.py`: reads need a
+#: viewer, anything that changes state needs at least an operator, the token service is
+#: admin-only, and the agent protocol is for agent tokens only.
+REQUIRED_ROLE: dict[str, str] = {
+    "/matrec.v1.JobService/SubmitJob": "operator",
+    "/matrec.v1.JobService/GetJob": "viewer",
+    "/matrec.v1.JobService/ListJobs": "viewer",
+    "/matrec.v1.JobService/CancelJob": "operator",
+    "/matrec.v1.JobService/WatchJob": "viewer",
+    "/matrec.v1.JobService/ListJobMetrics": "viewer",
+    "/matrec.v1.JobService/ListAgents": "viewer",
+    "/matrec.v1.JobService/WatchCluster": "viewer",
+    "/matrec.v1.JobService/ListArtifacts": "viewer",
+    "/matrec.v1.JobService/DownloadArtifact": "viewer",
+    "/matrec.v1.StudyService/CreateStudy": "operator",
+    "/matrec.v1.StudyService/GetStudy": "viewer",
+    "/matrec.v1.StudyService/ListStudies": "viewer",
+    "/matrec.v1.StudyService/CancelStudy": "operator",
+    "/matrec.v1.StudyService/WatchStudy": "viewer",
+    "/matrec.v1.ActiveLearningService/CreateProject": "operator",
+    "/matrec.v1.ActiveLearningService/GetProject": "viewer",
+    "/matrec.v1.ActiveLearningService/ListProjects": "viewer",
+    "/matrec.v1.ActiveLearningService/ScorePool": "operator",  # starts a scoring job
+    "/matrec.v1.ActiveLearningService/SelectSamples": "operator",  # records a batch
+    "/matrec.v1.ActiveLearningService/GetBatch": "viewer",
+    "/matrec.v1.ActiveLearningService/ListBatches": "viewer",
+    "/matrec.v1.ActiveLearningService/RecordFeedback": "operator",
+    "/matrec.v1.ActiveLearningService/CheckTriggers": "operator",  # may start a retrain
+    "/matrec.v1.ActiveLearningService/ListTriggers": "viewer",
+    "/matrec.v1.ActiveLearningService/Retrain": "operator",
+    "/matrec.v1.AgentService/RegisterAgent": "agent",
+    "/matrec.v1.AgentService/Connect": "agent",
+    "/matrec.v1.TokenService/CreateToken": "admin",
+    "/matrec.v1.TokenService/ListTokens": "admin",
+    "/matrec.v1.TokenService/RevokeToken": "admin",
+}
+#: Which token roles satisfy each required role (written out, not taken from the code).
+SATISFIED_BY: dict[str, set[str]] = {
+    "viewer": {"viewer", "operator", "admin"},
+    "operator": {"operator", "admin"},
+    "admin": {"admin"},
+    "agent": {"agent"},
+}
+
+
 def call(address: str, method: MethodDescriptor, token: str | None) -> grpc.StatusCode:
     """Call `method` with an empty request; the status code it ends with."""
     metadata = [("authorization", f"Bearer {token}")] if token else []
@@ -48,9 +96,19 @@ def call(address: str, method: MethodDescriptor, token: str | None) -> grpc.Stat
         return answer(channel, method, request, metadata)
 
 
-def test_every_rpc_has_an_access_rule() -> None:
-    paths = {method_path(m) for m in METHODS}
-    assert paths == set(METHOD_ROLES), "an RPC without an access rule, or a rule without an RPC"
+def test_every_rpc_has_the_expected_access_rule() -> None:
+    rpcs = {method_path(m) for m in METHODS}
+    problems = []
+    for rpc in sorted(rpcs | set(REQUIRED_ROLE) | set(METHOD_ROLES)):
+        expected, coded = REQUIRED_ROLE.get(rpc), METHOD_ROLES.get(rpc)
+        if rpc not in rpcs:
+            problems.append(f"{rpc}: a rule for an RPC that no service has")
+        elif expected is None or coded is None or expected != coded:
+            problems.append(
+                f"{rpc}: this test expects {expected or '(no entry)'}, "
+                f"coordinator/auth.py METHOD_ROLES has {coded or '(no entry)'}"
+            )
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
@@ -58,18 +116,22 @@ def test_every_rpc_refuses_missing_and_weak_tokens(
     secured: tuple[LocalCluster, dict], method: MethodDescriptor
 ) -> None:
     cluster, tokens = secured
-    required = METHOD_ROLES[method_path(method)]
+    rpc = method_path(method)
+    assert rpc in REQUIRED_ROLE, f"{rpc} has no expected role in this test's REQUIRED_ROLE"
+    required = REQUIRED_ROLE[rpc]
     assert call(cluster.address, method, None) == grpc.StatusCode.UNAUTHENTICATED
     assert call(cluster.address, method, "mtk_not-a-token") == grpc.StatusCode.UNAUTHENTICATED
     for role, token in tokens.items():
         code = call(cluster.address, method, token)
-        if required in ROLE_INCLUDES[role]:
+        if role in SATISFIED_BY[required]:
             assert code not in (
                 grpc.StatusCode.UNAUTHENTICATED,
                 grpc.StatusCode.PERMISSION_DENIED,
-            ), (role, code)
+            ), f"{rpc} refused a {role} token ({code}); it needs {required}"
         else:
-            assert code == grpc.StatusCode.PERMISSION_DENIED, (role, code)
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (
+                f"{rpc} let a {role} token through ({code}); it needs {required}"
+            )
 
 
 def test_health_stays_open_for_probes(secured: tuple[LocalCluster, dict]) -> None:
@@ -94,6 +156,20 @@ def test_revoked_token_stops_working_on_the_next_call(secured: tuple[LocalCluste
         listed = {t.id: t for t in admin.list_tokens()}
     assert listed[token.id].revoked_at is not None
     assert all("mtk_" not in t.name for t in listed.values())
+
+
+def test_a_token_past_its_ttl_is_refused(secured: tuple[LocalCluster, dict]) -> None:
+    cluster, tokens = secured
+    with Client(cluster.address, token=tokens["admin"]) as admin:
+        token, secret = admin.create_token("two-seconds", "viewer", ttl_seconds=2)
+    assert token.expires_at is not None
+    with Client(cluster.address, token=secret) as user:
+        assert isinstance(user.list_jobs(), list)  # works while the token is live
+        time.sleep(max(0.0, token.expires_at.timestamp() - time.time()) + 0.5)
+        with pytest.raises(MatrecError) as raised:
+            user.list_jobs()
+    assert raised.value.code == "UNAUTHENTICATED"
+    assert "expired" in str(raised.value)
 
 
 def test_admin_token_file_is_private(secured: tuple[LocalCluster, dict]) -> None:

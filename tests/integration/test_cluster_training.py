@@ -109,12 +109,25 @@ def test_coordinator_restart_mid_task_keeps_history(
         wait_until(lambda: client.get_job(job.id).state == "running", 60, "the job to run")
         wait_until(lambda: len(client.job_metrics(job.id)) > 3, 60, "the first metrics")
         before = client.get_job(job.id)
-        # The coordinator dies (SIGKILL) and comes back while this client is waiting on the job.
-        restart = threading.Timer(1.0, cluster.restart_coordinator, kwargs={"kill": True})
+        # The coordinator dies (SIGKILL) and comes back while this client is waiting on the job;
+        # what the job had done just before the kill is noted, to prove the kill was mid-task.
+        at_kill: list[tuple[str, int]] = []
+
+        def kill_and_restart() -> None:
+            with cluster.client() as observer:
+                state = observer.get_job(job.id).state
+                at_kill.append((state, len(observer.job_metrics(job.id))))
+            cluster.restart_coordinator(kill=True)
+
+        restart = threading.Timer(1.0, kill_and_restart)
         restart.start()
         final = client.wait(job.id, timeout=300)
         restart.join()
         assert final.state == "succeeded", final.error
+        assert at_kill, "the coordinator was not restarted"
+        ((state_at_kill, metrics_at_kill),) = at_kill
+        assert state_at_kill == "running", f"the job was {state_at_kill} when the coordinator died"
+        assert len(client.job_metrics(job.id)) > metrics_at_kill, "no metrics after the restart"
         assert final.tasks[0].attempt == 1, "the running task was not kept across the restart"
         assert final.tasks[0].agent_id == before.tasks[0].agent_id
         # The history before the restart is still there, unchanged, and continues after it.

@@ -4,17 +4,18 @@ ranks die with it; the task resumes from rank 0's checkpoint on the other agent)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psutil
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import LogsEvent
 from support.cluster_jobs import (
     FAST_LEASES,
     assert_complete_series,
     checkpoint_written,
     finetune_spec,
+    job_log_lines,
     wait_until,
 )
 
@@ -43,12 +44,7 @@ def test_two_rank_job_runs_and_reports(tmp_path: Path, small_dataset: DemoDatase
         assert job.state == "succeeded", job.error
         # Steps are global batches: 144 images / 16 = 9 per epoch, as for one process.
         assert_complete_series(client, job, small_dataset, epochs=2)
-        lines = [
-            line.text
-            for event in client.watch(job.id, include_logs=True)
-            if isinstance(event, LogsEvent)
-            for line in event.lines
-        ]
+        lines = job_log_lines(client, job.id)
     assert Path(job.result["model_path"]).is_file()
     assert any("2 ranks on this host" in line for line in lines), lines[:5]
     assert any("2 ranks (" in line and "8 images per rank" in line for line in lines)
@@ -74,6 +70,15 @@ def test_agent_killed_mid_task_takes_its_ranks_and_the_task_resumes(
         cluster.kill_agent(agent)
         wait_until(lambda: not any(psutil.pid_exists(p) for p in ranks), 30, "ranks to die")
         final = client.wait(job.id, 300)
-    assert final.state == "succeeded", final.error
+        lines = job_log_lines(client, job.id)
+        assert final.state == "succeeded", final.error
+        assert_complete_series(client, final, small_dataset, epochs=4)
     assert final.tasks[0].attempt == 2
     assert any(e.kind == "requeued" or "requeued" in e.message for e in final.history)
+    assert final.tasks[0].agent_id != task.agent_id, "attempt 2 ran on the killed agent"
+    # Resumed from rank 0's last checkpoint (an epoch end: 9 steps per epoch), not from scratch.
+    resumed = [
+        int(m[1]) for line in lines if (m := re.search(r"^resuming from .* at step (\d+)", line))
+    ]
+    assert len(resumed) == 1, lines
+    assert resumed[0] >= 9 and resumed[0] % 9 == 0, resumed

@@ -5,6 +5,7 @@ gang stops the other's ranks and the gang resumes from rank 0's checkpoint on th
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 import torch
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import Job, LogsEvent
-from support.cluster_jobs import FAST_LEASES, finetune_spec, wait_until
+from matrec.sdk.types import Job
+from support.cluster_jobs import FAST_LEASES, finetune_spec, job_log_lines, wait_until
+from support.sample_trace import SAMPLE_TRACE_DIR_ENV, assert_ranks_split_each_batch, read_trace
 
 
 def exact_spec(dataset: DemoDatasetInfo, **extra: Any) -> dict[str, Any]:
@@ -44,40 +46,62 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def trace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the cluster's ranks record the images they train on (one job at a time)."""
+    return tmp_path_factory.mktemp("samples") / "trace"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, trace_dir: Path) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("gangs")
-    with LocalCluster(root / "cluster", agents=2, agent_cpus=2) as running:
+    env = {SAMPLE_TRACE_DIR_ENV: str(trace_dir)}
+    with LocalCluster(root / "cluster", agents=2, agent_cpus=2, env=env) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def single(cluster: LocalCluster, small_dataset: DemoDatasetInfo) -> Job:
+def single(
+    cluster: LocalCluster, small_dataset: DemoDatasetInfo, trace_dir: Path
+) -> tuple[Job, dict[int, list[int]]]:
+    """The one-process job, and the batch it trained on at each step."""
+    shutil.rmtree(trace_dir, ignore_errors=True)
     with cluster.client() as client:
         job = client.wait(client.submit_job(exact_spec(small_dataset)).id, 180)
     assert job.state == "succeeded", job.error
-    return job
+    return job, read_trace(trace_dir)[0]
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("backend", ["torch", "horovod"])
 def test_distributed_jobs_take_the_same_steps_as_one_process(
-    backend: str, layout: str, cluster: LocalCluster, single: Job, small_dataset: DemoDatasetInfo
+    backend: str,
+    layout: str,
+    cluster: LocalCluster,
+    single: tuple[Job, dict[int, list[int]]],
+    small_dataset: DemoDatasetInfo,
+    trace_dir: Path,
 ) -> None:
+    single_job, single_batches = single
+    shutil.rmtree(trace_dir, ignore_errors=True)
     spec = exact_spec(small_dataset, backend=backend, **LAYOUTS[layout])
     spec["resources"] = {"cpus": 2 if "workers_per_host" in LAYOUTS[layout] else 1}
     with cluster.client() as client:
         job = client.wait(client.submit_job(spec).id, 240)
         assert job.state == "succeeded", job.error
         metrics = [m for m in client.job_metrics(job.id) if m.key == "train/loss"]
-        single_metrics = [m for m in client.job_metrics(single.id) if m.key == "train/loss"]
+        single_metrics = [m for m in client.job_metrics(single_job.id) if m.key == "train/loss"]
     if "hosts" in LAYOUTS[layout]:
         assert len({t.agent_id for t in job.tasks}) == 2, "both members on one agent"
     # One result (rank 0's), one series of global steps.
-    assert job.result["steps"] == single.result["steps"] == 9
+    assert job.result["steps"] == single_job.result["steps"] == 9
+    # Each rank trained on its own half of every global batch of 16, not on the whole batch.
+    assert_ranks_split_each_batch(
+        read_trace(trace_dir), single_batches, size=2, train_size=144, batch_size=16
+    )
     assert [m.step for m in metrics] == list(range(1, 10))
     for mine, theirs in zip(metrics, single_metrics, strict=True):
         assert mine.value == pytest.approx(theirs.value, rel=1e-4)
-    ones, twos = weights(single.result["model_path"]), weights(job.result["model_path"])
+    ones, twos = weights(single_job.result["model_path"]), weights(job.result["model_path"])
     for name, tensor in ones.items():
         torch.testing.assert_close(twos[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -109,12 +133,7 @@ def test_killing_one_agent_of_a_gang_stops_the_other_and_the_gang_resumes(
         )
         stopped_after = time.monotonic() - killed_at
         final = client.wait(job.id, 300)
-        lines = [
-            line.text
-            for event in client.watch(job.id, include_logs=True)
-            if isinstance(event, LogsEvent)
-            for line in event.lines
-        ]
+        lines = job_log_lines(client, job.id)
     assert final.state == "succeeded", final.error
     assert stopped_after < 60
     # Placed again on the two agents left, and resumed rather than restarted.

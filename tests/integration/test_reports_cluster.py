@@ -82,6 +82,18 @@ def test_png_report(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:
     image = Image.open(io.BytesIO(out.read_bytes()))
     image.load()
     assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+    # Three panels side by side (loss, accuracy, confusion matrix): each must hold coloured
+    # marks (curves, the matrix's cells), not only grey axes and text, as a blank chart would.
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    for panel, name in enumerate(("loss", "accuracy", "confusion matrix")):
+        strip = rgb.crop((panel * width // 3, 0, (panel + 1) * width // 3, height))
+        coloured = sum(
+            count
+            for count, (r, g, b) in strip.getcolors(width * height) or []
+            if max(r, g, b) - min(r, g, b) > 60
+        )
+        assert coloured > 200, f"the {name} panel has {coloured} coloured pixels: blank?"
 
 
 def test_html_report_in_chromium(finished: tuple[LocalCluster, Job], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from matrec.sdk.local_cluster import LocalCluster
-from matrec.sdk.types import LogsEvent
+from support.cluster_jobs import job_log_lines
 
 HOROVOD_PROGRAM = """
 import json, sys
@@ -56,12 +56,7 @@ def program(tmp_path: Path, text: str) -> str:
 def run_job(cluster: LocalCluster, config: dict[str, Any]) -> tuple[Any, list[str], dict]:
     with cluster.client() as client:
         job = client.wait(client.submit_job({"kind": "script", "config": config}).id, 180)
-        lines = [
-            line.text
-            for event in client.watch(job.id, include_logs=True)
-            if isinstance(event, LogsEvent)
-            for line in event.lines
-        ]
+        lines = job_log_lines(client, job.id)
         metrics = {m.key: m.value for m in client.job_metrics(job.id)}
     return job, lines, metrics
 

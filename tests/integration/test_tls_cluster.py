@@ -20,7 +20,7 @@ from matrec.v1 import agents_pb2, agents_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict]]:
     root = tmp_path_factory.mktemp("tls")
     certs = init_cluster_certificates(
-        root / "certs", ["localhost"], agents=["agent-0"], clients=["admin"]
+        root / "certs", ["localhost"], agents=["agent-0", "agent-1"], clients=["admin"]
     )
     server, agent, admin = certs["coordinator"], certs["agents/agent-0"], certs["clients/admin"]
     coordinator_args = [
@@ -81,6 +81,21 @@ def test_an_agent_certificate_binds_the_agent_name(secured: tuple[LocalCluster, 
         stub = agents_pb2_grpc.AgentServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             stub.RegisterAgent(agents_pb2.RegisterAgentRequest(name="impostor"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert "agent-0" in raised.value.details()  # type: ignore[attr-defined]
+
+    # agent-1 registers with its own certificate; agent-0's cannot open agent-1's stream.
+    other = certs["agents/agent-1"]
+    other_credentials = channel_credentials(other.ca, other.cert, other.key)
+    with grpc.secure_channel(cluster.address, other_credentials) as channel:
+        registered = agents_pb2_grpc.AgentServiceStub(channel).RegisterAgent(
+            agents_pb2.RegisterAgentRequest(name="agent-1", hostname="h"), timeout=5
+        )
+    hello = agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=registered.agent_id))
+    with grpc.secure_channel(cluster.address, credentials) as channel:
+        stream = agents_pb2_grpc.AgentServiceStub(channel).Connect(iter([hello]), timeout=5)
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream, None)  # an open stream, or one ended without an error, is a failure
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
     assert "agent-0" in raised.value.details()  # type: ignore[attr-defined]
 

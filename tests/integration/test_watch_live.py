@@ -83,3 +83,16 @@ def test_watch_updates_live_in_a_terminal(
             subprocess.run(["tmux", "kill-session", "-t", session], check=False)
     distinct = list(dict.fromkeys(screens))
     assert len(distinct) >= 3, "the live view did not update while the job ran"
+    # The header's elapsed time changes on its own; the train-loss curve (one block per step
+    # while it has at most 40 steps: 4 epochs x 9 here) grows only as metrics arrive.
+    # (A capture taken mid-redraw may miss a block: the counts need not be strictly monotonic.)
+    shown = [steps for steps in map(train_loss_points, screens) if steps]
+    assert len(set(shown)) >= 3 and shown[-1] > shown[0] + 2, (
+        f"the step count did not increase while the job ran: {shown}"
+    )
+
+
+def train_loss_points(screen: str) -> int:
+    """How many points the train-loss curve of a captured live view has (0: none shown)."""
+    row = next((line for line in screen.splitlines() if "train loss" in line), "")
+    return sum(char in "▁▂▃▄▅▆▇█" for char in row)

@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 from matrec.sdk import Client
 from matrec.sdk.demo_dataset import DemoDatasetInfo
-from matrec.sdk.types import Job
+from matrec.sdk.types import Job, LogsEvent
 
 # Short leases so that a lost agent is noticed in seconds, not the production 30 s.
 FAST_LEASES = ["--lease-ttl", "4", "--heartbeat-interval", "0.5"]
@@ -74,3 +74,13 @@ def worker_processes(task_id: str, attempt: int) -> list[psutil.Process]:
 def checkpoint_written(client: Client, job_id: str) -> bool:
     job = client.get_job(job_id)
     return job.state == "running" and bool(job.tasks[0].checkpoint_path)
+
+
+def job_log_lines(client: Client, job_id: str) -> list[str]:
+    """Every log line the job's tasks sent, in order (the job must have finished)."""
+    return [
+        line.text
+        for event in client.watch(job_id, include_logs=True)
+        if isinstance(event, LogsEvent)
+        for line in event.lines
+    ]

@@ -24,7 +24,14 @@ SERVICES = [
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 #: Answers that mean the coordinator itself broke (or hung), not that the request was bad.
-BROKEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
+#: UNAVAILABLE too: with its database up, a coordinator answers it only once it is gone (a
+#: request crashed it), which must fail the RPC that did it, not only the fixture's teardown.
+BROKEN = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def answer(

@@ -27,6 +27,7 @@ from matrec.agent.worker_protocol import (
     parse_event,
 )
 from matrec.sdk.demo_dataset import DemoDatasetInfo
+from support.sample_trace import SAMPLE_TRACE_DIR_ENV, assert_ranks_split_each_batch, read_trace
 
 
 @dataclass
@@ -55,7 +56,7 @@ def config(dataset: DemoDatasetInfo, **extra: Any) -> dict[str, Any]:
 
 def run(
     tmp_path: Path, task_config: dict[str, Any], *, kill_rank_after_metrics: bool = False,
-    sigterm_after_metrics: bool = False,
+    sigterm_after_metrics: bool = False, trace_dir: Path | None = None,
 ) -> Run:  # fmt: skip
     ranks = int(task_config.get("workers_per_host", 1))
     program = "matrec.agent.launcher" if ranks > 1 else "matrec.agent.worker"
@@ -83,7 +84,9 @@ def run(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env=os.environ | {"OMP_NUM_THREADS": "2"},
+        env=os.environ
+        | {"OMP_NUM_THREADS": "2"}
+        | ({SAMPLE_TRACE_DIR_ENV: str(trace_dir)} if trace_dir else {}),
     )
     os.close(write_fd)
     events: list[WorkerEvent] = []
@@ -124,7 +127,7 @@ def single(
     small_dataset: DemoDatasetInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Run]:
     path = tmp_path_factory.mktemp("single")
-    result = run(path, config(small_dataset))
+    result = run(path, config(small_dataset), trace_dir=path / "samples")
     assert result.returncode == EXIT_OK, result.stderr
     return path, result
 
@@ -133,8 +136,20 @@ def single(
 def test_two_ranks_take_the_same_steps_as_one_process(
     backend: str, single: tuple[Path, Run], small_dataset: DemoDatasetInfo, tmp_path: Path
 ) -> None:
-    result = run(tmp_path, config(small_dataset, workers_per_host=2, backend=backend))
+    trace_dir = tmp_path / "samples"
+    result = run(
+        tmp_path, config(small_dataset, workers_per_host=2, backend=backend), trace_dir=trace_dir
+    )
     assert result.returncode == EXIT_OK, result.stderr
+    # Each rank trained on its own half of every global batch of 16, not on the whole batch.
+    single_path, single_run = single
+    assert_ranks_split_each_batch(
+        read_trace(trace_dir),
+        read_trace(single_path / "samples")[0],
+        size=2,
+        train_size=144,
+        batch_size=16,
+    )
     first = result.events[0]
     assert isinstance(first, LogEvent) and "2 ranks" in first.text
     expected_backend = "Horovod" if backend == "horovod" else "torch.distributed"
@@ -142,7 +157,6 @@ def test_two_ranks_take_the_same_steps_as_one_process(
     assert any(isinstance(e, LogEvent) and f"2 ranks ({backend})" in e.text for e in result.events)
     # One result, from rank 0; every step reported once.
     assert sum(isinstance(e, ResultEvent) for e in result.events) == 1
-    single_path, single_run = single
     ones = final_weights(single_path)
     twos = final_weights(tmp_path)
     assert ones.keys() == twos.keys()

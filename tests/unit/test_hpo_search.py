@@ -232,15 +232,30 @@ def test_tpe_concentrates_where_the_objective_is_good() -> None:
 
 
 def test_failed_trials_count_for_the_search_as_bad_results() -> None:
-    space = parse_search_space({"learning_rate": SEED_SPACE["learning_rate"]})
-    search = HyperoptSearch(space, seed=0, algorithm="tpe", startup_trials=2, gamma=1.0)
-    history = [
-        TrialHistory(0, {"learning_rate": 1e-3}, "completed", 0.1),
-        TrialHistory(1, {"learning_rate": 5e-3}, "failed", None),
-        TrialHistory(2, {"learning_rate": 2e-4}, "pruned", 0.9),
+    """Trials that failed in one region (x < 0.25) push TPE's suggestions out of it, compared
+    with a control history without them, where the best completed trial borders that region and
+    TPE searches there. Failures fed to TPE as good results, or dropped, fail this test."""
+    space = parse_search_space({"x": {"type": "float", "min": 0.0, "max": 1.0}})
+    completed = [
+        TrialHistory(n, {"x": x}, "completed", (x - 0.3) ** 2)
+        for n, x in enumerate([0.3, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
     ]
-    params = search.suggest(3, history)
-    assert params not in [h.params for h in history]
+    failed = [
+        TrialHistory(len(completed) + n, {"x": x}, "failed", None)
+        for n, x in enumerate([0.02, 0.06, 0.1, 0.14, 0.18, 0.22])
+    ]
+
+    def in_failed_region(history: list[TrialHistory]) -> int:
+        hits = 0
+        for seed in range(8):
+            search = HyperoptSearch(space, seed=seed, algorithm="tpe", startup_trials=4, gamma=1.0)
+            for ask in range(4):
+                hits += search.suggest(len(history) + ask, history)["x"] < 0.25
+        return hits
+
+    control, with_failures = in_failed_region(completed), in_failed_region(completed + failed)
+    assert control >= 20, f"control: only {control} of 32 suggestions below 0.25"
+    assert with_failures <= 6, f"{with_failures} of 32 suggestions where trials failed"
 
 
 # ---- pruners ---------------------------------------------------------------------------------

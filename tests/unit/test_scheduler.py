@@ -11,7 +11,7 @@ from matrec.coordinator.availability import DatabaseAvailability
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, fits, free_resources
 from matrec.coordinator.sessions import AgentSessions
-from matrec.coordinator.states import TaskOutcome
+from matrec.coordinator.states import JobState, TaskOutcome
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 
@@ -85,7 +85,8 @@ def test_schedule_spreads_fitting_tasks_and_holds_the_rest(store: Store, tmp_pat
 
 def test_a_gang_is_placed_all_at_once_and_stopped_all_at_once(store: Store, tmp_path: Path) -> None:
     """Two members on two distinct agents, or none; when one is queued again (its agent was
-    lost), the other is handed back (requeue); when the job ends, the rest are cancelled."""
+    lost), the other is handed back (requeue); when the job ends (a member failed for good), the
+    rest are cancelled (no requeue)."""
 
     async def scenario() -> None:
         sessions = AgentSessions()
@@ -134,7 +135,31 @@ def test_a_gang_is_placed_all_at_once_and_stopped_all_at_once(store: Store, tmp_
         assert scheduler.schedule_once() == 0
         store.finish_task(tasks[0].id, 1, tasks[0].agent_id or "", TaskOutcome.PREEMPTED)
         assert scheduler.schedule_once() == 2
-        assert {t.attempt for t in store.active_tasks()} == {2}
-        assert store.get_job(job_id) is not None
+        retried = sorted(store.active_tasks(), key=lambda t: t.index)
+        assert [t.attempt for t in retried] == [2, 2]
+        for task in retried:
+            session = sessions.get(task.agent_id or "")
+            assert session is not None
+            assert session.outbox.get_nowait().assignment.task.task_id == task.id
+            store.mark_running(task.id, 2, task.agent_id or "")
+
+        # Member 1 now fails for good: the job ends, and member 0 is told to stop for good.
+        member0, member1 = retried
+        store.finish_task(
+            member1.id, 2, member1.agent_id or "", TaskOutcome.FAILED, error="bad", permanent=True
+        )
+        job = store.get_job(job_id)
+        assert job is not None and job.state == JobState.FAILED
+        scheduler.supervise_gangs()
+        scheduler.supervise_gangs()
+        session_0 = sessions.get(member0.agent_id or "")
+        assert session_0 is not None
+        assert not session_0.outbox.empty(), "member 0 of an ended gang was not told to stop"
+        stop = session_0.outbox.get_nowait()
+        assert stop.WhichOneof("body") == "cancel", stop
+        assert (stop.cancel.task.task_id, stop.cancel.task.attempt) == (member0.id, 2)
+        assert stop.cancel.requeue is False, "a member of an ended job must not be requeued"
+        assert "failed" in stop.cancel.reason
+        assert session_0.outbox.empty(), "told twice"
 
     asyncio.run(scenario())

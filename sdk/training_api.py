@@ -373,6 +373,7 @@ class EnhancedTrainingAPI:
             agent_cpus=float(min(self.config.num_workers, cores)),
             agent_name_prefix="embedded",
             database_url=database_url,
+            owns_jobs=not database_url,
         )
         try:
             self._cluster.start()

@@ -72,20 +72,66 @@ class JobFailedError(MatrecError):
 
 
 class CoordinatorUnavailableError(MatrecError, ConnectionError):
-    """The coordinator cannot be reached."""
+    """The coordinator cannot be reached; `hint` says what to do about it."""
 
-    def __init__(self, address: str, detail: str = "") -> None:
+    def __init__(self, address: str, detail: str = "", hint: str = START_HINT) -> None:
         message = f"cannot reach the coordinator at {address}"
         if detail:
             message += f" ({detail})"
-        super().__init__(f"{message}; {START_HINT}", code="UNAVAILABLE")
+        super().__init__(f"{message}; {hint}", code="UNAVAILABLE")
         self.address = address
+        self.hint = hint
+
+
+#: Where a client's TLS settings come from, named in the hints below.
+_CA_OPTION = "--tls-ca / MATREC_TLS_CA / Client(tls_ca=...)"
+_CERT_OPTIONS = "--tls-cert and --tls-key / MATREC_TLS_CERT and MATREC_TLS_KEY"
+
+
+def _unavailable(address: str, details: str, tls: bool) -> CoordinatorUnavailableError:
+    """What an UNAVAILABLE means, from grpc's text: above all a TLS mismatch between this client
+    (`tls`: it talks TLS) and the coordinator, which grpc reports only as a failed handshake or
+    a closed socket."""
+    if "WRONG_VERSION_NUMBER" in details:
+        return CoordinatorUnavailableError(
+            address,
+            "this client talks TLS, the coordinator answers in plaintext",
+            f"leave {_CA_OPTION} unset for this coordinator, or start it with --tls-cert and "
+            "--tls-key (`matrec-ctl certs init` makes them)",
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return CoordinatorUnavailableError(
+            address,
+            "its TLS certificate is not signed by the CA this client trusts",
+            f"give {_CA_OPTION} the CA that signed the coordinator's certificate "
+            "(ca/ca.pem of `matrec-ctl certs init`)",
+        )
+    if details.endswith("Socket closed") and not tls:
+        return CoordinatorUnavailableError(
+            address,
+            "it closed the connection: it talks TLS, this client plaintext",
+            f"give {_CA_OPTION} the coordinator's CA, and {_CERT_OPTIONS} too where it requires "
+            "client certificates (--tls-client-ca)",
+        )
+    if details.endswith("Socket closed"):
+        return CoordinatorUnavailableError(
+            address,
+            "it refused the TLS handshake: it requires a client certificate signed by its CA",
+            f"give {_CERT_OPTIONS} (`matrec-ctl certs init --client NAME` makes them)",
+        )
+    # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
+    # the innermost one is what a person needs beside the address.
+    return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])
 
 
 def from_rpc_error(
-    exc: grpc.RpcError, *, address: str, not_found: type[NotFoundError] = JobNotFoundError
+    exc: grpc.RpcError,
+    *,
+    address: str,
+    not_found: type[NotFoundError] = JobNotFoundError,
+    tls: bool = False,
 ) -> MatrecError:
-    """Translate a failed call into the matching SDK error."""
+    """Translate a failed call into the matching SDK error; `tls`: the client talked TLS."""
     import grpc
 
     # Every RpcError raised by a call is also a grpc.Call, which carries code and details.
@@ -101,9 +147,7 @@ def from_rpc_error(
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return JobStateError(details or "failed precondition", code=code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
-        # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
-        # the innermost one is what a person needs beside the address.
-        return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])
+        return _unavailable(address, details, tls)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return MatrecError(f"the coordinator at {address} did not answer in time", code=code.name)
     return MatrecError(f"{details or 'request failed'} ({code.name})", code=code.name)

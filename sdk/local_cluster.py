@@ -152,8 +152,7 @@ class LocalCluster:
         self._address: str | None = None
         self._coordinator: _Process | None = None
         self._agents: dict[int, _Process] = {}
-        #: (read end, write end) of the pipe whose closing tells the children we are gone.
-        self._lifeline: tuple[int, int] | None = None
+        self._lifeline: Lifeline | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -206,8 +205,7 @@ class LocalCluster:
             process.wait_or_kill(self._stop_timeout())
         self.stop_coordinator()
         if self._lifeline is not None:
-            for fd in self._lifeline:
-                os.close(fd)
+            self._lifeline.close()
             self._lifeline = None
             _release_signals()
             atexit.unregister(self.stop)
@@ -366,30 +364,50 @@ class LocalCluster:
 
     def _spawn(self, name: str, module: str, args: list[str]) -> _Process:
         if self._lifeline is None:
-            self._lifeline = os.pipe()  # neither end is inherited unless passed
+            self._lifeline = Lifeline()
             _trap_signals()
             atexit.register(self.stop)  # a starter that forgot to stop us, ending normally
-        lifeline = self._lifeline[0]
-        args = [*args, "--exit-with-parent-fd", str(lifeline)]
-        if threading.current_thread() is threading.main_thread():
-            # The kernel's death signal follows the starting thread; only the main thread
-            # lives as long as this process.
-            args += ["--exit-with-parent-pid", str(os.getpid())]
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = (self.logs_dir / f"{name}.log").open("ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
         log.flush()
         popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", module, *args, *self._lifeline.arguments()],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            pass_fds=(lifeline,),
+            pass_fds=self._lifeline.pass_fds,
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
             start_new_session=True,
         )
         return _Process(name, popen, log)
+
+
+class Lifeline:
+    """What ties a coordinator or agent to the process that starts it (see the module's text):
+    a pipe this process alone holds the write end of; `arguments()` and `pass_fds` go to each
+    child's command line and Popen."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # neither end is inherited unless passed
+
+    @property
+    def pass_fds(self) -> tuple[int]:
+        return (self.read_fd,)
+
+    def arguments(self) -> list[str]:
+        arguments = ["--exit-with-parent-fd", str(self.read_fd)]
+        if threading.current_thread() is threading.main_thread():
+            # The kernel's death signal follows the starting thread; only the main thread
+            # lives as long as this process.
+            arguments += ["--exit-with-parent-pid", str(os.getpid())]
+        return arguments
+
+    def close(self) -> None:
+        """Close both ends: children still running see their parent gone."""
+        os.close(self.read_fd)
+        os.close(self.write_fd)
 
 
 #: Signals that end a process at once by default; while a cluster runs they raise SystemExit.

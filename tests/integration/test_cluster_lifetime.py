@@ -172,3 +172,38 @@ def test_the_cluster_dies_with_its_starter_and_starts_again(
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "trained job-" in again.stdout
+
+
+def test_distributed_workers_die_with_a_killed_matrec_ctl(tmp_path: Path) -> None:
+    """`matrec-ctl distributed --operation start-workers` SIGKILLed: its embedded coordinator
+    and its agents (which it starts itself, not through LocalCluster) stop within 10 s."""
+    command = [*CTL, "distributed", "--operation", "start-workers", "--num-workers", "2"]
+    starter = subprocess.Popen(
+        [*command, "--base-dir", str(tmp_path / "base")],
+        env=_environment(tmp_path) | {"COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert starter.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in starter.stdout:
+            if "workers running" in line:
+                break
+            assert time.monotonic() < deadline, line
+        tree = psutil.Process(starter.pid).children(recursive=True)
+        commands = [" ".join(process.cmdline()) for process in tree]
+        assert sum("matrec.agent.main" in command for command in commands) == 2, commands
+        assert any("matrec.coordinator.main" in command for command in commands), commands
+        killed_at = time.monotonic()
+        starter.kill()
+        while any(_alive(process) for process in tree):
+            left = [" ".join(p.cmdline()) for p in tree if _alive(p)]
+            assert time.monotonic() - killed_at < CLEAN_WITHIN, left
+            time.sleep(0.05)
+        print(f"distributed SIGKILL: gone {time.monotonic() - killed_at:.2f} s after it")
+    finally:
+        starter.kill()
+        starter.communicate()

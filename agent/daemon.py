@@ -16,6 +16,7 @@ from matrec.agent.settings import AgentSettings
 from matrec.agent.task_runner import TaskEnvironment, TaskRun
 from matrec.agent.telemetry import AgentTelemetry
 from matrec.common.tls import channel_credentials
+from matrec.common.tls_mismatch import diagnose
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,13 @@ class AgentDaemon:
                     await self._register(stub)
                     await self._session(stub, backoff)
             except grpc.aio.AioRpcError as error:
+                details = error.details() or ""
+                mismatch = diagnose(details, client_tls=self.settings.tls_ca is not None)
                 log.warning(
                     "coordinator %s: %s (%s); reconnecting",
                     self.settings.coordinator,
                     error.code().name,
-                    error.details(),
+                    details if mismatch is None else f"{mismatch.problem}; {mismatch.fix}",
                 )
             delay = backoff.next()
             log.info("reconnecting in %.1f s", delay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from matrec.common.metadata import FIELD_METADATA_KEY
+from matrec.common.tls_mismatch import CA_OPTION, diagnose
 
 if TYPE_CHECKING:
     import grpc
@@ -83,42 +84,12 @@ class CoordinatorUnavailableError(MatrecError, ConnectionError):
         self.hint = hint
 
 
-#: Where a client's TLS settings come from, named in the hints below.
-_CA_OPTION = "--tls-ca / MATREC_TLS_CA / Client(tls_ca=...)"
-_CERT_OPTIONS = "--tls-cert and --tls-key / MATREC_TLS_CERT and MATREC_TLS_KEY"
-
-
 def _unavailable(address: str, details: str, tls: bool) -> CoordinatorUnavailableError:
     """What an UNAVAILABLE means, from grpc's text: above all a TLS mismatch between this client
-    (`tls`: it talks TLS) and the coordinator, which grpc reports only as a failed handshake or
-    a closed socket."""
-    if "WRONG_VERSION_NUMBER" in details:
-        return CoordinatorUnavailableError(
-            address,
-            "this client talks TLS, the coordinator answers in plaintext",
-            f"leave {_CA_OPTION} unset for this coordinator, or start it with --tls-cert and "
-            "--tls-key (`matrec-ctl certs init` makes them)",
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in details:
-        return CoordinatorUnavailableError(
-            address,
-            "its TLS certificate is not signed by the CA this client trusts",
-            f"give {_CA_OPTION} the CA that signed the coordinator's certificate "
-            "(ca/ca.pem of `matrec-ctl certs init`)",
-        )
-    if details.endswith("Socket closed") and not tls:
-        return CoordinatorUnavailableError(
-            address,
-            "it closed the connection: it talks TLS, this client plaintext",
-            f"give {_CA_OPTION} the coordinator's CA, and {_CERT_OPTIONS} too where it requires "
-            "client certificates (--tls-client-ca)",
-        )
-    if details.endswith("Socket closed"):
-        return CoordinatorUnavailableError(
-            address,
-            "it refused the TLS handshake: it requires a client certificate signed by its CA",
-            f"give {_CERT_OPTIONS} (`matrec-ctl certs init --client NAME` makes them)",
-        )
+    (`tls`: it talks TLS) and the coordinator."""
+    mismatch = diagnose(details, tls, ca_option=f"{CA_OPTION} / Client(tls_ca=...)")
+    if mismatch is not None:
+        return CoordinatorUnavailableError(address, mismatch.problem, mismatch.fix)
     # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
     # the innermost one is what a person needs beside the address.
     return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +146,27 @@ def test_a_tls_mismatch_says_what_is_wrong_and_which_option_fixes_it(
     )
     assert result.returncode != 0
     assert "it talks TLS, this client plaintext" in result.stderr, result.stderr
+
+
+def test_an_agent_without_tls_at_a_tls_coordinator_logs_what_to_set(
+    secured: tuple[LocalCluster, dict], tmp_path: Path
+) -> None:
+    cluster, _ = secured
+    log = tmp_path / "agent.log"
+    command = ["--coordinator", cluster.address, "--name", "agent-0", "--data-dir", str(tmp_path)]
+    with log.open("wb") as output:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "matrec.agent.main", *command],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MATREC_")},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "it talks TLS, this client plaintext" not in log.read_text():
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    assert "give --tls-ca / MATREC_TLS_CA the coordinator's CA" in log.read_text()

@@ -16,6 +16,7 @@ from matrec.agent.settings import AgentSettings
 from matrec.agent.task_runner import TaskEnvironment, TaskRun
 from matrec.agent.telemetry import AgentTelemetry
 from matrec.common.tls import channel_credentials
+from matrec.common.tls_mismatch import diagnose
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ GRPC_CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+#: Seconds an agent whose starter has ended gives its tasks to checkpoint: with the waits after
+#: it, well under the 10 s in which an embedded cluster must be gone after its starter.
+PARENT_GONE_GRACE = 3.0
 
 
 @dataclass
@@ -73,22 +77,35 @@ class AgentDaemon:
         with contextlib.suppress(asyncio.CancelledError):
             await connection
 
-    async def shutdown(self) -> None:
-        """Take no new work, let running tasks checkpoint and hand them back, then stop."""
+    async def shutdown(self, *, parent_gone: bool = False) -> None:
+        """Take no new work, let running tasks checkpoint and hand them back, then stop.
+
+        `parent_gone`: the process that started this agent (an embedded cluster's) has ended,
+        and the coordinator with it, so nobody waits for an orderly hand-back: tasks get
+        PARENT_GONE_GRACE seconds to checkpoint, the last messages two more. A shutdown already
+        under way then kills its tasks' workers at once."""
         if self.draining:
+            if parent_gone:
+                for run in self.runs.values():
+                    run.kill()
             return
         self.draining = True
+        grace, kill_wait, ack_wait = (
+            (PARENT_GONE_GRACE, 1.0, 2.0) if parent_gone else (self.settings.stop_grace, 5.0, 10.0)
+        )
+        if parent_gone:
+            log.info("the process that started this agent has ended; stopping")
         log.info("shutting down: %d task(s) will checkpoint and be handed back", len(self.runs))
         self._send_heartbeat()
         for run in self.runs.values():
             run.preempt()
         if self.run_tasks:
-            _done, pending = await asyncio.wait(self.run_tasks, timeout=self.settings.stop_grace)
+            _done, pending = await asyncio.wait(self.run_tasks, timeout=grace)
             for run in self.runs.values():
                 run.kill()
             if pending:
-                await asyncio.wait(pending, timeout=5)
-        if not await self.outbox.wait_empty(timeout=10):
+                await asyncio.wait(pending, timeout=kill_wait)
+        if not await self.outbox.wait_empty(timeout=ack_wait):
             log.warning("%d message(s) were not acknowledged before exit", self.outbox.pending)
         self._stopped.set()
 
@@ -110,11 +127,13 @@ class AgentDaemon:
                     await self._register(stub)
                     await self._session(stub, backoff)
             except grpc.aio.AioRpcError as error:
+                details = error.details() or ""
+                mismatch = diagnose(details, client_tls=self.settings.tls_ca is not None)
                 log.warning(
                     "coordinator %s: %s (%s); reconnecting",
                     self.settings.coordinator,
                     error.code().name,
-                    error.details(),
+                    details if mismatch is None else f"{mismatch.problem}; {mismatch.fix}",
                 )
             delay = backoff.next()
             log.info("reconnecting in %.1f s", delay)

@@ -10,6 +10,7 @@ import sys
 from matrec.agent.daemon import AgentDaemon
 from matrec.agent.settings import AgentSettings, parse_settings
 from matrec.agent.telemetry import AgentTelemetry
+from matrec.common.lifetime import stop_with_parent
 from matrec.common.logs import configure_logging
 
 log = logging.getLogger("matrec.agent")
@@ -34,6 +35,13 @@ async def serve(settings: AgentSettings) -> None:
     shutdown: set[asyncio.Task[None]] = set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: shutdown.add(asyncio.create_task(daemon.shutdown())))
+
+    def parent_gone() -> None:
+        shutdown.add(asyncio.create_task(daemon.shutdown(parent_gone=True)))
+
+    stop_with_parent(
+        loop, parent_gone, parent_fd=settings.parent_fd, parent_pid=settings.parent_pid
+    )
     await daemon.run()
     log.info("agent stopped")
 

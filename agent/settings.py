@@ -11,6 +11,7 @@ from pathlib import Path
 
 from matrec.agent.path_policy import parse_roots
 from matrec.agent.script_user import ScriptUser, ScriptUserError
+from matrec.common.lifetime import add_parent_flags
 from matrec.common.paths import absolute_path, optional_absolute_path
 
 
@@ -32,6 +33,8 @@ class AgentSettings:
     tls_key: Path | None = None
     allowed_paths: tuple[Path, ...] = ()
     script_user: str = ""
+    parent_fd: int | None = None
+    parent_pid: int | None = None
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -138,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "task's own working folder); the agent must run as root [MATREC_SCRIPT_USER] "
         "(default: the agent's own user)",
     )
+    add_parent_flags(parser)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -171,6 +175,8 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
             absolute_path(p) for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
         ),
         script_user=args.script_user,
+        parent_fd=args.parent_fd,
+        parent_pid=args.parent_pid,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -38,6 +37,7 @@ from matrec.agent.worker_protocol import (
     WorkerTask,
     encode_event,
 )
+from matrec.common.lifetime import die_with_parent
 from matrec.common.specs import (
     DiagnosticConfig,
     FinetuneConfig,
@@ -84,20 +84,12 @@ class _StopFlag:
         return self.requested
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def die_with_agent() -> None:
     """Die (SIGKILL) with the agent that started us, so a killed agent leaves no worker training
     on behind the coordinator's back."""
     expected = os.environ.get(PARENT_PID_ENV)
-    if not expected or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(expected):
-        # The agent died before the death signal was armed.
-        os._exit(EXIT_FAILED)
+    if expected and not die_with_parent(int(expected), signal.SIGKILL):
+        os._exit(EXIT_FAILED)  # the agent died before the death signal was armed
 
 
 def main(argv: list[str] | None = None) -> int:

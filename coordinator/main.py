@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from matrec.common.lifetime import stop_with_parent
 from matrec.common.logs import configure_logging
 from matrec.coordinator.settings import CoordinatorSettings, parse_settings
 
@@ -16,6 +17,19 @@ log = logging.getLogger("matrec.coordinator")
 async def serve(settings: CoordinatorSettings) -> None:
     from matrec.coordinator.server import Coordinator
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def parent_gone() -> None:
+        if not stop.is_set():
+            log.info("the process that started this coordinator has ended; stopping")
+        stop.set()
+
+    stop_with_parent(
+        loop, parent_gone, parent_fd=settings.parent_fd, parent_pid=settings.parent_pid
+    )
     coordinator = Coordinator(settings)
     port = await coordinator.start()
     address = f"{settings.host}:{port}"
@@ -32,13 +46,11 @@ async def serve(settings: CoordinatorSettings) -> None:
         tmp = settings.ready_file.with_suffix(".tmp")
         tmp.write_text(address)
         tmp.replace(settings.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await coordinator.stop()
+    if settings.ready_file is not None:
+        settings.ready_file.unlink(missing_ok=True)  # it names an address no longer served
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrec.common.lifetime import add_parent_flags
 from matrec.common.paths import absolute_path, optional_absolute_path
 
 
@@ -36,6 +37,8 @@ class CoordinatorSettings:
     rate_burst: float = 0.0
     max_queued_jobs: int = 10_000
     max_concurrent_rpcs: int = 10_000
+    parent_fd: int | None = None
+    parent_pid: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -236,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow plaintext on an address other than loopback (a trusted network only) "
         "[MATREC_INSECURE]",
     )
+    add_parent_flags(parser)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     return parser
 
@@ -288,6 +292,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         rate_burst=args.rate_burst or max(10.0, 2 * args.rate_limit),
         max_queued_jobs=args.max_queued_jobs,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        parent_fd=args.parent_fd,
+        parent_pid=args.parent_pid,
     )
 
 

@@ -150,6 +150,7 @@ class Client:
         self.timeout = timeout
         env_ca, env_cert, env_key = default_tls()
         ca = tls_ca or env_ca
+        self.tls = bool(ca)
         if ca:
             from matrec.common.tls import channel_credentials
 
@@ -185,6 +186,11 @@ class Client:
     ) -> None:
         self.close()
 
+    def _error(
+        self, exc: grpc.RpcError, not_found: type[NotFoundError] = JobNotFoundError
+    ) -> MatrecError:
+        return from_rpc_error(exc, address=self.address, not_found=not_found, tls=self.tls)
+
     def _call(
         self, method: Any, request: Any, not_found: type[NotFoundError] = JobNotFoundError
     ) -> Any:
@@ -194,7 +200,7 @@ class Client:
             except grpc.RpcError as exc:
                 wait = _rate_limit_wait(exc)
                 if wait is None or attempt == RATE_LIMIT_RETRIES:
-                    raise from_rpc_error(exc, address=self.address, not_found=not_found) from None
+                    raise self._error(exc, not_found) from None
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -267,7 +273,7 @@ class Client:
                 yield cluster_snapshot_from_proto(message.snapshot)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
-                raise from_rpc_error(exc, address=self.address) from None
+                raise self._error(exc) from None
         finally:
             stream.cancel()
 
@@ -295,7 +301,7 @@ class Client:
         except grpc.RpcError as exc:
             if timeout is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s") from None
-            raise from_rpc_error(exc, address=self.address) from None
+            raise self._error(exc) from None
         finally:
             stream.cancel()
 
@@ -363,7 +369,7 @@ class Client:
         except grpc.RpcError as exc:
             if partial.stat().st_size == 0:
                 partial.unlink()  # nothing to resume from
-            raise from_rpc_error(exc, address=self.address) from None
+            raise self._error(exc) from None
         if not digest or _sha256(partial) != digest:
             partial.unlink(missing_ok=True)
             raise MatrecError(f"download of job {job_id}'s {kind or uri} was corrupted; retry")
@@ -451,7 +457,7 @@ class Client:
                 raise TimeoutError(
                     f"study {study_id} did not finish within {timeout:g} s"
                 ) from None
-            raise from_rpc_error(exc, address=self.address, not_found=StudyNotFoundError) from None
+            raise self._error(exc, StudyNotFoundError) from None
         finally:
             stream.cancel()
 

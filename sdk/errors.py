@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from matrec.common.metadata import FIELD_METADATA_KEY
+from matrec.common.tls_mismatch import CA_OPTION, diagnose
 
 if TYPE_CHECKING:
     import grpc
@@ -72,20 +73,36 @@ class JobFailedError(MatrecError):
 
 
 class CoordinatorUnavailableError(MatrecError, ConnectionError):
-    """The coordinator cannot be reached."""
+    """The coordinator cannot be reached; `hint` says what to do about it."""
 
-    def __init__(self, address: str, detail: str = "") -> None:
+    def __init__(self, address: str, detail: str = "", hint: str = START_HINT) -> None:
         message = f"cannot reach the coordinator at {address}"
         if detail:
             message += f" ({detail})"
-        super().__init__(f"{message}; {START_HINT}", code="UNAVAILABLE")
+        super().__init__(f"{message}; {hint}", code="UNAVAILABLE")
         self.address = address
+        self.hint = hint
+
+
+def _unavailable(address: str, details: str, tls: bool) -> CoordinatorUnavailableError:
+    """What an UNAVAILABLE means, from grpc's text: above all a TLS mismatch between this client
+    (`tls`: it talks TLS) and the coordinator."""
+    mismatch = diagnose(details, tls, ca_option=f"{CA_OPTION} / Client(tls_ca=...)")
+    if mismatch is not None:
+        return CoordinatorUnavailableError(address, mismatch.problem, mismatch.fix)
+    # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
+    # the innermost one is what a person needs beside the address.
+    return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])
 
 
 def from_rpc_error(
-    exc: grpc.RpcError, *, address: str, not_found: type[NotFoundError] = JobNotFoundError
+    exc: grpc.RpcError,
+    *,
+    address: str,
+    not_found: type[NotFoundError] = JobNotFoundError,
+    tls: bool = False,
 ) -> MatrecError:
-    """Translate a failed call into the matching SDK error."""
+    """Translate a failed call into the matching SDK error; `tls`: the client talked TLS."""
     import grpc
 
     # Every RpcError raised by a call is also a grpc.Call, which carries code and details.
@@ -101,9 +118,7 @@ def from_rpc_error(
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return JobStateError(details or "failed precondition", code=code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
-        # grpc's text nests its causes ("failed to connect ...: ipv4:...: Connection refused");
-        # the innermost one is what a person needs beside the address.
-        return CoordinatorUnavailableError(address, details.rsplit(": ", 1)[-1])
+        return _unavailable(address, details, tls)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return MatrecError(f"the coordinator at {address} did not answer in time", code=code.name)
     return MatrecError(f"{details or 'request failed'} ({code.name})", code=code.name)

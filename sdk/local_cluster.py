@@ -14,15 +14,24 @@ Everything lives under one work directory::
 ...     cluster.restart_coordinator()   # same port, same data dir
 
 SDK calls still go over gRPC, so a local cluster behaves like a real one.
+
+The cluster ends with the process that started it, however that process ends. Its children run
+in their own sessions (a Ctrl-C reaches only the starter, which stops them in order) and watch a
+pipe whose write end only the starter holds (`matrec.common.lifetime`): once it closes, after a
+SIGKILL too, they stop within seconds. While the cluster runs, SIGTERM and SIGHUP to the starter
+raise SystemExit in its main thread, so its `with` blocks and `finally` clauses stop the cluster
+gracefully; a second such signal ends the starter at once, and the pipe then stops the children.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +45,9 @@ from matrec.sdk.errors import MatrecError
 from matrec.sdk.types import Agent
 
 COORDINATOR_MODULE = "matrec.coordinator.main"
+#: Seconds each process gets to stop once a SIGTERM or SIGHUP ended this one: whoever sent it
+#: (a closed terminal, systemd, `kill`) expects it gone soon, and the whole cluster within 10 s.
+SIGNALLED_STOP_TIMEOUT = 4.0
 AGENT_MODULE = "matrec.agent.main"
 
 
@@ -98,6 +110,12 @@ class LocalCluster:
     ``["--lease-ttl", "3"]``). `port` 0 lets the coordinator pick a free port; it keeps that
     port across `restart_coordinator`. `database_url` "" means SQLite in WORKDIR/coordinator.
     `agent_gpus` None lets each agent detect its GPUs.
+
+    `owns_jobs`: the jobs and studies belong to the process that started the cluster, as in
+    `matrec-ctl demo` and the unified API's embedded default, where nobody else can collect
+    them. Those still unfinished are cancelled when the cluster stops, and, at its first start,
+    those a previous starter left behind (it was killed), instead of resuming ahead of new work.
+    Only for a database of the cluster's own: every unfinished job in it is cancelled.
     """
 
     def __init__(
@@ -115,6 +133,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
+        owns_jobs: bool = False,
     ) -> None:
         self.workdir = absolute_path(workdir)
         self.agent_count = agents
@@ -127,10 +146,13 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.database_url = database_url
+        self.owns_jobs = owns_jobs
+        self._left_work_cancelled = False
         self._port = port
         self._address: str | None = None
         self._coordinator: _Process | None = None
         self._agents: dict[int, _Process] = {}
+        self._lifeline: Lifeline | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -171,13 +193,22 @@ class LocalCluster:
             self.wait_for_agents()
 
     def stop(self) -> None:
-        """Stop the agents (SIGTERM, SIGKILL after `stop_timeout`), then the coordinator."""
+        """Stop the agents (SIGTERM, SIGKILL after `stop_timeout`), then the coordinator.
+        After a SIGTERM or SIGHUP to this process, each gets at most SIGNALLED_STOP_TIMEOUT."""
+        if self.owns_jobs and self._coordinator is not None and self._coordinator.alive:
+            with contextlib.suppress(MatrecError):  # the stop goes on regardless
+                self._cancel_unfinished("the process that started this embedded cluster ended")
         agents, self._agents = list(self._agents.values()), {}
         for process in agents:
             process.terminate()
         for process in agents:
-            process.wait_or_kill(self.stop_timeout)
+            process.wait_or_kill(self._stop_timeout())
         self.stop_coordinator()
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+            _release_signals()
+            atexit.unregister(self.stop)
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -232,12 +263,31 @@ class LocalCluster:
             time.sleep(0.05)
         self._address = _read_ready(ready_file)
         self._port = int(self._address.rsplit(":", 1)[1])
+        if self.owns_jobs and not self._left_work_cancelled:
+            self._left_work_cancelled = True
+            self._cancel_unfinished(
+                "left unfinished by an earlier process that started this embedded cluster"
+            )
+
+    def _cancel_unfinished(self, reason: str) -> None:
+        """Cancel the studies and jobs not finished yet (see `owns_jobs`)."""
+        with self.client(timeout=5.0) as client:
+            for study in client.list_studies(limit=10_000):
+                if not study.finished:
+                    with contextlib.suppress(MatrecError):  # it finished meanwhile
+                        client.cancel_study(study.id, reason)
+            for job in client.list_jobs(["queued", "running"], limit=10_000):
+                with contextlib.suppress(MatrecError):
+                    client.cancel_job(job.id, reason)
 
     def stop_coordinator(self) -> None:
         if self._coordinator is not None:
             self._coordinator.terminate()
-            self._coordinator.wait_or_kill(self.stop_timeout)
+            self._coordinator.wait_or_kill(self._stop_timeout())
             self._coordinator = None
+
+    def _stop_timeout(self) -> float:
+        return min(self.stop_timeout, SIGNALLED_STOP_TIMEOUT) if _signalled else self.stop_timeout
 
     def restart_coordinator(self, *, kill: bool = False) -> None:
         """Stop the coordinator (SIGKILL if `kill`) and start it again on the same port and data."""
@@ -313,20 +363,92 @@ class LocalCluster:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _spawn(self, name: str, module: str, args: list[str]) -> _Process:
+        if self._lifeline is None:
+            self._lifeline = Lifeline()
+            _trap_signals()
+            atexit.register(self.stop)  # a starter that forgot to stop us, ending normally
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = (self.logs_dir / f"{name}.log").open("ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
         log.flush()
         popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", module, *args, *self._lifeline.arguments()],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            pass_fds=self._lifeline.pass_fds,
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
             start_new_session=True,
         )
         return _Process(name, popen, log)
+
+
+class Lifeline:
+    """What ties a coordinator or agent to the process that starts it (see the module's text):
+    a pipe this process alone holds the write end of; `arguments()` and `pass_fds` go to each
+    child's command line and Popen."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # neither end is inherited unless passed
+
+    @property
+    def pass_fds(self) -> tuple[int]:
+        return (self.read_fd,)
+
+    def arguments(self) -> list[str]:
+        arguments = ["--exit-with-parent-fd", str(self.read_fd)]
+        if threading.current_thread() is threading.main_thread():
+            # The kernel's death signal follows the starting thread; only the main thread
+            # lives as long as this process.
+            arguments += ["--exit-with-parent-pid", str(os.getpid())]
+        return arguments
+
+    def close(self) -> None:
+        """Close both ends: children still running see their parent gone."""
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+#: Signals that end a process at once by default; while a cluster runs they raise SystemExit.
+_TRAPPED = (signal.SIGTERM, signal.SIGHUP)
+_trap_lock = threading.Lock()
+_trap_holders = 0
+_signalled = False
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    global _signalled
+    _signalled = True
+    for sig in _TRAPPED:  # a second signal ends the process at once
+        signal.signal(sig, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _trap_signals() -> None:
+    """While any cluster of this process runs, SIGTERM and SIGHUP raise SystemExit in the main
+    thread (where they are still at their default, which would end the process without stopping
+    the cluster in order)."""
+    global _trap_holders
+    with _trap_lock:
+        _trap_holders += 1
+        if _trap_holders > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _TRAPPED:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _exit_on_signal)
+
+
+def _release_signals() -> None:
+    """Undo `_trap_signals` once the last cluster of this process has stopped."""
+    global _trap_holders
+    with _trap_lock:
+        _trap_holders -= 1
+        if _trap_holders or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _TRAPPED:
+            if signal.getsignal(sig) is _exit_on_signal:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 def _read_ready(path: Path) -> str:

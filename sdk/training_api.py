@@ -255,6 +255,7 @@ class EnhancedTrainingAPI:
             agent_cpus=float(min(self.config.num_workers, os.cpu_count() or 1)),
             agent_name_prefix="embedded",
             database_url=database_url,
+            owns_jobs=not database_url,
         )
         self._phase(f"embedded cluster at {session.address} (files in {workdir})")
         return session

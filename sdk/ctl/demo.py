@@ -6,10 +6,8 @@ its defaults while building `--help`.
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from matrec.sdk.ctl.errors import EXIT_FAILURE, print_error, stderr
@@ -77,10 +75,6 @@ def _is_demo_dataset(path: Path) -> bool:
     return (path / MANIFEST_NAME).is_file()
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run_demo(
     workdir: Path, *, epochs: int, agents: int, keep_running: bool, console: Console
 ) -> int:
@@ -94,9 +88,9 @@ def run_demo(
     else:
         make_dataset(dataset, console)
 
-    cluster = LocalCluster(workdir, agents=agents, agent_name_prefix="demo-agent")
-    # A SIGTERM to us must also stop the coordinator and agents, which run in their own sessions.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # A SIGTERM or SIGHUP to us raises SystemExit while the cluster runs (see LocalCluster),
+    # so the `finally` below stops the coordinator and agents, which run in their own sessions.
+    cluster = LocalCluster(workdir, agents=agents, agent_name_prefix="demo-agent", owns_jobs=True)
     try:
         return _run(cluster, dataset, epochs, keep_running, console)
     except ClusterStartError as exc:
@@ -107,7 +101,6 @@ def run_demo(
     finally:
         with console.status("stopping the agents and the coordinator…"):
             cluster.stop()
-        signal.signal(signal.SIGTERM, previous)
         console.print(f"logs are in [bold]{escape(str(cluster.logs_dir))}[/]")
 
 

@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from matrec.sdk.local_cluster import LocalCluster
+    from matrec.sdk.local_cluster import Lifeline, LocalCluster
 
 console = Console(soft_wrap=True)
 
@@ -207,11 +207,12 @@ def start_workers(
     """Start `count` agents against `address` (None: an embedded coordinator in `workdir`),
     wait until they are connected, keep them until Ctrl-C or SIGTERM, then stop them; the exit
     code (0 after Ctrl-C, 1 if they could not start or all of them exited)."""
-    from matrec.sdk.local_cluster import ClusterStartError, LocalCluster, tail
+    from matrec.sdk.local_cluster import ClusterStartError, Lifeline, LocalCluster, tail
 
     workdir.mkdir(parents=True, exist_ok=True)
     cluster: LocalCluster | None = None
     workers: list[Worker] = []
+    lifeline = Lifeline()
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     # Ctrl-C ends the run even where the shell started us with SIGINT ignored (in background).
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -237,7 +238,8 @@ def start_workers(
                 soft_wrap=True,
             )
         for index in range(count):
-            workers.append(_spawn(address, workdir, f"{prefix}-{index}", cpus_per_worker, gpus))
+            name = f"{prefix}-{index}"
+            workers.append(_spawn(address, workdir, name, cpus_per_worker, gpus, lifeline))
         with stderr.status(f"waiting for {count} workers to connect to {address}…"):
             _wait_connected(address, workers, start_timeout)
         _print_workers(workers, address, cpus_per_worker, gpus)
@@ -261,6 +263,7 @@ def start_workers(
         try:
             _stop(workers, cluster)
         finally:
+            lifeline.close()
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
 
@@ -271,7 +274,9 @@ class _WorkerFailed(Exception):
         self.worker = worker
 
 
-def _spawn(address: str, workdir: Path, name: str, cpus: float, gpus: int | None) -> Worker:
+def _spawn(
+    address: str, workdir: Path, name: str, cpus: float, gpus: int | None, lifeline: Lifeline
+) -> Worker:
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
@@ -284,6 +289,7 @@ def _spawn(address: str, workdir: Path, name: str, cpus: float, gpus: int | None
         "--name", name,
         "--data-dir", str(workdir / name),
         "--cpus", f"{cpus:g}",
+        *lifeline.arguments(),
     ]  # fmt: skip
     if gpus is not None:
         command += ["--gpus", str(gpus)]
@@ -293,6 +299,7 @@ def _spawn(address: str, workdir: Path, name: str, cpus: float, gpus: int | None
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        pass_fds=lifeline.pass_fds,  # they stop once this command is gone, however it ended
         # Own session: Ctrl-C reaches only this command, which stops the workers in order.
         start_new_session=True,
     )

@@ -4,6 +4,10 @@ certificate-less clients refused; an agent certificate binds the agent's name.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +109,79 @@ def test_plaintext_is_refused_off_loopback_unless_allowed(tmp_path: Path) -> Non
         parse_settings(["--host", "0.0.0.0", "--data-dir", str(tmp_path)])
     assert parse_settings(["--host", "0.0.0.0", "--insecure"]).insecure
     assert not parse_settings(["--host", "127.0.0.1"]).tls
+
+
+@pytest.fixture(scope="module")
+def plaintext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("plain") / "cluster", agents=0) as cluster:
+        yield cluster
+
+
+def _refusal(address: str, **tls: Path) -> str:
+    with (
+        Client(address, timeout=5, **tls) as client,
+        pytest.raises(CoordinatorUnavailableError) as raised,
+    ):
+        client.list_jobs()
+    return str(raised.value)
+
+
+def test_a_tls_mismatch_says_what_is_wrong_and_which_option_fixes_it(
+    secured: tuple[LocalCluster, dict],
+    plaintext: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, certs = secured
+    for variable in ("MATREC_TLS_CA", "MATREC_TLS_CERT", "MATREC_TLS_KEY"):
+        monkeypatch.delenv(variable)
+    admin = certs["clients/admin"]
+    stranger = init_cluster_certificates(tmp_path / "other", ["localhost"], [], ["x"])["ca"]
+
+    plain_to_tls = _refusal(cluster.address)
+    assert "it talks TLS, this client plaintext" in plain_to_tls and "--tls-ca" in plain_to_tls
+    no_certificate = _refusal(cluster.address, tls_ca=admin.ca)
+    assert "requires a client certificate" in no_certificate and "--tls-cert" in no_certificate
+    wrong_ca = _refusal(cluster.address, tls_ca=stranger.cert)
+    assert "not signed by the CA this client trusts" in wrong_ca and "--tls-ca" in wrong_ca
+    tls_to_plain = _refusal(plaintext.address, tls_ca=admin.ca)
+    assert "this client talks TLS, the coordinator answers in plaintext" in tls_to_plain
+    assert "leave --tls-ca" in tls_to_plain
+    for message in (plain_to_tls, no_certificate, wrong_ca, tls_to_plain):
+        assert "matrec-ctl server" not in message, message
+
+    # matrec-ctl prints the same, as one error line.
+    ctl = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
+    result = subprocess.run(
+        [*ctl, "-c", cluster.address, "jobs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MATREC_TLS_")},
+    )
+    assert result.returncode != 0
+    assert "it talks TLS, this client plaintext" in result.stderr, result.stderr
+
+
+def test_an_agent_without_tls_at_a_tls_coordinator_logs_what_to_set(
+    secured: tuple[LocalCluster, dict], tmp_path: Path
+) -> None:
+    cluster, _ = secured
+    log = tmp_path / "agent.log"
+    command = ["--coordinator", cluster.address, "--name", "agent-0", "--data-dir", str(tmp_path)]
+    with log.open("wb") as output:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "matrec.agent.main", *command],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MATREC_")},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "it talks TLS, this client plaintext" not in log.read_text():
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    assert "give --tls-ca / MATREC_TLS_CA the coordinator's CA" in log.read_text()

@@ -19,6 +19,7 @@ from matrec.coordinator.artifact_files import (
     read_chunks,
     readable_path,
 )
+from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rpc_errors import abort_invalid
@@ -123,6 +124,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         except SpecError as error:
             # Strictly before anything is stored: a rejected job leaves no trace.
             await abort_invalid(context, error)
+        await refuse_scripts_unless_allowed(context, spec.kind)
         limit = self.policy.max_queued_jobs
         if limit and self.store.count_jobs(JobState.QUEUED) >= limit:
             await context.abort(
@@ -132,6 +134,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
+        who = caller(context)
         job = self.store.create_job(
             name=spec.name or f"{spec.kind}",
             kind=spec.kind,
@@ -140,8 +143,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             max_attempts=spec.max_attempts,
             artifact_root=self.policy.artifact_root,
             num_tasks=task_count(config),
+            owner=who.name,
+            owner_token_id=who.token_id,
         )
-        log.info("job %s submitted (%s)", job.id, job.kind)
+        log.info("job %s submitted (%s) by %s", job.id, job.kind, who.name)
         self.scheduler.wake()
         return jobs_pb2.SubmitJobResponse(job=convert.job(job))
 
@@ -164,7 +169,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         if request.limit < 0:
             await abort_invalid(context, SpecError("limit", "must be >= 0"))
         limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
-        jobs = self.store.list_jobs([s for s in states if s is not None], limit)
+        owner = caller(context).name if request.mine else request.owner or None
+        jobs = self.store.list_jobs([s for s in states if s is not None], limit, owner)
         return jobs_pb2.ListJobsResponse(jobs=[convert.job(j) for j in jobs])
 
     async def CancelJob(
@@ -176,8 +182,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job.id} already {job.state.value}; there is nothing to cancel",
             )
+        await refuse_foreign_cancel(context, f"job {job.id}", job.owner)
+        who = caller(context).name
         cancel_job(
-            self.store, self.sessions, self.notifier, job.id, request.reason or "cancelled by user"
+            self.store,
+            self.sessions,
+            self.notifier,
+            job.id,
+            request.reason or f"cancelled by {who}",
+            cancelled_by=who,
         )
         updated = self.store.get_job(job.id)
         assert updated is not None

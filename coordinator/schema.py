@@ -10,6 +10,14 @@ metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
 
 
+def owner_columns() -> list[sa.Column[str]]:
+    """Who made the record: a token's name and id, a certificate's subject, or `local`."""
+    return [
+        sa.Column("owner", sa.String(200), nullable=False, server_default="unknown"),
+        sa.Column("owner_token_id", sa.String(64), nullable=True),
+    ]
+
+
 def job_ref(
     name: str = "job_id", *, optional: bool = False, primary_key: bool = False
 ) -> sa.Column[str]:
@@ -53,7 +61,10 @@ training_jobs = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("started_at", TS, nullable=True),
     sa.Column("finished_at", TS, nullable=True),
+    *owner_columns(),
+    sa.Column("cancelled_by", sa.String(200), nullable=True),
     sa.Index("ix_training_jobs_state_created", "state", "created_at"),
+    sa.Index("ix_training_jobs_owner", "owner"),
 )
 
 tasks = sa.Table(
@@ -163,6 +174,8 @@ studies = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("finished_at", TS, nullable=True),
     sa.Column("error", sa.Text, nullable=False, server_default=""),
+    *owner_columns(),
+    sa.Column("cancelled_by", sa.String(200), nullable=True),
     sa.Index("ix_studies_state", "state"),
 )
 
@@ -201,6 +214,7 @@ al_projects = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    *owner_columns(),
 )
 
 model_versions = sa.Table(
@@ -255,6 +269,7 @@ active_learning_batches = sa.Table(
         nullable=True,
     ),
     job_ref("scoring_job_id", optional=True),
+    sa.Column("created_by", sa.String(200), nullable=False, server_default="unknown"),
     sa.Index("ix_al_batches_project", "project_id"),
 )
 
@@ -275,6 +290,7 @@ active_learning_candidates = sa.Table(
     sa.Column("predicted_class", sa.String(128), nullable=True),
     sa.Column("label", sa.String(128), nullable=True),
     sa.Column("labelled_at", TS, nullable=True),
+    sa.Column("labelled_by", sa.String(200), nullable=True),
     sa.UniqueConstraint("batch_id", "sample_id", name="uq_al_candidate"),
 )
 
@@ -296,6 +312,8 @@ retraining_triggers = sa.Table(
     # What the trigger fired on (a model version, a scoring job): one trigger per kind and key.
     sa.Column("dedupe_key", sa.String(128), nullable=True),
     sa.UniqueConstraint("project_id", "kind", "dedupe_key", name="uq_trigger_key"),
+    # Who fired it by hand (CheckTriggers); empty when the monitor fired it.
+    sa.Column("fired_by", sa.String(200), nullable=True),
 )
 
 # API tokens: only a hash of each token is stored, never the token.
@@ -309,4 +327,8 @@ tokens = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=True),
     sa.Column("revoked_at", TS, nullable=True),
+    # Permissions beyond the role, comma-separated: scripts, cancel-any.
+    sa.Column("permissions", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_by", sa.String(200), nullable=False, server_default="unknown"),
+    sa.Column("revoked_by", sa.String(200), nullable=True),
 )

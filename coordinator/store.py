@@ -79,6 +79,9 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     tasks: list[TaskRecord] = field(default_factory=list)
+    owner: str = "unknown"
+    owner_token_id: str | None = None
+    cancelled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,9 @@ def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
         started_at=as_utc(m["started_at"]),
         finished_at=as_utc(m["finished_at"]),
         tasks=tasks,
+        owner=m["owner"],
+        owner_token_id=m["owner_token_id"],
+        cancelled_by=m["cancelled_by"],
     )
 
 
@@ -258,6 +264,8 @@ def insert_job(
     max_attempts: int,
     artifact_root: Path,
     num_tasks: int = 1,
+    owner: str = "local",
+    owner_token_id: str | None = None,
 ) -> str:
     """Insert a queued job, its tasks, parameters and first event in `conn`'s transaction (so
     that a caller can store something else atomically with it). Returns the job's id."""
@@ -272,6 +280,8 @@ def insert_job(
             state=JobState.QUEUED,
             max_attempts=max_attempts,
             created_at=now,
+            owner=owner,
+            owner_token_id=owner_token_id,
         )
     )
     for index in range(num_tasks):
@@ -324,6 +334,8 @@ class Store:
         max_attempts: int,
         artifact_root: Path,
         num_tasks: int = 1,
+        owner: str = "local",
+        owner_token_id: str | None = None,
     ) -> JobRecord:
         with self.engine.begin() as conn:
             job_id = insert_job(
@@ -335,6 +347,8 @@ class Store:
                 max_attempts=max_attempts,
                 artifact_root=artifact_root,
                 num_tasks=num_tasks,
+                owner=owner,
+                owner_token_id=owner_token_id,
             )
         job = self.get_job(job_id)
         assert job is not None
@@ -360,12 +374,16 @@ class Store:
         ]
         return _job(row, tasks)
 
-    def list_jobs(self, states: Sequence[JobState] = (), limit: int = 100) -> list[JobRecord]:
+    def list_jobs(
+        self, states: Sequence[JobState] = (), limit: int = 100, owner: str | None = None
+    ) -> list[JobRecord]:
         """Newest first, with their tasks: two queries, whatever the number of jobs."""
         j, t = schema.training_jobs, schema.tasks
         query = sa.select(j).order_by(j.c.created_at.desc(), j.c.id)
         if states:
             query = query.where(j.c.state.in_([str(s) for s in states]))
+        if owner is not None:
+            query = query.where(j.c.owner == owner)
         with self.engine.connect() as conn:
             rows = list(conn.execute(query.limit(limit)))
             tasks: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
@@ -385,16 +403,18 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def request_cancel(self, job_id: str, reason: str) -> list[TaskRecord]:
-        """Mark a job cancelled-on-request; cancel its queued tasks now. Returns the active tasks
-        whose agents must be told to stop."""
+    def request_cancel(
+        self, job_id: str, reason: str, cancelled_by: str | None = None
+    ) -> list[TaskRecord]:
+        """Mark a job cancelled-on-request (by `cancelled_by`, when a caller asked); cancel its
+        queued tasks now. Returns the active tasks whose agents must be told to stop."""
         t = schema.tasks
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(
                 schema.training_jobs.update()
                 .where(schema.training_jobs.c.id == job_id)
-                .values(cancel_requested=True)
+                .values(cancel_requested=True, cancelled_by=cancelled_by)
             )
             conn.execute(
                 t.update()

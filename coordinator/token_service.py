@@ -8,7 +8,7 @@ from datetime import timedelta
 import grpc
 from matrec.common.specs import SpecError
 from matrec.coordinator import convert
-from matrec.coordinator.auth import TokenRecord, TokenStore
+from matrec.coordinator.auth import TokenRecord, TokenStore, caller
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.v1 import auth_pb2, auth_pb2_grpc
 
@@ -25,6 +25,9 @@ def token_to_proto(record: TokenRecord) -> auth_pb2.Token:
         created_at=convert.timestamp(record.created_at),
         expires_at=convert.timestamp(record.expires_at),
         revoked_at=convert.timestamp(record.revoked_at),
+        permissions=record.permissions,
+        created_by=record.created_by,
+        revoked_by=record.revoked_by or "",
     )
 
 
@@ -42,11 +45,16 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
             )
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
         try:
-            record, secret = self.tokens.create(request.name, request.role, ttl)
-        except ValueError as error:
-            await abort_invalid(
-                context, SpecError("role" if "role" in str(error) else "name", str(error))
+            record, secret = self.tokens.create(
+                request.name,
+                request.role,
+                ttl,
+                permissions=request.permissions,
+                created_by=caller(context).name,
             )
+        except ValueError as error:
+            field = next((f for f in ("role", "permission") if f in str(error)), "name")
+            await abort_invalid(context, SpecError(field, str(error)))
         log.info("token %s created for %r (%s)", record.id, record.name, record.role)
         return auth_pb2.CreateTokenResponse(token=token_to_proto(record), secret=secret)
 
@@ -58,7 +66,7 @@ class TokenService(auth_pb2_grpc.TokenServiceServicer):
     async def RevokeToken(
         self, request: auth_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeTokenResponse:
-        record = self.tokens.revoke(request.token_id)
+        record = self.tokens.revoke(request.token_id, caller(context).name)
         if record is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,

@@ -212,10 +212,21 @@ class Client:
         response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return job_from_proto(response.job, list(response.history))
 
-    def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs, optionally only those in `states` (e.g. ``["running", "queued"]``)."""
+    def list_jobs(
+        self,
+        states: Sequence[str] | None = None,
+        limit: int = 100,
+        *,
+        owner: str = "",
+        mine: bool = False,
+    ) -> list[Job]:
+        """Jobs, optionally only those in `states` (e.g. ``["running", "queued"]``), of `owner`
+        (a token's name), or the caller's own (`mine`)."""
         request = jobs_pb2.ListJobsRequest(
-            states=[job_state_to_proto(state) for state in states or ()], limit=limit
+            states=[job_state_to_proto(state) for state in states or ()],
+            limit=limit,
+            owner=owner,
+            mine=mine,
         )
         response = self._call(self._stub.ListJobs, request)
         return [job_from_proto(job) for job in response.jobs]
@@ -367,12 +378,17 @@ class Client:
 
     # ---- API tokens (admin) -------------------------------------------------------------------
 
-    def create_token(self, name: str, role: str, ttl_seconds: int = 0) -> tuple[ApiToken, str]:
+    def create_token(
+        self, name: str, role: str, ttl_seconds: int = 0, *, permissions: Sequence[str] = ()
+    ) -> tuple[ApiToken, str]:
         """A new token and its secret, which is shown only now. Roles: viewer, operator, admin,
-        agent (then `name` is the agent's name)."""
+        agent (then `name` is the agent's name). Permissions beyond the role: `scripts`,
+        `cancel-any`."""
         response = self._call(
             self._tokens.CreateToken,
-            auth_pb2.CreateTokenRequest(name=name, role=role, ttl_seconds=ttl_seconds),
+            auth_pb2.CreateTokenRequest(
+                name=name, role=role, ttl_seconds=ttl_seconds, permissions=list(permissions)
+            ),
         )
         return token_from_proto(response.token), response.secret
 

@@ -77,6 +77,10 @@ class Job:
     cancel_requested: bool
     #: Filled by `Client.get_job`; empty where the coordinator sends the job alone.
     history: list[JobEvent] = field(default_factory=list)
+    #: Who submitted it: a token's name, `cert:CN`, `local` (no auth) or `unknown` (older jobs).
+    owner: str = ""
+    #: Who cancelled it ("" unless a caller did).
+    cancelled_by: str = ""
 
     @property
     def name(self) -> str:
@@ -229,6 +233,9 @@ class Study:
     error: str
     trials: list[Trial]
     best_trial_number: int | None
+    #: Who created it (see `Job.owner`); its trials' jobs carry the same owner.
+    owner: str = ""
+    cancelled_by: str = ""
 
     @property
     def objective(self) -> str:
@@ -288,6 +295,10 @@ class ApiToken:
     created_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    #: Beyond the role: `scripts`, `cancel-any`.
+    permissions: tuple[str, ...] = ()
+    created_by: str = ""
+    revoked_by: str = ""
 
 
 # ---- active learning ----------------------------------------------------------------------------
@@ -306,6 +317,7 @@ class Candidate:
     predicted_class: str
     label: str | None
     labelled_at: datetime | None
+    labelled_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,7 @@ class LabellingBatch:
     candidates: list[Candidate]
     labelled: int
     size: int
+    created_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -350,6 +363,8 @@ class RetrainingTrigger:
     fired_at: datetime | None
     details: dict[str, Any]
     job_id: str
+    #: Who fired it by hand ("" when the monitor did).
+    fired_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -367,6 +382,7 @@ class LearningProject:
     pool_scoring_job_id: str
     reference_scoring_job_id: str
     last_trained_at: datetime | None
+    owner: str = ""
 
     @property
     def current(self) -> ModelVersion | None:

@@ -292,16 +292,19 @@ def jobs(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 100,
+    mine: Annotated[bool, typer.Option("--mine", help="Only the jobs you submitted.")] = False,
+    owner: Annotated[str, typer.Option(help="Only the jobs of this owner (a token's name).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first, with who submitted each.
 
     [dim]$ matrec-ctl jobs --state running --state queued[/]
+    [dim]$ matrec-ctl jobs --mine[/]
     """
     from matrec.sdk.ctl.render import jobs_table, to_json
 
     with client_from_context(ctx) as client:
-        found = client.list_jobs(state, limit=limit)
+        found = client.list_jobs(state, limit=limit, owner=owner, mine=mine)
     if as_json:
         typer.echo(to_json(found))
     elif not found:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/auth.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"F\n\x13\x43reateTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"6\n\x12ListTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Token\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"6\n\x13RevokeTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token2\xf5\x01\n\x0cTokenService\x12L\n\x0b\x43reateToken\x12\x1d.matrec.v1.CreateTokenRequest\x1a\x1e.matrec.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.matrec.v1.ListTokensRequest\x1a\x1d.matrec.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.matrec.v1.RevokeTokenRequest\x1a\x1e.matrec.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/auth.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12\x12\n\nrevoked_by\x18\t \x01(\t\"Z\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\"F\n\x13\x43reateTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"6\n\x12ListTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Token\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"6\n\x13RevokeTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token2\xf5\x01\n\x0cTokenService\x12L\n\x0b\x43reateToken\x12\x1d.matrec.v1.CreateTokenRequest\x1a\x1e.matrec.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.matrec.v1.ListTokensRequest\x1a\x1d.matrec.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.matrec.v1.RevokeTokenRequest\x1a\x1e.matrec.v1.RevokeTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matrec.v1.auth_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKEN']._serialized_start=69
-  _globals['_TOKEN']._serialized_end=260
-  _globals['_CREATETOKENREQUEST']._serialized_start=262
-  _globals['_CREATETOKENREQUEST']._serialized_end=331
-  _globals['_CREATETOKENRESPONSE']._serialized_start=333
-  _globals['_CREATETOKENRESPONSE']._serialized_end=403
-  _globals['_LISTTOKENSREQUEST']._serialized_start=405
-  _globals['_LISTTOKENSREQUEST']._serialized_end=424
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=426
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=480
-  _globals['_REVOKETOKENREQUEST']._serialized_start=482
-  _globals['_REVOKETOKENREQUEST']._serialized_end=520
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=522
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=576
-  _globals['_TOKENSERVICE']._serialized_start=579
-  _globals['_TOKENSERVICE']._serialized_end=824
+  _globals['_TOKEN']._serialized_end=321
+  _globals['_CREATETOKENREQUEST']._serialized_start=323
+  _globals['_CREATETOKENREQUEST']._serialized_end=413
+  _globals['_CREATETOKENRESPONSE']._serialized_start=415
+  _globals['_CREATETOKENRESPONSE']._serialized_end=485
+  _globals['_LISTTOKENSREQUEST']._serialized_start=487
+  _globals['_LISTTOKENSREQUEST']._serialized_end=506
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=508
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=562
+  _globals['_REVOKETOKENREQUEST']._serialized_start=564
+  _globals['_REVOKETOKENREQUEST']._serialized_end=602
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=604
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=658
+  _globals['_TOKENSERVICE']._serialized_start=661
+  _globals['_TOKENSERVICE']._serialized_end=906
 # @@protoc_insertion_point(module_scope)

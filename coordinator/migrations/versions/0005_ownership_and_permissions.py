@@ -1,0 +1,78 @@
+"""ownership and token permissions
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-07
+
+Who made each record: jobs, studies and active-learning projects get an owner (the token's name
+and id, a client certificate's subject, or `local` with authentication off); batches, labels,
+hand-fired triggers, cancels and token operations record who did them. Rows stored before this
+revision get the owner `unknown`. Tokens get permissions beyond their role (`scripts`,
+`cancel-any`).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+UNKNOWN = sa.text("'unknown'")
+
+
+def _owner_columns(table: str) -> None:
+    with op.batch_alter_table(table) as batch:
+        batch.add_column(
+            sa.Column("owner", sa.String(length=200), server_default=UNKNOWN, nullable=False)
+        )
+        batch.add_column(sa.Column("owner_token_id", sa.String(length=64), nullable=True))
+
+
+def upgrade() -> None:
+    for table in ("training_jobs", "studies", "al_projects"):
+        _owner_columns(table)
+    for table in ("training_jobs", "studies"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("cancelled_by", sa.String(length=200), nullable=True))
+    op.create_index("ix_training_jobs_owner", "training_jobs", ["owner"], unique=False)
+    with op.batch_alter_table("active_learning_batches") as batch:
+        batch.add_column(
+            sa.Column("created_by", sa.String(length=200), server_default=UNKNOWN, nullable=False)
+        )
+    with op.batch_alter_table("active_learning_candidates") as batch:
+        batch.add_column(sa.Column("labelled_by", sa.String(length=200), nullable=True))
+    with op.batch_alter_table("retraining_triggers") as batch:
+        batch.add_column(sa.Column("fired_by", sa.String(length=200), nullable=True))
+    with op.batch_alter_table("tokens") as batch:
+        batch.add_column(
+            sa.Column("permissions", sa.String(length=200), server_default="", nullable=False)
+        )
+        batch.add_column(
+            sa.Column("created_by", sa.String(length=200), server_default=UNKNOWN, nullable=False)
+        )
+        batch.add_column(sa.Column("revoked_by", sa.String(length=200), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tokens") as batch:
+        batch.drop_column("revoked_by")
+        batch.drop_column("created_by")
+        batch.drop_column("permissions")
+    with op.batch_alter_table("retraining_triggers") as batch:
+        batch.drop_column("fired_by")
+    with op.batch_alter_table("active_learning_candidates") as batch:
+        batch.drop_column("labelled_by")
+    with op.batch_alter_table("active_learning_batches") as batch:
+        batch.drop_column("created_by")
+    op.drop_index("ix_training_jobs_owner", table_name="training_jobs")
+    for table in ("training_jobs", "studies"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("cancelled_by")
+    for table in ("training_jobs", "studies", "al_projects"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("owner_token_id")
+            batch.drop_column("owner")

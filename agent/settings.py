@@ -31,6 +31,7 @@ class AgentSettings:
     tls_key: Path | None = None
     allowed_paths: tuple[Path, ...] = ()
     script_user: str = ""
+    allow_scripts: bool = False
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "task's own working folder); the agent must run as root [MATREC_SCRIPT_USER] "
         "(default: the agent's own user)",
     )
+    parser.add_argument(
+        "--allow-scripts",
+        action="store_true",
+        default=_env("ALLOW_SCRIPTS", "") in ("1", "true", "yes"),
+        help="run `script` tasks: arbitrary programs of whoever may submit them, as this agent's "
+        "user (or --script-user); without it, script jobs never start here "
+        "[MATREC_ALLOW_SCRIPTS]",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -168,4 +177,5 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
             p.expanduser() for p in (args.allowed_paths or parse_roots(_env("ALLOWED_PATHS", "")))
         ),
         script_user=args.script_user,
+        allow_scripts=args.allow_scripts,
     )

@@ -144,4 +144,5 @@ def agent(
         running_task_ids=running,
         version=record.version,
         usage=usage,
+        allow_scripts=record.allow_scripts,
     )

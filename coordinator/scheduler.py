@@ -22,6 +22,10 @@ from matrec.v1 import agents_pb2
 log = logging.getLogger(__name__)
 
 RESOURCE_KEYS = ("gpus", "cpus", "memory_bytes")
+NO_SCRIPT_HOST = (
+    "waiting: no connected agent runs script tasks (start one with --allow-scripts or "
+    "MATREC_ALLOW_SCRIPTS=1)"
+)
 
 
 def free_resources(total: Mapping[str, Any], used: Mapping[str, float]) -> dict[str, float]:
@@ -92,6 +96,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         # Gang members already told to stop, so that they are told once.
         self._stopping: set[tuple[str, int]] = set()
+        # Why a queued job waits, as last written to its history (written once per reason).
+        self._waiting: dict[str, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,7 +139,10 @@ class Scheduler:
         used = used_by_agent(active)
         running = Counter(t.agent_id for t in active)
         available = {session.agent_id for session in sessions}
-        totals = {a.id: a.resources for a in self.store.list_agents() if a.id in available}
+        agents = [a for a in self.store.list_agents() if a.id in available]
+        totals = {a.id: a.resources for a in agents}
+        # Script tasks run arbitrary programs: only on hosts whose agent allows them.
+        script_totals = {a.id: a.resources for a in agents if a.allow_scripts}
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
@@ -144,9 +153,10 @@ class Scheduler:
             if owner is not None and gang_size(owner) > 1:
                 gangs[task.job_id].append(task)
                 continue
+            hosts = self._hosts_for(owner, totals, script_totals)
             candidates = [
                 aid
-                for aid, total in totals.items()
+                for aid, total in hosts.items()
                 if fits(task.resources, free_resources(total, used[aid]))
             ]
             if not candidates:
@@ -165,8 +175,9 @@ class Scheduler:
             job = jobs[job_id]
             if job is None or len(members) < gang_size(job):
                 continue  # members still running are being handed back (supervise_gangs)
-            free = {aid: free_resources(total, used[aid]) for aid, total in totals.items()}
-            load = {aid: sum(used[aid].values()) + running[aid] for aid in totals}
+            hosts = self._hosts_for(job, totals, script_totals)
+            free = {aid: free_resources(total, used[aid]) for aid, total in hosts.items()}
+            load = {aid: sum(used[aid].values()) + running[aid] for aid in hosts}
             placement = place_gang(members, free, fits, load)
             if placement is None:
                 continue
@@ -180,6 +191,27 @@ class Scheduler:
                 assigned += 1
         return assigned
 
+    def _hosts_for(
+        self,
+        job: JobRecord | None,
+        totals: dict[str, dict[str, Any]],
+        script_totals: dict[str, dict[str, Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """The agents that may run `job`'s tasks; notes in its history why it waits when
+        none may."""
+        if job is None or job.kind != "script":
+            return totals
+        if not script_totals:
+            self._note_waiting(job.id, NO_SCRIPT_HOST)
+        return script_totals
+
+    def _note_waiting(self, job_id: str, reason: str) -> None:
+        if self._waiting.get(job_id) == reason:
+            return
+        self._waiting[job_id] = reason
+        self.store.add_job_event(job_id, "waiting", reason)
+        self.notifier.notify(job_id)
+
     def _send_assignment(
         self,
         task: TaskRecord,
@@ -192,6 +224,7 @@ class Scheduler:
         for key in RESOURCE_KEYS:
             used[agent_id][key] += float(task.resources.get(key, 0) or 0)
         running[agent_id] += 1
+        self._waiting.pop(job.id, None)
         self.sessions.send(agent_id, assignment_message(task, job, gang))
         log.info("assigned %s attempt %d to agent %s", task.id, task.attempt, agent_id)
         self.notifier.notify(task.job_id)

@@ -44,6 +44,8 @@ agents = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("registered_at", TS, nullable=False),
     sa.Column("last_seen_at", TS, nullable=False),
+    # Whether the agent's host runs `script` tasks (its --allow-scripts).
+    sa.Column("allow_scripts", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 training_jobs = sa.Table(

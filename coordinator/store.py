@@ -126,6 +126,7 @@ class AgentRecord:
     gpus: list[dict[str, Any]]
     state: AgentState
     last_seen_at: datetime
+    allow_scripts: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ def _agent(row: sa.Row[Any]) -> AgentRecord:
         gpus=list(m["gpus"]),
         state=AgentState(m["state"]),
         last_seen_at=seen,
+        allow_scripts=bool(m["allow_scripts"]),
     )
 
 
@@ -760,6 +762,10 @@ class Store:
 
     # ---- history, metrics, logs ---------------------------------------------------------------
 
+    def add_job_event(self, job_id: str, kind: str, message: str) -> None:
+        with self.engine.begin() as conn:
+            add_event(conn, job_id, kind, message)
+
     def history(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
         e = schema.job_events
         with self.engine.connect() as conn:
@@ -856,6 +862,7 @@ class Store:
         version: str,
         resources: dict[str, Any],
         gpus: list[dict[str, Any]],
+        allow_scripts: bool = False,
     ) -> AgentRecord:
         a = schema.agents
         now = utcnow()
@@ -866,6 +873,7 @@ class Store:
             "resources": resources,
             "gpus": gpus,
             "last_seen_at": now,
+            "allow_scripts": allow_scripts,
         }
         with self.engine.begin() as conn:
             updated = conn.execute(a.update().where(a.c.id == agent_id).values(**values))

@@ -162,6 +162,7 @@ def agent_from_proto(msg: jobs_pb2.Agent) -> Agent:
             if msg.HasField("usage")
             else None
         ),
+        allow_scripts=msg.allow_scripts,
     )
 
 

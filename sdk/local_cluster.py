@@ -96,7 +96,9 @@ class LocalCluster:
     `coordinator_args` and `agent_args` are appended to the command lines (e.g.
     ``["--lease-ttl", "3"]``). `port` 0 lets the coordinator pick a free port; it keeps that
     port across `restart_coordinator`. `database_url` "" means SQLite in WORKDIR/coordinator.
-    `agent_gpus` None lets each agent detect its GPUs.
+    `agent_gpus` None lets each agent detect its GPUs. `allow_scripts`: the agents run `script`
+    tasks (the embedded default: one user's own machine); agents started later follow the
+    attribute's value then.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
+        allow_scripts: bool = True,
     ) -> None:
         self.workdir = workdir.resolve()
         self.agent_count = agents
@@ -122,6 +125,7 @@ class LocalCluster:
         self.agent_name_prefix = agent_name_prefix
         self.coordinator_args = list(coordinator_args)
         self.agent_args = list(agent_args)
+        self.allow_scripts = allow_scripts
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -261,6 +265,8 @@ class LocalCluster:
         ]  # fmt: skip
         if self.agent_gpus is not None:
             args += ["--gpus", str(self.agent_gpus)]
+        if self.allow_scripts:
+            args.append("--allow-scripts")
         args += self.agent_args
         self._agents[index] = self._spawn(self.agent_name(index), AGENT_MODULE, args)
 

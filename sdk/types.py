@@ -141,6 +141,8 @@ class Agent:
     version: str
     #: From the agent's latest heartbeat; None while it is disconnected.
     usage: ResourceUsage | None = None
+    #: It runs `script` tasks (started with --allow-scripts).
+    allow_scripts: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Who made each record: jobs, studies and active-learning projects get an owner (t
 and id, a client certificate's subject, or `local` with authentication off); batches, labels,
 hand-fired triggers, cancels and token operations record who did them. Rows stored before this
 revision get the owner `unknown`. Tokens get permissions beyond their role (`scripts`,
-`cancel-any`).
+`cancel-any`). Agents say whether they run `script` tasks (off for agents registered before).
 """
 
 from __future__ import annotations
@@ -55,9 +55,15 @@ def upgrade() -> None:
             sa.Column("created_by", sa.String(length=200), server_default=UNKNOWN, nullable=False)
         )
         batch.add_column(sa.Column("revoked_by", sa.String(length=200), nullable=True))
+    with op.batch_alter_table("agents") as batch:
+        batch.add_column(
+            sa.Column("allow_scripts", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("agents") as batch:
+        batch.drop_column("allow_scripts")
     with op.batch_alter_table("tokens") as batch:
         batch.drop_column("revoked_by")
         batch.drop_column("created_by")

@@ -36,6 +36,8 @@ ALTER TABLE tokens ADD COLUMN created_by VARCHAR(200) DEFAULT 'unknown' NOT NULL
 
 ALTER TABLE tokens ADD COLUMN revoked_by VARCHAR(200);
 
+ALTER TABLE agents ADD COLUMN allow_scripts BOOLEAN DEFAULT false NOT NULL;
+
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
 COMMIT;

@@ -1,0 +1,177 @@
+"""Who did what, on a real coordinator started with --auth and real agents: every job and
+study carries its submitter; `jobs --mine` / `--owner` filter by it; operators cancel only
+their own jobs and studies (an admin cancels anyone's); a script job needs the `scripts`
+permission; an agent without --allow-scripts never starts a script task (the job waits, with
+the reason in its history) and one with it does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from matrec.sdk import Client, MatrecError
+from matrec.sdk.demo_dataset import DemoDatasetInfo
+from matrec.sdk.local_cluster import LocalCluster
+from support.cluster_jobs import finetune_spec, wait_until
+
+CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
+#: More GPUs than any test agent has: such a job stays queued whatever runs.
+NEVER_FITS = {"gpus": 64}
+
+
+@dataclass
+class Secured:
+    cluster: LocalCluster
+    admin: str
+    alice: str
+    bob: str
+    scripter: str
+
+    def client(self, token: str) -> Client:
+        return Client(self.cluster.address, token=token)
+
+    def start_agent(self, index: int, *, allow_scripts: bool) -> None:
+        with self.client(self.admin) as admin:
+            token = admin.create_token(self.cluster.agent_name(index), "agent")[1]
+        self.cluster.allow_scripts = allow_scripts
+        self.cluster.agent_args = ["--token", token]
+        self.cluster.start_agent(index)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    root = tmp_path_factory.mktemp("ownership")
+    admin_file = root / "admin.token"
+    args = ["--auth", "--admin-token-file", str(admin_file)]
+    with LocalCluster(
+        root / "cluster", agents=0, coordinator_args=args, allow_scripts=False
+    ) as cluster:
+        admin = admin_file.read_text().strip()
+        with Client(cluster.address, token=admin) as client:
+            alice = client.create_token("alice", "operator")[1]
+            bob = client.create_token("bob", "operator")[1]
+            scripter = client.create_token("scripter", "operator", permissions=["scripts"])[1]
+        yield Secured(cluster, admin, alice, bob, scripter)
+
+
+def queued_job(client: Client, dataset: DemoDatasetInfo, name: str) -> str:
+    spec = finetune_spec(dataset, 1) | {"name": name, "resources": NEVER_FITS}
+    return client.submit_job(spec).id
+
+
+def test_jobs_carry_their_owner_and_filter_by_it(
+    secured: Secured, small_dataset: DemoDatasetInfo
+) -> None:
+    with secured.client(secured.alice) as alice, secured.client(secured.bob) as bob:
+        alices = {queued_job(alice, small_dataset, "a1"), queued_job(alice, small_dataset, "a2")}
+        bobs = queued_job(bob, small_dataset, "b1")
+        assert alice.get_job(bobs).owner == "bob"
+        assert {j.id for j in alice.list_jobs(mine=True)} >= alices
+        assert bobs not in {j.id for j in alice.list_jobs(mine=True)}
+        assert {j.owner for j in alice.list_jobs(mine=True)} == {"alice"}
+        assert [j.id for j in alice.list_jobs(owner="bob")] == [bobs]
+        assert alice.list_jobs(owner="nobody-at-all") == []
+    env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+    base = [*CTL, "-c", secured.cluster.address, "--token", secured.bob, "jobs"]
+    mine = subprocess.run([*base, "--mine"], capture_output=True, text=True, env=env)
+    assert mine.returncode == 0, mine.stderr
+    assert bobs in mine.stdout and not any(a in mine.stdout for a in alices)
+    theirs = subprocess.run(
+        [*base, "--owner", "alice", "--json"], capture_output=True, text=True, env=env
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    assert all(a in theirs.stdout for a in alices) and bobs not in theirs.stdout
+    shown = subprocess.run(
+        [*CTL, "-c", secured.cluster.address, "--token", secured.bob, "show", bobs],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "owner" in shown.stdout and "bob" in shown.stdout
+
+
+def test_operators_cancel_only_their_own_jobs_and_an_admin_anyones(
+    secured: Secured, small_dataset: DemoDatasetInfo
+) -> None:
+    with (
+        secured.client(secured.alice) as alice,
+        secured.client(secured.bob) as bob,
+        secured.client(secured.admin) as admin,
+    ):
+        job = queued_job(alice, small_dataset, "mine")
+        with pytest.raises(MatrecError) as refused:
+            bob.cancel_job(job)
+        assert refused.value.code == "PERMISSION_DENIED"
+        assert "belongs to 'alice'" in str(refused.value) and "cancel-any" in str(refused.value)
+        untouched = alice.get_job(job)
+        assert untouched.state == "queued" and not untouched.cancel_requested
+        assert admin.cancel_job(job).cancelled_by == "bootstrap-admin"
+        own = queued_job(bob, small_dataset, "own")
+        cancelled = bob.cancel_job(own)
+        assert (cancelled.state, cancelled.cancelled_by) == ("cancelled", "bob")
+        assert any("cancelled by bob" in e.message for e in bob.get_job(own).history)
+
+
+def test_a_study_and_its_trial_jobs_belong_to_its_creator(
+    secured: Secured, small_dataset: DemoDatasetInfo
+) -> None:
+    trial = finetune_spec(small_dataset, 1) | {"resources": NEVER_FITS}
+    del trial["config"]["learning_rate"]  # searched
+    spec = {
+        "objective": "val/accuracy",
+        "search_space": {"learning_rate": {"type": "float", "min": 0.001, "max": 0.1}},
+        "trial": trial,
+        "max_trials": 2,
+        "max_parallel": 1,
+    }
+    with secured.client(secured.alice) as alice, secured.client(secured.bob) as bob:
+        study = alice.create_study(spec)
+        assert study.owner == "alice"
+        wait_until(lambda: bool(alice.get_study(study.id).trials), 30, "a first trial")
+        (first, *_) = alice.get_study(study.id).trials
+        assert alice.get_job(first.job_id).owner == "alice"
+        with pytest.raises(MatrecError) as refused:
+            bob.cancel_study(study.id)
+        assert refused.value.code == "PERMISSION_DENIED"
+        cancelled = alice.cancel_study(study.id)
+        assert (cancelled.state, cancelled.cancelled_by) == ("cancelled", "alice")
+
+
+def test_script_jobs_need_the_scripts_permission_and_a_host_that_allows_them(
+    secured: Secured, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    spec = {
+        "kind": "script",
+        "config": {"command": ["python", "-c", f"open({str(marker)!r}, 'w').write('x')"]},
+    }
+    with secured.client(secured.alice) as alice:
+        with pytest.raises(MatrecError) as refused:
+            alice.submit_job(spec)
+        assert refused.value.code == "PERMISSION_DENIED"
+        assert "'scripts' permission" in str(refused.value)
+    secured.start_agent(0, allow_scripts=False)
+    with secured.client(secured.scripter) as scripter:
+        wait_until(lambda: len(scripter.list_agents()) == 1, 30, "agent 0 connected")
+        assert not scripter.list_agents()[0].allow_scripts
+        job = scripter.submit_job(spec).id
+
+        def waiting() -> bool:
+            return any(e.kind == "waiting" for e in scripter.get_job(job).history)
+
+        wait_until(waiting, 30, "the waiting reason")
+        held = scripter.get_job(job)
+        reason = next(e.message for e in held.history if e.kind == "waiting")
+        assert "--allow-scripts" in reason
+        assert held.state == "queued" and held.tasks[0].attempt == 0
+        assert not marker.exists()
+        secured.start_agent(1, allow_scripts=True)
+        done = scripter.wait(job, 120)
+        assert done.state == "succeeded", done.error
+        allowing = {a.id for a in scripter.list_agents() if a.allow_scripts}
+        assert [t.agent_id for t in done.tasks] == [*allowing] and len(allowing) == 1
+        assert marker.read_text() == "x"
+        assert sum(e.kind == "waiting" for e in done.history) == 1

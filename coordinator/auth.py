@@ -76,6 +76,8 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.TokenService/CreateToken": "admin",
     "/matrec.v1.TokenService/ListTokens": "admin",
     "/matrec.v1.TokenService/RevokeToken": "admin",
+    "/matrec.v1.TokenService/SetTokenLimits": "admin",
+    "/matrec.v1.TokenService/ListAuditEntries": "admin",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -290,13 +292,23 @@ def allowed(role: str, required: str) -> bool:
 Behaviour = Callable[..., Any]
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+def _deny(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    identity: Identity | None = None,
+) -> Any:
+    """A handler that refuses the call (as `identity`, when the caller is known, for the
+    audit log)."""
+
     async def abort(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        current_identity.set(identity)
         await context.abort(code, message)
 
     async def abort_stream(
         request_or_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        current_identity.set(identity)
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -375,5 +387,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token {identity.name!r} has role {identity.role}; {method} needs {required}",
+                identity,
             )
         return _as(handler, identity)

@@ -21,6 +21,7 @@ from matrec.coordinator.artifact_files import (
 )
 from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
 from matrec.coordinator.cancellation import cancel_job
+from matrec.coordinator.limits import LimitStore
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
@@ -93,7 +94,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         notifier: JobNotifier,
         telemetry: CoordinatorTelemetry,
         policy: SubmitPolicy,
+        limits: LimitStore | None = None,
     ) -> None:
+        self.limits = limits
         self.telemetry = telemetry
         self.store = store
         self.sessions = sessions
@@ -132,9 +135,18 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 f"the queue is full: {limit} jobs are waiting (the coordinator's "
                 "--max-queued-jobs); submit again once some have started, or cancel queued ones",
             )
+        who = caller(context)
+        if who.token_id is not None and self.limits is not None:
+            own_limit = self.limits.get(who.token_id).max_queued_jobs
+            if own_limit and self.store.count_queued_jobs_of_token(who.token_id) >= own_limit:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"token {who.name!r} already has {own_limit} queued jobs, its limit "
+                    "max_queued_jobs (matrec-ctl tokens limit); submit again once some have "
+                    "started, or cancel queued ones",
+                )
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
-        who = caller(context)
         job = self.store.create_job(
             name=spec.name or f"{spec.kind}",
             kind=spec.kind,

@@ -12,6 +12,7 @@ from typing import Any
 from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.gangs import gang_size, place_gang
+from matrec.coordinator.limits import LimitStore, TokenUsage
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
@@ -84,8 +85,10 @@ class Scheduler:
         *,
         lease_ttl: float,
         tick: float = 1.0,
+        limits: LimitStore | None = None,
     ) -> None:
         self.availability = availability
+        self.limits = limits
         self._outages_handled = 0
         self.store = store
         self.sessions = sessions
@@ -143,6 +146,10 @@ class Scheduler:
         totals = {a.id: a.resources for a in agents}
         # Script tasks run arbitrary programs: only on hosts whose agent allows them.
         script_totals = {a.id: a.resources for a in agents if a.allow_scripts}
+        limits = self.limits.all() if self.limits is not None else {}
+        usage = TokenUsage()
+        if limits:
+            usage = TokenUsage.of(active, self.store.job_owner_tokens(t.job_id for t in active))
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
@@ -152,6 +159,8 @@ class Scheduler:
             owner = jobs[task.job_id]
             if owner is not None and gang_size(owner) > 1:
                 gangs[task.job_id].append(task)
+                continue
+            if owner is not None and not self._within_limits(owner, [task], limits, usage):
                 continue
             hosts = self._hosts_for(owner, totals, script_totals)
             candidates = [
@@ -169,12 +178,16 @@ class Scheduler:
             job = jobs[task.job_id]
             if job is None:
                 continue
+            if job.owner_token_id is not None:
+                usage.add(job.owner_token_id, [claimed])
             self._send_assignment(claimed, job, agent_id, used, running)
             assigned += 1
         for job_id, members in gangs.items():
             job = jobs[job_id]
             if job is None or len(members) < gang_size(job):
                 continue  # members still running are being handed back (supervise_gangs)
+            if not self._within_limits(job, members, limits, usage):
+                continue
             hosts = self._hosts_for(job, totals, script_totals)
             free = {aid: free_resources(total, used[aid]) for aid, total in hosts.items()}
             load = {aid: sum(used[aid].values()) + running[aid] for aid in hosts}
@@ -182,6 +195,8 @@ class Scheduler:
             if placement is None:
                 continue
             gang_id = new_id("gang")
+            if job.owner_token_id is not None:
+                usage.add(job.owner_token_id, members)
             for task in members:
                 claimed = self.store.assign_task(task.id, placement[task.id], self.lease_ttl)
                 if claimed is None:
@@ -204,6 +219,23 @@ class Scheduler:
         if not script_totals:
             self._note_waiting(job.id, NO_SCRIPT_HOST)
         return script_totals
+
+    def _within_limits(
+        self,
+        job: JobRecord,
+        tasks: list[TaskRecord],
+        limits: dict[str, Any],
+        usage: TokenUsage,
+    ) -> bool:
+        """Whether `tasks` of `job` may start under its token's limits; notes why not."""
+        token = job.owner_token_id
+        if token is None or token not in limits:
+            return True
+        refusal = usage.refusal(token, limits[token], tasks)
+        if refusal is None:
+            return True
+        self._note_waiting(job.id, f"waiting: {refusal} (matrec-ctl tokens limit)")
+        return False
 
     def _note_waiting(self, job_id: str, reason: str) -> None:
         if self._waiting.get(job_id) == reason:

@@ -318,6 +318,37 @@ retraining_triggers = sa.Table(
     sa.Column("fired_by", sa.String(200), nullable=True),
 )
 
+# Every state-changing call: who, what, from where, and whether it was allowed (never a secret).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", TS, nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("token_id", sa.String(64), nullable=True),
+    sa.Column("method", sa.String(128), nullable=False),
+    sa.Column("targets", sa.JSON, nullable=False),
+    sa.Column("peer", sa.String(200), nullable=False, server_default=""),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | refused
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_audit_log_time", "time"),
+    sa.Index("ix_audit_log_who_time", "who", "time"),
+)
+
+# Per-token bounds on what its jobs may hold (0: no bound).
+token_limits = sa.Table(
+    "token_limits",
+    metadata,
+    sa.Column(
+        "token_id", sa.String(64), sa.ForeignKey("tokens.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("max_running_tasks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_gpus", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_queued_jobs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_by", sa.String(200), nullable=False, server_default="unknown"),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
 # API tokens: only a hash of each token is stored, never the token.
 tokens = sa.Table(
     "tokens",

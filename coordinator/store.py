@@ -396,6 +396,26 @@ class Store:
                     tasks[task_row.job_id].append(_task(task_row))
         return [_job(row, tasks[row.id]) for row in rows]
 
+    def job_owner_tokens(self, job_ids: Iterable[str]) -> dict[str, str | None]:
+        """The token each job was submitted with (None: no token, e.g. authentication off)."""
+        j = schema.training_jobs
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(j.c.id, j.c.owner_token_id).where(j.c.id.in_(ids)))
+            return {r.id: r.owner_token_id for r in rows}
+
+    def count_queued_jobs_of_token(self, token_id: str) -> int:
+        j = schema.training_jobs
+        query = (
+            sa.select(sa.func.count())
+            .select_from(j)
+            .where(j.c.state == str(JobState.QUEUED), j.c.owner_token_id == token_id)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def count_jobs(self, state: JobState | None = None) -> int:
         """All jobs, or those in `state` (an index lookup, for the submit path)."""
         j = schema.training_jobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from matrec.sdk.address import default_address, default_tls, default_token
 from matrec.sdk.convert import (
     agent_from_proto,
     artifact_from_proto,
+    audit_entry_from_proto,
     batch_from_proto,
     candidate_from_proto,
     cluster_snapshot_from_proto,
@@ -48,6 +50,7 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    AuditEntry,
     Candidate,
     ClusterSnapshot,
     Job,
@@ -402,6 +405,34 @@ class Client:
             self._tokens.RevokeToken, auth_pb2.RevokeTokenRequest(token_id=token_id)
         )
         return token_from_proto(response.token)
+
+    def set_token_limits(
+        self,
+        token_id: str,
+        *,
+        max_running_tasks: int = 0,
+        max_gpus: int = 0,
+        max_queued_jobs: int = 0,
+    ) -> ApiToken:
+        """Bound what the token's jobs may hold at once (0: no bound); replaces its limits."""
+        limits = auth_pb2.TokenLimits(
+            max_running_tasks=max_running_tasks, max_gpus=max_gpus, max_queued_jobs=max_queued_jobs
+        )
+        response = self._call(
+            self._tokens.SetTokenLimits,
+            auth_pb2.SetTokenLimitsRequest(token_id=token_id, limits=limits),
+        )
+        return token_from_proto(response.token)
+
+    def audit_log(
+        self, since: datetime | None = None, who: str = "", limit: int = 1000
+    ) -> list[AuditEntry]:
+        """The newest `limit` audit entries (at or after `since`, of `who`), oldest first."""
+        request = auth_pb2.ListAuditEntriesRequest(who=who, limit=limit)
+        if since is not None:
+            request.since.FromDatetime(since)
+        response = self._call(self._tokens.ListAuditEntries, request)
+        return [audit_entry_from_proto(e) for e in response.entries]
 
     # ---- hyperparameter studies ---------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    AuditEntry,
     Candidate,
     ClusterSnapshot,
     GpuInfo,
@@ -35,6 +36,7 @@ from matrec.sdk.types import (
     RetrainingTrigger,
     Study,
     Task,
+    TokenLimits,
     Trial,
     WatchEvent,
 )
@@ -263,6 +265,23 @@ def token_from_proto(msg: auth_pb2.Token) -> ApiToken:
         permissions=tuple(msg.permissions),
         created_by=msg.created_by,
         revoked_by=msg.revoked_by,
+        limits=TokenLimits(
+            msg.limits.max_running_tasks, msg.limits.max_gpus, msg.limits.max_queued_jobs
+        ),
+    )
+
+
+def audit_entry_from_proto(msg: auth_pb2.AuditEntry) -> AuditEntry:
+    return AuditEntry(
+        id=msg.id,
+        time=_time(msg, "time"),
+        who=msg.who,
+        token_id=msg.token_id,
+        method=msg.method,
+        targets=dict(msg.targets),
+        peer=msg.peer,
+        outcome=msg.outcome,
+        reason=msg.reason,
     )
 
 

@@ -288,6 +288,32 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class TokenLimits:
+    """What one token's jobs may hold at once; 0 means no bound."""
+
+    max_running_tasks: int = 0
+    max_gpus: int = 0
+    max_queued_jobs: int = 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One state-changing call: who (a token's name, `cert:CN`, `local`, `anonymous`), the
+    RPC, the ids it named or made, the caller's address, and `allowed` or `refused` (with the
+    status code and message as `reason`)."""
+
+    id: int
+    time: datetime | None
+    who: str
+    token_id: str
+    method: str
+    targets: dict[str, str]
+    peer: str
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ApiToken:
     """An API token as the coordinator lists it (never the secret itself)."""
 
@@ -301,6 +327,7 @@ class ApiToken:
     permissions: tuple[str, ...] = ()
     created_by: str = ""
     revoked_by: str = ""
+    limits: TokenLimits = TokenLimits()
 
 
 # ---- active learning ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
 from matrec.sdk.ctl.active_learning import active_learning_app
+from matrec.sdk.ctl.audit import audit
 from matrec.sdk.ctl.certs import certs_app
 from matrec.sdk.ctl.config_cmd import config_app
 from matrec.sdk.ctl.connection import client_from_context
@@ -44,6 +45,7 @@ app.add_typer(hpo_app, name="hpo")
 app.add_typer(active_learning_app, name="active-learning")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(certs_app, name="certs")
+app.command()(audit)
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from matrec.sdk.ctl.connection import client_from_context
+from matrec.sdk.types import ApiToken
 from rich.console import Console
 
 tokens_app = typer.Typer(
@@ -65,7 +66,12 @@ def list_tokens(ctx: typer.Context) -> None:
 
     with client_from_context(ctx) as client:
         tokens = client.list_tokens()
-    table = Table("ID", "NAME", "ROLE", "PERMISSIONS", "CREATED", "BY", "EXPIRES", "REVOKED")
+    table = Table()
+    table.add_column("ID", no_wrap=True)
+    table.add_column("NAME", no_wrap=True)
+    # Narrow terminals fold these rather than cut the id or the name.
+    for title in ("ROLE", "CREATED", "EXPIRES", "REVOKED"):
+        table.add_column(title, overflow="fold")
     for token in tokens:
         revoked = format_time(token.revoked_at) if token.revoked_at else ""
         if token.revoked_by:
@@ -73,10 +79,8 @@ def list_tokens(ctx: typer.Context) -> None:
         table.add_row(
             token.id,
             token.name,
-            token.role,
-            ", ".join(token.permissions) or "-",
-            format_time(token.created_at),
-            token.created_by,
+            " +".join((token.role, *token.permissions)),
+            f"{format_time(token.created_at)} by {token.created_by}",
             format_time(token.expires_at) if token.expires_at else "never",
             revoked,
         )
@@ -92,3 +96,56 @@ def revoke(
     with client_from_context(ctx) as client:
         token = client.revoke_token(token_id)
     console.print(f"token {token.id} ({token.name!r}) revoked")
+
+
+@tokens_app.command("limit")
+def limit(
+    ctx: typer.Context,
+    token: Annotated[
+        str, typer.Argument(metavar="TOKEN", help="A token's id, or the name of one live token.")
+    ],
+    max_running_tasks: Annotated[
+        int, typer.Option(min=0, help="Most tasks its jobs run at once; 0: no bound.")
+    ] = 0,
+    max_gpus: Annotated[
+        int, typer.Option(min=0, help="Most GPUs its running tasks hold; 0: no bound.")
+    ] = 0,
+    max_queued_jobs: Annotated[
+        int, typer.Option(min=0, help="Most of its jobs waiting; past it SubmitJob is refused.")
+    ] = 0,
+) -> None:
+    """Bound what a token's jobs may hold (replaces its limits; all 0 removes them). A job over
+    a running-task or GPU limit waits, with the reason in its history.
+
+    [dim]$ matrec-ctl tokens limit alice --max-gpus 4 --max-queued-jobs 20[/]
+    """
+    with client_from_context(ctx) as client:
+        token_id = _token_id(client.list_tokens(), token)
+        updated = client.set_token_limits(
+            token_id,
+            max_running_tasks=max_running_tasks,
+            max_gpus=max_gpus,
+            max_queued_jobs=max_queued_jobs,
+        )
+    limits = updated.limits
+    console.print(
+        f"token {updated.id} ({updated.name!r}): at most {_bound(limits.max_running_tasks)} "
+        f"running tasks, {_bound(limits.max_gpus)} GPUs, {_bound(limits.max_queued_jobs)} "
+        "queued jobs"
+    )
+
+
+def _bound(value: int) -> str:
+    return str(value) if value else "any"
+
+
+def _token_id(tokens: list[ApiToken], wanted: str) -> str:
+    if any(t.id == wanted for t in tokens):
+        return wanted
+    live = [t for t in tokens if t.name == wanted and t.revoked_at is None]
+    if len(live) == 1:
+        return live[0].id
+    if not live:
+        raise typer.BadParameter(f"no live token has the id or name {wanted!r}; see `tokens list`")
+    ids = ", ".join(t.id for t in live)
+    raise typer.BadParameter(f"{len(live)} live tokens are named {wanted!r} ({ids}); give an id")

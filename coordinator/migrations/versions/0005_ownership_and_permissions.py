@@ -9,6 +9,7 @@ and id, a client certificate's subject, or `local` with authentication off); bat
 hand-fired triggers, cancels and token operations record who did them. Rows stored before this
 revision get the owner `unknown`. Tokens get permissions beyond their role (`scripts`,
 `cancel-any`). Agents say whether they run `script` tasks (off for agents registered before).
+New tables: the audit log of state-changing calls, and per-token limits.
 """
 
 from __future__ import annotations
@@ -59,9 +60,39 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("allow_scripts", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("who", sa.String(length=200), nullable=False),
+        sa.Column("token_id", sa.String(length=64), nullable=True),
+        sa.Column("method", sa.String(length=128), nullable=False),
+        sa.Column("targets", sa.JSON(), nullable=False),
+        sa.Column("peer", sa.String(length=200), server_default="", nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.Text(), server_default="", nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_audit_log_time", "audit_log", ["time"], unique=False)
+    op.create_index("ix_audit_log_who_time", "audit_log", ["who", "time"], unique=False)
+    op.create_table(
+        "token_limits",
+        sa.Column("token_id", sa.String(length=64), nullable=False),
+        sa.Column("max_running_tasks", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("max_gpus", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("max_queued_jobs", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("updated_by", sa.String(length=200), server_default=UNKNOWN, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["token_id"], ["tokens.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("token_id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("token_limits")
+    op.drop_index("ix_audit_log_who_time", table_name="audit_log")
+    op.drop_index("ix_audit_log_time", table_name="audit_log")
+    op.drop_table("audit_log")
     with op.batch_alter_table("agents") as batch:
         batch.drop_column("allow_scripts")
     with op.batch_alter_table("tokens") as batch:

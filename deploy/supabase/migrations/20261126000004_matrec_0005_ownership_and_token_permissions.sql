@@ -38,6 +38,34 @@ ALTER TABLE tokens ADD COLUMN revoked_by VARCHAR(200);
 
 ALTER TABLE agents ADD COLUMN allow_scripts BOOLEAN DEFAULT false NOT NULL;
 
+CREATE TABLE audit_log (
+    id SERIAL NOT NULL, 
+    time TIMESTAMP WITH TIME ZONE NOT NULL, 
+    who VARCHAR(200) NOT NULL, 
+    token_id VARCHAR(64), 
+    method VARCHAR(128) NOT NULL, 
+    targets JSON NOT NULL, 
+    peer VARCHAR(200) DEFAULT '' NOT NULL, 
+    outcome VARCHAR(16) NOT NULL, 
+    reason TEXT DEFAULT '' NOT NULL, 
+    PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_audit_log_time ON audit_log (time);
+
+CREATE INDEX ix_audit_log_who_time ON audit_log (who, time);
+
+CREATE TABLE token_limits (
+    token_id VARCHAR(64) NOT NULL, 
+    max_running_tasks INTEGER DEFAULT '0' NOT NULL, 
+    max_gpus INTEGER DEFAULT '0' NOT NULL, 
+    max_queued_jobs INTEGER DEFAULT '0' NOT NULL, 
+    updated_by VARCHAR(200) DEFAULT 'unknown' NOT NULL, 
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    PRIMARY KEY (token_id), 
+    FOREIGN KEY(token_id) REFERENCES tokens (id) ON DELETE CASCADE
+);
+
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
 COMMIT;
@@ -45,6 +73,8 @@ COMMIT;
 
 -- Row level security with no policy: roles other than the owner (the coordinator's
 -- connection) can neither read nor write these tables.
+ALTER TABLE matrec.audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE matrec.token_limits ENABLE ROW LEVEL SECURITY;
 -- Who submitted each job: a token's name (never its secret), `local` or `unknown`.
 CREATE OR REPLACE VIEW matrec_api.jobs AS
     SELECT id, name, kind, state, created_at, started_at, finished_at, error,

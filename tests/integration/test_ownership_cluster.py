@@ -2,10 +2,14 @@
 study carries its submitter; `jobs --mine` / `--owner` filter by it; operators cancel only
 their own jobs and studies (an admin cancels anyone's); a script job needs the `scripts`
 permission; an agent without --allow-scripts never starts a script task (the job waits, with
-the reason in its history) and one with it does."""
+the reason in its history) and one with it does; a token limited to one running task runs its
+jobs one at a time while another token's job runs beside them, and its queued-job limit refuses
+the next submission; the audit log lists every state-changing call with who, what and outcome,
+and no secret reaches it or the database."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -31,6 +35,7 @@ class Secured:
     alice: str
     bob: str
     scripter: str
+    other_scripter: str
 
     def client(self, token: str) -> Client:
         return Client(self.cluster.address, token=token)
@@ -41,6 +46,20 @@ class Secured:
         self.cluster.allow_scripts = allow_scripts
         self.cluster.agent_args = ["--token", token]
         self.cluster.start_agent(index)
+
+    def ensure_script_agent(self) -> None:
+        """Agent 1 runs script tasks (the script test starts it; alone, this test does)."""
+        with self.client(self.admin) as admin:
+            if any(a.allow_scripts and a.state == "connected" for a in admin.list_agents()):
+                return
+            self.start_agent(1, allow_scripts=True)
+            wait_until(
+                lambda: any(
+                    a.allow_scripts and a.state == "connected" for a in admin.list_agents()
+                ),
+                30,
+                "a script agent",
+            )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +75,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             alice = client.create_token("alice", "operator")[1]
             bob = client.create_token("bob", "operator")[1]
             scripter = client.create_token("scripter", "operator", permissions=["scripts"])[1]
-        yield Secured(cluster, admin, alice, bob, scripter)
+            other = client.create_token("other", "operator", permissions=["scripts"])[1]
+        yield Secured(cluster, admin, alice, bob, scripter, other)
 
 
 def queued_job(client: Client, dataset: DemoDatasetInfo, name: str) -> str:
@@ -175,3 +195,111 @@ def test_script_jobs_need_the_scripts_permission_and_a_host_that_allows_them(
         assert [t.agent_id for t in done.tasks] == [*allowing] and len(allowing) == 1
         assert marker.read_text() == "x"
         assert sum(e.kind == "waiting" for e in done.history) == 1
+
+
+def sleeper(seconds: float) -> dict[str, object]:
+    return {
+        "kind": "script",
+        "config": {"command": ["python", "-c", f"import time; time.sleep({seconds})"]},
+        "resources": {"cpus": 0.25},
+    }
+
+
+def test_a_token_limited_to_one_running_task_runs_its_jobs_one_at_a_time(
+    secured: Secured,
+) -> None:
+    secured.ensure_script_agent()
+    with secured.client(secured.admin) as admin:
+        limited = next(t for t in admin.list_tokens() if t.name == "scripter")
+        assert admin.set_token_limits(limited.id, max_running_tasks=1).limits.max_running_tasks == 1
+    with secured.client(secured.scripter) as mine, secured.client(secured.other_scripter) as other:
+        queued = [mine.submit_job(sleeper(1.5)).id for _ in range(3)]
+        beside = other.submit_job(sleeper(3)).id
+        done = [mine.wait(job, 120) for job in queued]
+        theirs = other.wait(beside, 120)
+        for job in [*done, theirs]:
+            assert job.state == "succeeded", job.error
+        spans = sorted((j.started_at, j.finished_at) for j in done)
+        for (_, finished), (started, _) in itertools.pairwise(spans):
+            assert finished is not None and started is not None and started >= finished, spans
+        # The other token's job ran while one of the limited token's jobs ran.
+        assert any(
+            s < theirs.finished_at and theirs.started_at < f  # type: ignore[operator]
+            for s, f in spans
+        ), (spans, theirs.started_at, theirs.finished_at)
+        reasons = {
+            e.message for j in queued for e in mine.get_job(j).history if e.kind == "waiting"
+        }
+        assert reasons == {"waiting: its token's limit of 1 running tasks is reached "
+                           "(matrec-ctl tokens limit)"}  # fmt: skip
+
+
+def test_the_queued_job_limit_refuses_the_next_submission(
+    secured: Secured, small_dataset: DemoDatasetInfo
+) -> None:
+    with secured.client(secured.admin) as admin:
+        secret = admin.create_token("carol", "operator")[1]
+    with secured.client(secret) as carol:
+        held = [queued_job(carol, small_dataset, f"c{i}") for i in range(2)]
+        env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+        limited = subprocess.run(
+            [*CTL, "-c", secured.cluster.address, "--token", secured.admin, "tokens", "limit",
+             "carol", "--max-queued-jobs", "2"],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert limited.returncode == 0, limited.stderr
+        assert "2 queued jobs" in limited.stdout
+        with pytest.raises(MatrecError) as refused:
+            queued_job(carol, small_dataset, "c-too-many")
+        assert refused.value.code == "RESOURCE_EXHAUSTED"
+        assert "max_queued_jobs" in str(refused.value) and "2 queued jobs" in str(refused.value)
+        stored = carol.list_jobs(mine=True)
+        assert sorted(j.id for j in stored) == sorted(held)
+        assert {j.state for j in stored} == {"queued"}
+
+
+def test_the_audit_log_lists_every_state_changing_call_and_no_secret(
+    secured: Secured, small_dataset: DemoDatasetInfo
+) -> None:
+    with secured.client(secured.alice) as alice, secured.client(secured.bob) as bob:
+        job = queued_job(alice, small_dataset, "audited")
+        with pytest.raises(MatrecError):
+            bob.cancel_job(job)
+        alice.cancel_job(job)
+    stranger = Client(secured.cluster.address, token="mtk_not-a-token")
+    with stranger, pytest.raises(MatrecError):
+        stranger.cancel_job(job)
+    with secured.client(secured.alice) as alice, pytest.raises(MatrecError) as refused:
+        alice.audit_log()
+    assert refused.value.code == "PERMISSION_DENIED"  # admin only
+    with secured.client(secured.admin) as admin:
+        entries = admin.audit_log()
+    calls = [(e.who, e.method.rsplit("/", 1)[-1], e.outcome) for e in entries]
+    assert ("bootstrap-admin", "CreateToken", "allowed") in calls
+    mine = [e for e in entries if e.targets.get("job_id") == job]
+    assert [(e.who, e.method.rsplit("/", 1)[-1], e.outcome) for e in mine] == [
+        ("alice", "SubmitJob", "allowed"),
+        ("bob", "CancelJob", "refused"),
+        ("alice", "CancelJob", "allowed"),
+        ("anonymous", "CancelJob", "refused"),
+    ]
+    assert mine[1].reason.startswith("PERMISSION_DENIED: job") and "alice" in mine[1].reason
+    assert mine[3].reason.startswith("UNAUTHENTICATED")
+    assert all(e.peer.startswith(("ipv4:", "ipv6:")) for e in mine)
+    assert all(e.token_id.startswith("tok") for e in mine[:3])
+    # Nothing matrec stores, and nothing the audit command prints, holds a token's secret.
+    env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+    printed = subprocess.run(
+        [*CTL, "-c", secured.cluster.address, "--token", secured.admin, "audit", "--json",
+         "--since", "1h"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert job in printed.stdout
+    database = b"".join(
+        p.read_bytes() for p in (secured.cluster.workdir / "coordinator").glob("matrec.db*")
+    )
+    secrets = (secured.admin, secured.alice, secured.bob, secured.scripter)
+    for secret in secrets:
+        assert secret not in printed.stdout
+        assert secret.encode() not in database

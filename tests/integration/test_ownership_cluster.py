@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -195,6 +196,55 @@ def test_script_jobs_need_the_scripts_permission_and_a_host_that_allows_them(
         assert [t.agent_id for t in done.tasks] == [*allowing] and len(allowing) == 1
         assert marker.read_text() == "x"
         assert sum(e.kind == "waiting" for e in done.history) == 1
+
+
+def test_an_active_learning_project_records_who_did_what(
+    secured: Secured, small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    """alice trains and owns the project (and so its jobs); bob selects a batch and fires the
+    triggers by hand; scripter labels."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in sorted((small_dataset.path / "val").glob("*/*.png"))[:6]:
+        shutil.copy(image, pool / f"{image.parent.name}-{image.name}")
+    with secured.client(secured.admin) as admin:
+        if not any(a.state == "connected" for a in admin.list_agents()):
+            secured.start_agent(0, allow_scripts=False)
+    with (
+        secured.client(secured.alice) as alice,
+        secured.client(secured.bob) as bob,
+        secured.client(secured.scripter) as labeller,
+    ):
+        config = {"model": "resnet18", "image_size": 32, "dense_units": 16}
+        model = alice.wait(alice.submit_job(finetune_spec(small_dataset, 1, **config)).id, 300)
+        assert model.state == "succeeded", model.error
+        project = alice.create_learning_project(
+            {
+                "dataset_path": str(small_dataset.path),
+                "pool_path": str(pool),
+                "model_job_id": model.id,
+                "triggers": {"feedback_threshold": 1, "drift": False},
+            }
+        )
+        assert project.owner == "alice"
+        scoring = alice.wait(project.pool_scoring_job_id, 300)
+        assert scoring.state == "succeeded" and scoring.owner == "alice"
+        batch = bob.select_samples(project.id, 2)
+        assert batch.created_by == "bob"
+        sample = batch.candidates[0]
+        labelled, _ = labeller.record_feedback(batch.id, sample.sample_id, sample.predicted_class)
+        assert labelled.labelled_by == "scripter"
+        fired = bob.check_triggers(project.id)
+        assert [(t.kind, t.fired_by) for t in fired] == [("feedback_count", "bob")]
+        assert alice.get_batch(batch.id).candidates[0].labelled_by == "scripter"
+    env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+    shown = subprocess.run(
+        [*CTL, "-c", secured.cluster.address, "--token", secured.bob, "active-learning",
+         "status", project.id],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "owner" in shown.stdout and "alice" in shown.stdout
 
 
 def sleeper(seconds: float) -> dict[str, object]:

@@ -106,7 +106,7 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
     table.add_column("NAME")
     table.add_column("KIND", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
-    table.add_column("OWNER")
+    table.add_column("OWNER", no_wrap=True)
     table.add_column("ATTEMPTS", justify="right", no_wrap=True)
     table.add_column("CREATED", no_wrap=True)
     table.add_column("VAL ACC", justify="right", no_wrap=True)

@@ -59,8 +59,8 @@ def create(
 
 @tokens_app.command("list")
 def list_tokens(ctx: typer.Context) -> None:
-    """The tokens (never their secrets): id, name, role, permissions, who created and revoked
-    them, and when."""
+    """The tokens (never their secrets): id, name, role and permissions, when and by whom
+    created, and whether live, expiring or revoked (when, by whom)."""
     from matrec.sdk.ctl.render import format_time
     from rich.table import Table
 
@@ -70,19 +70,22 @@ def list_tokens(ctx: typer.Context) -> None:
     table.add_column("ID", no_wrap=True)
     table.add_column("NAME", no_wrap=True)
     # Narrow terminals fold these rather than cut the id or the name.
-    for title in ("ROLE", "CREATED", "EXPIRES", "REVOKED"):
+    for title in ("ROLE", "CREATED", "BY", "STATUS"):
         table.add_column(title, overflow="fold")
     for token in tokens:
-        revoked = format_time(token.revoked_at) if token.revoked_at else ""
-        if token.revoked_by:
-            revoked += f" by {token.revoked_by}"
+        if token.revoked_at:
+            status = f"revoked {format_time(token.revoked_at)} by {token.revoked_by or '?'}"
+        elif token.expires_at:
+            status = f"expires {format_time(token.expires_at)}"
+        else:
+            status = "live"
         table.add_row(
             token.id,
             token.name,
             " +".join((token.role, *token.permissions)),
-            f"{format_time(token.created_at)} by {token.created_by}",
-            format_time(token.expires_at) if token.expires_at else "never",
-            revoked,
+            format_time(token.created_at),
+            token.created_by,
+            status,
         )
     console.print(table)
 

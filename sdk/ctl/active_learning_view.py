@@ -107,9 +107,9 @@ def candidates_table(batch: LabellingBatch) -> Table:
     for _, title in measures:
         table.add_column(title, justify="right", no_wrap=True)
     if labelled:
+        table.add_column("LABELLER", no_wrap=True)
         table.add_column("LABEL", style="bold", no_wrap=True)
         table.add_column("LABELLED", no_wrap=True)
-        table.add_column("BY", no_wrap=True)
     for number, candidate in enumerate(batch.candidates, start=1):
         row: list[RenderableType] = [
             str(number),
@@ -120,9 +120,9 @@ def candidates_table(batch: LabellingBatch) -> Table:
         ]
         if labelled:
             row += [
+                Text(candidate.labelled_by if candidate.label else ""),
                 Text(candidate.label or "-"),
                 format_time(candidate.labelled_at) if candidate.label else "",
-                Text(candidate.labelled_by if candidate.label else ""),
             ]
         table.add_row(*row)
     return table

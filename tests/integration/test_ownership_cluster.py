@@ -159,6 +159,15 @@ def test_a_study_and_its_trial_jobs_belong_to_its_creator(
         assert refused.value.code == "PERMISSION_DENIED"
         cancelled = alice.cancel_study(study.id)
         assert (cancelled.state, cancelled.cancelled_by) == ("cancelled", "alice")
+    env = {k: v for k, v in os.environ.items() if k != "MATREC_TOKEN"}
+    shown = subprocess.run(
+        [*CTL, "-c", secured.cluster.address, "--token", secured.bob, "hpo", "show", study.id],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    owner_line = next(line for line in shown.stdout.splitlines() if " owner " in line)
+    assert "alice" in owner_line
+    assert any("cancelled by" in line and "alice" in line for line in shown.stdout.splitlines())
 
 
 def test_script_jobs_need_the_scripts_permission_and_a_host_that_allows_them(

@@ -117,3 +117,17 @@ def test_limits_are_stored_per_token(database_url: str, tmp_path: Path) -> None:
         assert store.count_queued_jobs_of_token("tok-other") == 0
     finally:
         store.close()
+
+
+def test_the_flags_of_this_feature(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matrec.agent.settings import parse_settings as agent_settings
+    from matrec.coordinator.settings import parse_settings as coordinator_settings
+
+    assert coordinator_settings(["--audit-retention-days", "7"]).audit_retention_days == 7.0
+    with pytest.raises(SystemExit):
+        coordinator_settings(["--audit-retention-days", "-1"])
+    monkeypatch.delenv("MATREC_ALLOW_SCRIPTS", raising=False)
+    assert not agent_settings([]).allow_scripts  # a shared host opts in
+    assert agent_settings(["--allow-scripts"]).allow_scripts
+    monkeypatch.setenv("MATREC_ALLOW_SCRIPTS", "1")
+    assert agent_settings([]).allow_scripts

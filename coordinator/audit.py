@@ -6,6 +6,7 @@ fill the database."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from matrec.coordinator import schema
 from matrec.coordinator.auth import caller, current_identity
+from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
 from matrec.coordinator.store import as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 #: The RPCs that change state (the rest only read): each call of one is logged.
 AUDITED_METHODS = frozenset(
@@ -218,12 +222,20 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             who, token_id = ANONYMOUS, None
         else:
             who, token_id = caller(context).name, None
-        self.audit.record(
-            who=who,
-            token_id=token_id,
-            method=method,
-            targets=target_ids(request, response),
-            peer=context.peer() or "",
-            outcome=outcome,
-            reason=reason,
-        )
+        targets = target_ids(request, response)
+        try:
+            self.audit.record(
+                who=who,
+                token_id=token_id,
+                method=method,
+                targets=targets,
+                peer=context.peer() or "",
+                outcome=outcome,
+                reason=reason,
+            )
+        except DATABASE_DOWN_ERRORS as error:
+            # The call's own answer stands; the entry goes to the log instead.
+            log.warning(
+                "audit entry not stored (database unreachable: %s): %s %s %s %s %s",
+                error, who, method, targets, outcome, reason,
+            )  # fmt: skip

@@ -3,7 +3,8 @@
 Every RPC of matrec's services has one required role in `METHOD_ROLES`; a method missing there
 is refused for everyone (a test walks the service descriptors, so a new RPC without a rule fails
 it). Health checking and reflection stay open for probes. Roles: `viewer` reads, `operator`
-also submits and cancels, `admin` also manages tokens; `agent` tokens may only speak the agent
+also submits and cancels its own jobs and studies, `admin` also manages and limits tokens,
+reads the audit log and cancels anyone's; `agent` tokens may only speak the agent
 protocol, as the agent named in the token. Tokens travel as `authorization: Bearer <token>`
 metadata; only their SHA-256 is stored; a revoked or expired token is refused on its next call
 (no cache). With authentication off (the default, for a coordinator on loopback) every call is

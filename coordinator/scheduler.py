@@ -12,7 +12,7 @@ from typing import Any
 from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.gangs import gang_size, place_gang
-from matrec.coordinator.limits import LimitStore, TokenUsage
+from matrec.coordinator.limits import LimitStore, TokenLimits, TokenUsage
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
@@ -224,7 +224,7 @@ class Scheduler:
         self,
         job: JobRecord,
         tasks: list[TaskRecord],
-        limits: dict[str, Any],
+        limits: dict[str, TokenLimits],
         usage: TokenUsage,
     ) -> bool:
         """Whether `tasks` of `job` may start under its token's limits; notes why not."""

@@ -146,6 +146,7 @@ class AgentDaemon:
                 agent_id=self.agent_id,
                 name=self.settings.name,
                 hostname=socket.gethostname(),
+                allow_scripts=self.settings.allow_scripts,
                 resources=common_pb2.Resources(
                     gpus=len(h.gpus), cpus=h.cpus, memory_bytes=h.memory_bytes
                 ),
@@ -251,6 +252,21 @@ class AgentDaemon:
                         task=assignment.task,
                         outcome=agents_pb2.TASK_OUTCOME_PREEMPTED,
                         error="agent is shutting down",
+                    )
+                )
+            )
+            return
+        if assignment.kind == "script" and not self.settings.allow_scripts:
+            # The coordinator sends none; this guards against one that does (an older one).
+            log.warning("task %s attempt %d refused: this agent does not run scripts", *key)
+            self.outbox.add(
+                agents_pb2.AgentMessage(
+                    result=agents_pb2.TaskResult(
+                        task=assignment.task,
+                        outcome=agents_pb2.TASK_OUTCOME_FAILED,
+                        error=f"agent {self.settings.name} does not run script tasks (it was "
+                        "not started with --allow-scripts)",
+                        permanent=True,
                     )
                 )
             )

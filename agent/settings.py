@@ -35,6 +35,7 @@ class AgentSettings:
     script_user: str = ""
     parent_fd: int | None = None
     parent_pid: int | None = None
+    allow_scripts: bool = False
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the agent's own user)",
     )
     add_parent_flags(parser)
+    parser.add_argument(
+        "--allow-scripts",
+        action="store_true",
+        default=_env("ALLOW_SCRIPTS", "") in ("1", "true", "yes"),
+        help="run `script` tasks: arbitrary programs of whoever may submit them, as this agent's "
+        "user (or --script-user); without it, script jobs never start here "
+        "[MATREC_ALLOW_SCRIPTS]",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -177,6 +186,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         script_user=args.script_user,
         parent_fd=args.parent_fd,
         parent_pid=args.parent_pid,
+        allow_scripts=args.allow_scripts,
     )
 
 

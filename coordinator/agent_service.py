@@ -105,6 +105,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 "cpus": request.resources.cpus,
                 "memory_bytes": request.resources.memory_bytes,
             },
+            allow_scripts=request.allow_scripts,
             gpus=[
                 {"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes, "uuid": g.uuid}
                 for g in request.gpus

@@ -3,11 +3,17 @@
 Every RPC of matrec's services has one required role in `METHOD_ROLES`; a method missing there
 is refused for everyone (a test walks the service descriptors, so a new RPC without a rule fails
 it). Health checking and reflection stay open for probes. Roles: `viewer` reads, `operator`
-also submits and cancels, `admin` also manages tokens; `agent` tokens may only speak the agent
+also submits and cancels its own jobs and studies, `admin` also manages and limits tokens,
+reads the audit log and cancels anyone's; `agent` tokens may only speak the agent
 protocol, as the agent named in the token. Tokens travel as `authorization: Bearer <token>`
 metadata; only their SHA-256 is stored; a revoked or expired token is refused on its next call
 (no cache). With authentication off (the default, for a coordinator on loopback) every call is
 let through.
+
+Every record a call makes carries its caller (`caller`): the token's name and id, else the
+subject of a verified client certificate (`cert:CN`), else `local`. Permissions widen a role:
+`scripts` lets an operator submit `script` jobs (code execution on agent hosts), `cancel-any`
+lets an operator cancel other callers' jobs and studies; admin tokens hold every permission.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
+from matrec.common.tls import peer_common_name
 from matrec.coordinator import schema
 from matrec.coordinator.rows import as_utc, new_id, utcnow
 
@@ -34,6 +41,9 @@ ROLE_INCLUDES: dict[str, frozenset[str]] = {
     "agent": frozenset({"agent"}),
 }
 TOKEN_PREFIX = "mtk_"
+PERMISSION_SCRIPTS = "scripts"
+PERMISSION_CANCEL_ANY = "cancel-any"
+PERMISSIONS = (PERMISSION_SCRIPTS, PERMISSION_CANCEL_ANY)
 
 METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.JobService/SubmitJob": "operator",
@@ -67,6 +77,8 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.TokenService/CreateToken": "admin",
     "/matrec.v1.TokenService/ListTokens": "admin",
     "/matrec.v1.TokenService/RevokeToken": "admin",
+    "/matrec.v1.TokenService/SetTokenLimits": "admin",
+    "/matrec.v1.TokenService/ListAuditEntries": "admin",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -76,6 +88,18 @@ class Identity:
     token_id: str
     name: str
     role: str
+    permissions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a call, as records store it."""
+
+    name: str
+    token_id: str | None = None
+
+
+LOCAL_CALLER = Caller("local")
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,9 @@ class TokenRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    permissions: tuple[str, ...] = ()
+    created_by: str = "unknown"
+    revoked_by: str | None = None
 
 
 #: The caller of the RPC being handled (None with authentication off).
@@ -103,18 +130,85 @@ def _record(row: sa.Row[Any]) -> TokenRecord:
     created = as_utc(m["created_at"])
     assert created is not None
     return TokenRecord(
-        m["id"], m["name"], m["role"], created, as_utc(m["expires_at"]), as_utc(m["revoked_at"])
+        m["id"],
+        m["name"],
+        m["role"],
+        created,
+        as_utc(m["expires_at"]),
+        as_utc(m["revoked_at"]),
+        tuple(p for p in m["permissions"].split(",") if p),
+        m["created_by"],
+        m["revoked_by"],
     )
+
+
+def caller(context: grpc.aio.ServicerContext) -> Caller:
+    """The caller of the RPC being handled (see the module's notes)."""
+    identity = current_identity.get()
+    if identity is not None:
+        return Caller(identity.name, identity.token_id)
+    common_name = peer_common_name(context.auth_context())
+    return Caller(f"cert:{common_name}") if common_name else LOCAL_CALLER
+
+
+def may_cancel(owner: str) -> bool:
+    """Whether the current caller may cancel a record `owner` made: its own (same token
+    name), or anyone's with `cancel-any` or the admin role, or anything with authentication
+    off."""
+    identity = current_identity.get()
+    return identity is None or identity.name == owner or has_permission(PERMISSION_CANCEL_ANY)
+
+
+async def refuse_foreign_cancel(context: grpc.aio.ServicerContext, what: str, owner: str) -> None:
+    """PERMISSION_DENIED unless the caller may cancel `what` (see `may_cancel`)."""
+    if not may_cancel(owner):
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{what} belongs to {owner!r}; only its owner, an admin or a token with the "
+            f"{PERMISSION_CANCEL_ANY!r} permission may cancel it",
+        )
+
+
+async def refuse_scripts_unless_allowed(context: grpc.aio.ServicerContext, kind: str) -> None:
+    """PERMISSION_DENIED for a `script` job unless the caller holds the `scripts` permission:
+    the right to fine-tune is not a shell on every GPU host."""
+    if kind == "script" and not has_permission(PERMISSION_SCRIPTS):
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"a script job runs a program on agent hosts; it needs a token with the "
+            f"{PERMISSION_SCRIPTS!r} permission (matrec-ctl tokens create --allow-scripts)",
+        )
+
+
+def has_permission(permission: str) -> bool:
+    """Whether the current caller holds `permission` (always, with authentication off)."""
+    identity = current_identity.get()
+    if identity is None or identity.role == "admin":
+        return True
+    return permission in identity.permissions
 
 
 class TokenStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def create(self, name: str, role: str, ttl: timedelta | None = None) -> tuple[TokenRecord, str]:
+    def create(
+        self,
+        name: str,
+        role: str,
+        ttl: timedelta | None = None,
+        *,
+        permissions: Sequence[str] = (),
+        created_by: str = "local",
+    ) -> tuple[TokenRecord, str]:
         """A new token and its secret (shown once; only its hash is stored)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+        unknown = sorted(set(permissions) - set(PERMISSIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown permission {', '.join(unknown)}; choose from: {', '.join(PERMISSIONS)}"
+            )
         if not name.strip():
             raise ValueError("a token needs a name (an agent token: the agent's name)")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -129,6 +223,8 @@ class TokenStore:
                     token_sha256=token_hash(secret),
                     created_at=now,
                     expires_at=now + ttl if ttl else None,
+                    permissions=",".join(sorted(set(permissions))),
+                    created_by=created_by,
                 )
             )
         record = self.get(token_id)
@@ -146,13 +242,13 @@ class TokenStore:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(sa.select(t).order_by(t.c.created_at))]
 
-    def revoke(self, token_id: str) -> TokenRecord | None:
+    def revoke(self, token_id: str, revoked_by: str = "local") -> TokenRecord | None:
         t = schema.tokens
         with self.engine.begin() as conn:
             conn.execute(
                 t.update()
                 .where(t.c.id == token_id, t.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
+                .values(revoked_at=utcnow(), revoked_by=revoked_by)
             )
         return self.get(token_id)
 
@@ -168,7 +264,7 @@ class TokenStore:
             return None
         if record.expires_at is not None and record.expires_at <= utcnow():
             return None
-        return Identity(record.id, record.name, record.role)
+        return Identity(record.id, record.name, record.role, frozenset(record.permissions))
 
     def has_live_admin(self) -> bool:
         t = schema.tokens
@@ -197,13 +293,23 @@ def allowed(role: str, required: str) -> bool:
 Behaviour = Callable[..., Any]
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+def _deny(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    identity: Identity | None = None,
+) -> Any:
+    """A handler that refuses the call (as `identity`, when the caller is known, for the
+    audit log)."""
+
     async def abort(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        current_identity.set(identity)
         await context.abort(code, message)
 
     async def abort_stream(
         request_or_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        current_identity.set(identity)
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -282,5 +388,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token {identity.name!r} has role {identity.role}; {method} needs {required}",
+                identity,
             )
         return _as(handler, identity)

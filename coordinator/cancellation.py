@@ -9,9 +9,14 @@ from matrec.v1 import agents_pb2
 
 
 def cancel_job(
-    store: Store, sessions: AgentSessions, notifier: JobNotifier, job_id: str, reason: str
+    store: Store,
+    sessions: AgentSessions,
+    notifier: JobNotifier,
+    job_id: str,
+    reason: str,
+    cancelled_by: str | None = None,
 ) -> None:
-    for task in store.request_cancel(job_id, reason):
+    for task in store.request_cancel(job_id, reason, cancelled_by):
         if task.agent_id:
             sessions.send(
                 task.agent_id,

@@ -88,6 +88,8 @@ def job(record: JobRecord) -> jobs_pb2.Job:
         tasks=[task(t) for t in record.tasks],
         result=struct(record.result),
         cancel_requested=record.cancel_requested,
+        owner=record.owner,
+        cancelled_by=record.cancelled_by or "",
     )
 
 
@@ -142,4 +144,5 @@ def agent(
         running_task_ids=running,
         version=record.version,
         usage=usage,
+        allow_scripts=record.allow_scripts,
     )

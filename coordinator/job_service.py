@@ -19,7 +19,9 @@ from matrec.coordinator.artifact_files import (
     read_chunks,
     readable_path,
 )
+from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
 from matrec.coordinator.cancellation import cancel_job
+from matrec.coordinator.limits import LimitStore
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
@@ -92,7 +94,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         notifier: JobNotifier,
         telemetry: CoordinatorTelemetry,
         policy: SubmitPolicy,
+        limits: LimitStore | None = None,
     ) -> None:
+        self.limits = limits
         self.telemetry = telemetry
         self.store = store
         self.sessions = sessions
@@ -123,6 +127,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         except SpecError as error:
             # Strictly before anything is stored: a rejected job leaves no trace.
             await abort_invalid(context, error)
+        await refuse_scripts_unless_allowed(context, spec.kind)
         limit = self.policy.max_queued_jobs
         if limit and self.store.count_jobs(JobState.QUEUED) >= limit:
             await context.abort(
@@ -130,6 +135,16 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 f"the queue is full: {limit} jobs are waiting (the coordinator's "
                 "--max-queued-jobs); submit again once some have started, or cancel queued ones",
             )
+        who = caller(context)
+        if who.token_id is not None and self.limits is not None:
+            own_limit = self.limits.get(who.token_id).max_queued_jobs
+            if own_limit and self.store.count_queued_jobs_of_token(who.token_id) >= own_limit:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"token {who.name!r} already has {own_limit} queued jobs, its limit "
+                    "max_queued_jobs (matrec-ctl tokens limit); submit again once some have "
+                    "started, or cancel queued ones",
+                )
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
         job = self.store.create_job(
@@ -140,8 +155,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             max_attempts=spec.max_attempts,
             artifact_root=self.policy.artifact_root,
             num_tasks=task_count(config),
+            owner=who.name,
+            owner_token_id=who.token_id,
         )
-        log.info("job %s submitted (%s)", job.id, job.kind)
+        log.info("job %s submitted (%s) by %s", job.id, job.kind, who.name)
         self.scheduler.wake()
         return jobs_pb2.SubmitJobResponse(job=convert.job(job))
 
@@ -164,7 +181,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         if request.limit < 0:
             await abort_invalid(context, SpecError("limit", "must be >= 0"))
         limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
-        jobs = self.store.list_jobs([s for s in states if s is not None], limit)
+        owner = caller(context).name if request.mine else request.owner or None
+        jobs = self.store.list_jobs([s for s in states if s is not None], limit, owner)
         return jobs_pb2.ListJobsResponse(jobs=[convert.job(j) for j in jobs])
 
     async def CancelJob(
@@ -176,8 +194,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job.id} already {job.state.value}; there is nothing to cancel",
             )
+        await refuse_foreign_cancel(context, f"job {job.id}", job.owner)
+        who = caller(context).name
         cancel_job(
-            self.store, self.sessions, self.notifier, job.id, request.reason or "cancelled by user"
+            self.store,
+            self.sessions,
+            self.notifier,
+            job.id,
+            request.reason or f"cancelled by {who}",
+            cancelled_by=who,
         )
         updated = self.store.get_job(job.id)
         assert updated is not None

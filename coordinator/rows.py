@@ -60,6 +60,8 @@ def insert_job(
     max_attempts: int,
     artifact_root: Path,
     num_tasks: int = 1,
+    owner: str = "local",
+    owner_token_id: str | None = None,
 ) -> str:
     """Insert a queued job, its tasks, parameters and first event in `conn`'s transaction (so
     that a caller can store something else atomically with it). Returns the job's id."""
@@ -74,6 +76,8 @@ def insert_job(
             state=JobState.QUEUED,
             max_attempts=max_attempts,
             created_at=now,
+            owner=owner,
+            owner_token_id=owner_token_id,
         )
     )
     for index in range(num_tasks):

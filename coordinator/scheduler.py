@@ -12,6 +12,7 @@ from typing import Any
 from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
 from matrec.coordinator.gangs import gang_size, place_gang
+from matrec.coordinator.limits import LimitStore, TokenLimits, TokenUsage
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rows import new_id
 from matrec.coordinator.sessions import AgentSessions
@@ -23,6 +24,10 @@ from matrec.v1 import agents_pb2
 log = logging.getLogger(__name__)
 
 RESOURCE_KEYS = ("gpus", "cpus", "memory_bytes")
+NO_SCRIPT_HOST = (
+    "waiting: no connected agent runs script tasks (start one with --allow-scripts or "
+    "MATREC_ALLOW_SCRIPTS=1)"
+)
 
 
 def free_resources(total: Mapping[str, Any], used: Mapping[str, float]) -> dict[str, float]:
@@ -81,8 +86,10 @@ class Scheduler:
         *,
         lease_ttl: float,
         tick: float = 1.0,
+        limits: LimitStore | None = None,
     ) -> None:
         self.availability = availability
+        self.limits = limits
         self._outages_handled = 0
         self.store = store
         self.sessions = sessions
@@ -93,6 +100,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         # Gang members already told to stop, so that they are told once.
         self._stopping: set[tuple[str, int]] = set()
+        # Why a queued job waits, as last written to its history (written once per reason).
+        self._waiting: dict[str, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -134,7 +143,14 @@ class Scheduler:
         used = used_by_agent(active)
         running = Counter(t.agent_id for t in active)
         available = {session.agent_id for session in sessions}
-        totals = {a.id: a.resources for a in self.store.list_agents() if a.id in available}
+        agents = [a for a in self.store.list_agents() if a.id in available]
+        totals = {a.id: a.resources for a in agents}
+        # Script tasks run arbitrary programs: only on hosts whose agent allows them.
+        script_totals = {a.id: a.resources for a in agents if a.allow_scripts}
+        limits = self.limits.all() if self.limits is not None else {}
+        usage = TokenUsage()
+        if limits:
+            usage = TokenUsage.of(active, self.store.job_owner_tokens(t.job_id for t in active))
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
@@ -145,9 +161,12 @@ class Scheduler:
             if owner is not None and gang_size(owner) > 1:
                 gangs[task.job_id].append(task)
                 continue
+            if owner is not None and not self._within_limits(owner, [task], limits, usage):
+                continue
+            hosts = self._hosts_for(owner, totals, script_totals)
             candidates = [
                 aid
-                for aid, total in totals.items()
+                for aid, total in hosts.items()
                 if fits(task.resources, free_resources(total, used[aid]))
             ]
             if not candidates:
@@ -160,18 +179,25 @@ class Scheduler:
             job = jobs[task.job_id]
             if job is None:
                 continue
+            if job.owner_token_id is not None:
+                usage.add(job.owner_token_id, [claimed])
             self._send_assignment(claimed, job, agent_id, used, running)
             assigned += 1
         for job_id, members in gangs.items():
             job = jobs[job_id]
             if job is None or len(members) < gang_size(job):
                 continue  # members still running are being handed back (supervise_gangs)
-            free = {aid: free_resources(total, used[aid]) for aid, total in totals.items()}
-            load = {aid: sum(used[aid].values()) + running[aid] for aid in totals}
+            if not self._within_limits(job, members, limits, usage):
+                continue
+            hosts = self._hosts_for(job, totals, script_totals)
+            free = {aid: free_resources(total, used[aid]) for aid, total in hosts.items()}
+            load = {aid: sum(used[aid].values()) + running[aid] for aid in hosts}
             placement = place_gang(members, free, fits, load)
             if placement is None:
                 continue
             gang_id = new_id("gang")
+            if job.owner_token_id is not None:
+                usage.add(job.owner_token_id, members)
             for task in members:
                 claimed = self.store.assign_task(task.id, placement[task.id], self.lease_ttl)
                 if claimed is None:
@@ -180,6 +206,44 @@ class Scheduler:
                 self._send_assignment(claimed, job, placement[task.id], used, running, gang)
                 assigned += 1
         return assigned
+
+    def _hosts_for(
+        self,
+        job: JobRecord | None,
+        totals: dict[str, dict[str, Any]],
+        script_totals: dict[str, dict[str, Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """The agents that may run `job`'s tasks; notes in its history why it waits when
+        none may."""
+        if job is None or job.kind != "script":
+            return totals
+        if not script_totals:
+            self._note_waiting(job.id, NO_SCRIPT_HOST)
+        return script_totals
+
+    def _within_limits(
+        self,
+        job: JobRecord,
+        tasks: list[TaskRecord],
+        limits: dict[str, TokenLimits],
+        usage: TokenUsage,
+    ) -> bool:
+        """Whether `tasks` of `job` may start under its token's limits; notes why not."""
+        token = job.owner_token_id
+        if token is None or token not in limits:
+            return True
+        refusal = usage.refusal(token, limits[token], tasks)
+        if refusal is None:
+            return True
+        self._note_waiting(job.id, f"waiting: {refusal} (matrec-ctl tokens limit)")
+        return False
+
+    def _note_waiting(self, job_id: str, reason: str) -> None:
+        if self._waiting.get(job_id) == reason:
+            return
+        self._waiting[job_id] = reason
+        self.store.add_job_event(job_id, "waiting", reason)
+        self.notifier.notify(job_id)
 
     def _send_assignment(
         self,
@@ -193,6 +257,7 @@ class Scheduler:
         for key in RESOURCE_KEYS:
             used[agent_id][key] += float(task.resources.get(key, 0) or 0)
         running[agent_id] += 1
+        self._waiting.pop(job.id, None)
         self.sessions.send(agent_id, assignment_message(task, job, gang))
         log.info("assigned %s attempt %d to agent %s", task.id, task.attempt, agent_id)
         self.notifier.notify(task.job_id)

@@ -10,6 +10,14 @@ metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
 
 
+def owner_columns() -> list[sa.Column[str]]:
+    """Who made the record: a token's name and id, a certificate's subject, or `local`."""
+    return [
+        sa.Column("owner", sa.String(200), nullable=False, server_default="unknown"),
+        sa.Column("owner_token_id", sa.String(64), nullable=True),
+    ]
+
+
 def job_ref(
     name: str = "job_id", *, optional: bool = False, primary_key: bool = False
 ) -> sa.Column[str]:
@@ -36,6 +44,8 @@ agents = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("registered_at", TS, nullable=False),
     sa.Column("last_seen_at", TS, nullable=False),
+    # Whether the agent's host runs `script` tasks (its --allow-scripts).
+    sa.Column("allow_scripts", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 training_jobs = sa.Table(
@@ -53,7 +63,10 @@ training_jobs = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("started_at", TS, nullable=True),
     sa.Column("finished_at", TS, nullable=True),
+    *owner_columns(),
+    sa.Column("cancelled_by", sa.String(200), nullable=True),
     sa.Index("ix_training_jobs_state_created", "state", "created_at"),
+    sa.Index("ix_training_jobs_owner", "owner"),
 )
 
 tasks = sa.Table(
@@ -163,6 +176,8 @@ studies = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("finished_at", TS, nullable=True),
     sa.Column("error", sa.Text, nullable=False, server_default=""),
+    *owner_columns(),
+    sa.Column("cancelled_by", sa.String(200), nullable=True),
     sa.Index("ix_studies_state", "state"),
 )
 
@@ -201,6 +216,7 @@ al_projects = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    *owner_columns(),
 )
 
 model_versions = sa.Table(
@@ -255,6 +271,7 @@ active_learning_batches = sa.Table(
         nullable=True,
     ),
     job_ref("scoring_job_id", optional=True),
+    sa.Column("created_by", sa.String(200), nullable=False, server_default="unknown"),
     sa.Index("ix_al_batches_project", "project_id"),
 )
 
@@ -275,6 +292,7 @@ active_learning_candidates = sa.Table(
     sa.Column("predicted_class", sa.String(128), nullable=True),
     sa.Column("label", sa.String(128), nullable=True),
     sa.Column("labelled_at", TS, nullable=True),
+    sa.Column("labelled_by", sa.String(200), nullable=True),
     sa.UniqueConstraint("batch_id", "sample_id", name="uq_al_candidate"),
 )
 
@@ -296,6 +314,39 @@ retraining_triggers = sa.Table(
     # What the trigger fired on (a model version, a scoring job): one trigger per kind and key.
     sa.Column("dedupe_key", sa.String(128), nullable=True),
     sa.UniqueConstraint("project_id", "kind", "dedupe_key", name="uq_trigger_key"),
+    # Who fired it by hand (CheckTriggers); empty when the monitor fired it.
+    sa.Column("fired_by", sa.String(200), nullable=True),
+)
+
+# Every state-changing call: who, what, from where, and whether it was allowed (never a secret).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", TS, nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("token_id", sa.String(64), nullable=True),
+    sa.Column("method", sa.String(128), nullable=False),
+    sa.Column("targets", sa.JSON, nullable=False),
+    sa.Column("peer", sa.String(200), nullable=False, server_default=""),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | refused
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_audit_log_time", "time"),
+    sa.Index("ix_audit_log_who_time", "who", "time"),
+)
+
+# Per-token bounds on what its jobs may hold (0: no bound).
+token_limits = sa.Table(
+    "token_limits",
+    metadata,
+    sa.Column(
+        "token_id", sa.String(64), sa.ForeignKey("tokens.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("max_running_tasks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_gpus", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_queued_jobs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_by", sa.String(200), nullable=False, server_default="unknown"),
+    sa.Column("updated_at", TS, nullable=False),
 )
 
 # API tokens: only a hash of each token is stored, never the token.
@@ -309,4 +360,8 @@ tokens = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=True),
     sa.Column("revoked_at", TS, nullable=True),
+    # Permissions beyond the role, comma-separated: scripts, cancel-any.
+    sa.Column("permissions", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_by", sa.String(200), nullable=False, server_default="unknown"),
+    sa.Column("revoked_by", sa.String(200), nullable=True),
 )

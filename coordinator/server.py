@@ -17,6 +17,7 @@ from matrec.coordinator.active_learning.projects import ProjectManager
 from matrec.coordinator.active_learning.service import ActiveLearningService
 from matrec.coordinator.active_learning.store import ActiveLearningStore
 from matrec.coordinator.agent_service import AgentService
+from matrec.coordinator.audit import AuditInterceptor, AuditLog
 from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
 from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
@@ -24,6 +25,7 @@ from matrec.coordinator.hpo.driver import StudyDriver
 from matrec.coordinator.hpo.study_service import StudyService
 from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_service import JobService, SubmitPolicy
+from matrec.coordinator.limits import LimitStore
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rate_limit import RateLimitInterceptor
 from matrec.coordinator.scheduler import Scheduler
@@ -91,8 +93,16 @@ class Coordinator:
         telemetry = CoordinatorTelemetry()
         notifier = JobNotifier()
         availability = DatabaseAvailability(self.health, SERVICE_NAMES, telemetry)
+        limits = LimitStore(store.engine)
+        audit = AuditLog(store.engine)
         scheduler = Scheduler(
-            store, self.sessions, notifier, telemetry, availability, lease_ttl=s.lease_ttl
+            store,
+            self.sessions,
+            notifier,
+            telemetry,
+            availability,
+            lease_ttl=s.lease_ttl,
+            limits=limits,
         )
         tokens = TokenStore(store.engine)
         if s.auth:
@@ -102,6 +112,8 @@ class Coordinator:
                 LatencyInterceptor(telemetry),
                 # Before auth: a flood of calls with bad tokens must not reach the token table.
                 RateLimitInterceptor(s.rate_limit, s.rate_burst),
+                # Outside auth: calls that authentication refuses are logged too.
+                AuditInterceptor(audit, auth=s.auth),
                 AuthInterceptor(tokens, enabled=s.auth),
                 DatabaseErrorInterceptor(),
             ],
@@ -109,7 +121,9 @@ class Coordinator:
             # Calls beyond this many in flight (streams included) get RESOURCE_EXHAUSTED.
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
-        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenService(tokens), server)
+        auth_pb2_grpc.add_TokenServiceServicer_to_server(
+            TokenService(tokens, limits, audit), server
+        )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(
                 store,
@@ -118,6 +132,7 @@ class Coordinator:
                 notifier,
                 telemetry,
                 SubmitPolicy(s.effective_artifact_root, s.check_paths, s.max_queued_jobs),
+                limits,
             ),
             server,
         )
@@ -173,9 +188,13 @@ class Coordinator:
             asyncio.create_task(study_driver.run()),
             asyncio.create_task(trigger_monitor.run()),
         ]
-        retention = MetricRetention(s.metric_max_points, s.metric_retention_days)
+        retention = MetricRetention(
+            s.metric_max_points,
+            s.metric_retention_days,
+            audit_retention_days=s.audit_retention_days,
+        )
         if retention.enabled:
-            self._background.append(asyncio.create_task(Housekeeper(store, retention).run()))
+            self._background.append(asyncio.create_task(Housekeeper(store, retention, audit).run()))
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -24,6 +24,7 @@ class CoordinatorSettings:
     check_paths: bool = True
     metric_max_points: int = 0
     metric_retention_days: float = 0.0
+    audit_retention_days: float = 0.0
     ready_file: Path | None = None
     log_level: str = "INFO"
     auth: bool = False
@@ -190,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "delete the metrics and log lines of jobs finished more than this many days ago; "
         "0 keeps them forever",
     )
+    _number_flag(
+        parser,
+        "--audit-retention-days",
+        float,
+        0.0,
+        "delete audit log entries older than this many days; 0 keeps them forever",
+    )
     parser.add_argument(
         "--no-check-paths",
         dest="check_paths",
@@ -250,6 +258,8 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
     args = build_parser().parse_args(argv)
     if args.metric_max_points < 0 or args.metric_retention_days < 0:
         build_parser().error("--metric-max-points and --metric-retention-days must be >= 0")
+    if args.audit_retention_days < 0:
+        build_parser().error("--audit-retention-days must be >= 0")
     if args.rate_limit < 0 or args.rate_burst < 0:
         build_parser().error("--rate-limit and --rate-burst must be >= 0")
     if args.max_queued_jobs < 0 or args.max_concurrent_rpcs < 0:
@@ -279,6 +289,7 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         check_paths=args.check_paths,
         metric_max_points=args.metric_max_points,
         metric_retention_days=args.metric_retention_days,
+        audit_retention_days=args.audit_retention_days,
         ready_file=optional_absolute_path(args.ready_file),
         log_level=args.log_level,
         auth=args.auth,

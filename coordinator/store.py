@@ -74,6 +74,9 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     tasks: list[TaskRecord] = field(default_factory=list)
+    owner: str = "unknown"
+    owner_token_id: str | None = None
+    cancelled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class AgentRecord:
     gpus: list[dict[str, Any]]
     state: AgentState
     last_seen_at: datetime
+    allow_scripts: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
         started_at=as_utc(m["started_at"]),
         finished_at=as_utc(m["finished_at"]),
         tasks=tasks,
+        owner=m["owner"],
+        owner_token_id=m["owner_token_id"],
+        cancelled_by=m["cancelled_by"],
     )
 
 
@@ -192,6 +199,7 @@ def _agent(row: sa.Row[Any]) -> AgentRecord:
         gpus=list(m["gpus"]),
         state=AgentState(m["state"]),
         last_seen_at=seen,
+        allow_scripts=bool(m["allow_scripts"]),
     )
 
 
@@ -245,6 +253,8 @@ class Store:
         max_attempts: int,
         artifact_root: Path,
         num_tasks: int = 1,
+        owner: str = "local",
+        owner_token_id: str | None = None,
     ) -> JobRecord:
         with self.engine.begin() as conn:
             job_id = insert_job(
@@ -256,6 +266,8 @@ class Store:
                 max_attempts=max_attempts,
                 artifact_root=artifact_root,
                 num_tasks=num_tasks,
+                owner=owner,
+                owner_token_id=owner_token_id,
             )
         job = self.get_job(job_id)
         assert job is not None
@@ -281,12 +293,16 @@ class Store:
         ]
         return _job(row, tasks)
 
-    def list_jobs(self, states: Sequence[JobState] = (), limit: int = 100) -> list[JobRecord]:
+    def list_jobs(
+        self, states: Sequence[JobState] = (), limit: int = 100, owner: str | None = None
+    ) -> list[JobRecord]:
         """Newest first, with their tasks: two queries, whatever the number of jobs."""
         j, t = schema.training_jobs, schema.tasks
         query = sa.select(j).order_by(j.c.created_at.desc(), j.c.id)
         if states:
             query = query.where(j.c.state.in_([str(s) for s in states]))
+        if owner is not None:
+            query = query.where(j.c.owner == owner)
         with self.engine.connect() as conn:
             rows = list(conn.execute(query.limit(limit)))
             tasks: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
@@ -297,6 +313,26 @@ class Store:
                     tasks[task_row.job_id].append(_task(task_row))
         return [_job(row, tasks[row.id]) for row in rows]
 
+    def job_owner_tokens(self, job_ids: Iterable[str]) -> dict[str, str | None]:
+        """The token each job was submitted with (None: no token, e.g. authentication off)."""
+        j = schema.training_jobs
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(j.c.id, j.c.owner_token_id).where(j.c.id.in_(ids)))
+            return {r.id: r.owner_token_id for r in rows}
+
+    def count_queued_jobs_of_token(self, token_id: str) -> int:
+        j = schema.training_jobs
+        query = (
+            sa.select(sa.func.count())
+            .select_from(j)
+            .where(j.c.state == str(JobState.QUEUED), j.c.owner_token_id == token_id)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def count_jobs(self, state: JobState | None = None) -> int:
         """All jobs, or those in `state` (an index lookup, for the submit path)."""
         j = schema.training_jobs
@@ -306,16 +342,18 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def request_cancel(self, job_id: str, reason: str) -> list[TaskRecord]:
-        """Mark a job cancelled-on-request; cancel its queued tasks now. Returns the active tasks
-        whose agents must be told to stop."""
+    def request_cancel(
+        self, job_id: str, reason: str, cancelled_by: str | None = None
+    ) -> list[TaskRecord]:
+        """Mark a job cancelled-on-request (by `cancelled_by`, when a caller asked); cancel its
+        queued tasks now. Returns the active tasks whose agents must be told to stop."""
         t = schema.tasks
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(
                 schema.training_jobs.update()
                 .where(schema.training_jobs.c.id == job_id)
-                .values(cancel_requested=True)
+                .values(cancel_requested=True, cancelled_by=cancelled_by)
             )
             conn.execute(
                 t.update()
@@ -661,6 +699,10 @@ class Store:
 
     # ---- history, metrics, logs ---------------------------------------------------------------
 
+    def add_job_event(self, job_id: str, kind: str, message: str) -> None:
+        with self.engine.begin() as conn:
+            add_event(conn, job_id, kind, message)
+
     def history(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
         e = schema.job_events
         with self.engine.connect() as conn:
@@ -757,6 +799,7 @@ class Store:
         version: str,
         resources: dict[str, Any],
         gpus: list[dict[str, Any]],
+        allow_scripts: bool = False,
     ) -> AgentRecord:
         a = schema.agents
         now = utcnow()
@@ -767,6 +810,7 @@ class Store:
             "resources": resources,
             "gpus": gpus,
             "last_seen_at": now,
+            "allow_scripts": allow_scripts,
         }
         with self.engine.begin() as conn:
             updated = conn.execute(a.update().where(a.c.id == agent_id).values(**values))

@@ -65,6 +65,15 @@ API_VIEWS = {
     FROM {private}.trials;""",
 }
 
+#: Views a later revision widens (new columns go last, as CREATE OR REPLACE VIEW requires).
+VIEW_CHANGES = {
+    "0005": """-- Who submitted each job: a token's name (never its secret), `local` or `unknown`.
+CREATE OR REPLACE VIEW {api}.jobs AS
+    SELECT id, name, kind, state, created_at, started_at, finished_at, error,
+           (result ->> 'val_accuracy')::double precision AS val_accuracy, owner
+    FROM {private}.training_jobs;""",
+}
+
 #: Realtime: dashboards may subscribe to new progress rows (and may read only those).
 REALTIME = {
     "training_progress": """GRANT SELECT ON {private}.training_progress TO anon, authenticated;
@@ -145,6 +154,9 @@ def generate(out: Path) -> list[Path]:
         ddl = revision_sql(rev.revision, rev.down_revision)  # type: ignore[arg-type]
         text = HEADER.format(revision=rev.revision, message=rev.doc, private=PRIVATE_SCHEMA) + ddl
         text += supabase_sql(table_names(ddl), first=number == 0)
+        if rev.revision in VIEW_CHANGES:
+            names = {"private": PRIVATE_SCHEMA, "api": API_SCHEMA}
+            text += VIEW_CHANGES[rev.revision].format(**names) + "\n"
         slug = rev.doc.lower().replace(" ", "_")
         path = out / "migrations" / f"{TIMESTAMP_BASE + number}_matrec_{rev.revision}_{slug}.sql"
         path.write_text(text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from matrec.sdk.address import default_address, default_tls, default_token
 from matrec.sdk.convert import (
     agent_from_proto,
     artifact_from_proto,
+    audit_entry_from_proto,
     batch_from_proto,
     candidate_from_proto,
     cluster_snapshot_from_proto,
@@ -50,6 +52,7 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    AuditEntry,
     Candidate,
     ClusterSnapshot,
     Job,
@@ -220,10 +223,21 @@ class Client:
         response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return job_from_proto(response.job, list(response.history))
 
-    def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs, optionally only those in `states` (e.g. ``["running", "queued"]``)."""
+    def list_jobs(
+        self,
+        states: Sequence[str] | None = None,
+        limit: int = 100,
+        *,
+        owner: str = "",
+        mine: bool = False,
+    ) -> list[Job]:
+        """Jobs, optionally only those in `states` (e.g. ``["running", "queued"]``), of `owner`
+        (a token's name), or the caller's own (`mine`)."""
         request = jobs_pb2.ListJobsRequest(
-            states=[job_state_to_proto(state) for state in states or ()], limit=limit
+            states=[job_state_to_proto(state) for state in states or ()],
+            limit=limit,
+            owner=owner,
+            mine=mine,
         )
         response = self._call(self._stub.ListJobs, request)
         return [job_from_proto(job) for job in response.jobs]
@@ -378,12 +392,17 @@ class Client:
 
     # ---- API tokens (admin) -------------------------------------------------------------------
 
-    def create_token(self, name: str, role: str, ttl_seconds: int = 0) -> tuple[ApiToken, str]:
+    def create_token(
+        self, name: str, role: str, ttl_seconds: int = 0, *, permissions: Sequence[str] = ()
+    ) -> tuple[ApiToken, str]:
         """A new token and its secret, which is shown only now. Roles: viewer, operator, admin,
-        agent (then `name` is the agent's name)."""
+        agent (then `name` is the agent's name). Permissions beyond the role: `scripts`,
+        `cancel-any`."""
         response = self._call(
             self._tokens.CreateToken,
-            auth_pb2.CreateTokenRequest(name=name, role=role, ttl_seconds=ttl_seconds),
+            auth_pb2.CreateTokenRequest(
+                name=name, role=role, ttl_seconds=ttl_seconds, permissions=list(permissions)
+            ),
         )
         return token_from_proto(response.token), response.secret
 
@@ -397,6 +416,34 @@ class Client:
             self._tokens.RevokeToken, auth_pb2.RevokeTokenRequest(token_id=token_id)
         )
         return token_from_proto(response.token)
+
+    def set_token_limits(
+        self,
+        token_id: str,
+        *,
+        max_running_tasks: int = 0,
+        max_gpus: int = 0,
+        max_queued_jobs: int = 0,
+    ) -> ApiToken:
+        """Bound what the token's jobs may hold at once (0: no bound); replaces its limits."""
+        limits = auth_pb2.TokenLimits(
+            max_running_tasks=max_running_tasks, max_gpus=max_gpus, max_queued_jobs=max_queued_jobs
+        )
+        response = self._call(
+            self._tokens.SetTokenLimits,
+            auth_pb2.SetTokenLimitsRequest(token_id=token_id, limits=limits),
+        )
+        return token_from_proto(response.token)
+
+    def audit_log(
+        self, since: datetime | None = None, who: str = "", limit: int = 1000
+    ) -> list[AuditEntry]:
+        """The newest `limit` audit entries (at or after `since`, of `who`), oldest first."""
+        request = auth_pb2.ListAuditEntriesRequest(who=who, limit=limit)
+        if since is not None:
+            request.since.FromDatetime(since)
+        response = self._call(self._tokens.ListAuditEntries, request)
+        return [audit_entry_from_proto(e) for e in response.entries]
 
     # ---- hyperparameter studies ---------------------------------------------------------------
 

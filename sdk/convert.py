@@ -14,6 +14,7 @@ from matrec.sdk.types import (
     Agent,
     ApiToken,
     Artifact,
+    AuditEntry,
     Candidate,
     ClusterSnapshot,
     GpuInfo,
@@ -35,6 +36,7 @@ from matrec.sdk.types import (
     RetrainingTrigger,
     Study,
     Task,
+    TokenLimits,
     Trial,
     WatchEvent,
 )
@@ -111,6 +113,8 @@ def job_from_proto(msg: jobs_pb2.Job, history: list[jobs_pb2.JobEvent] | None = 
         result=struct_to_dict(msg.result),
         cancel_requested=msg.cancel_requested,
         history=[job_event_from_proto(event) for event in history or ()],
+        owner=msg.owner,
+        cancelled_by=msg.cancelled_by,
     )
 
 
@@ -160,6 +164,7 @@ def agent_from_proto(msg: jobs_pb2.Agent) -> Agent:
             if msg.HasField("usage")
             else None
         ),
+        allow_scripts=msg.allow_scripts,
     )
 
 
@@ -210,6 +215,8 @@ def study_from_proto(msg: studies_pb2.Study) -> Study:
         error=msg.error,
         trials=[trial_from_proto(t, int_params) for t in msg.trials],
         best_trial_number=msg.best_trial if msg.HasField("best_trial") else None,
+        owner=msg.owner,
+        cancelled_by=msg.cancelled_by,
     )
 
 
@@ -255,6 +262,26 @@ def token_from_proto(msg: auth_pb2.Token) -> ApiToken:
         created_at=_time(msg, "created_at"),
         expires_at=_time(msg, "expires_at"),
         revoked_at=_time(msg, "revoked_at"),
+        permissions=tuple(msg.permissions),
+        created_by=msg.created_by,
+        revoked_by=msg.revoked_by,
+        limits=TokenLimits(
+            msg.limits.max_running_tasks, msg.limits.max_gpus, msg.limits.max_queued_jobs
+        ),
+    )
+
+
+def audit_entry_from_proto(msg: auth_pb2.AuditEntry) -> AuditEntry:
+    return AuditEntry(
+        id=msg.id,
+        time=_time(msg, "time"),
+        who=msg.who,
+        token_id=msg.token_id,
+        method=msg.method,
+        targets=dict(msg.targets),
+        peer=msg.peer,
+        outcome=msg.outcome,
+        reason=msg.reason,
     )
 
 
@@ -267,6 +294,7 @@ def candidate_from_proto(msg: active_learning_pb2.Candidate) -> Candidate:
         predicted_class=msg.predicted_class,
         label=msg.label or None,
         labelled_at=_time(msg, "labelled_at"),
+        labelled_by=msg.labelled_by,
     )
 
 
@@ -282,6 +310,7 @@ def batch_from_proto(msg: active_learning_pb2.Batch) -> LabellingBatch:
         candidates=[candidate_from_proto(c) for c in msg.candidates],
         labelled=msg.labelled,
         size=msg.size,
+        created_by=msg.created_by,
     )
 
 
@@ -294,6 +323,7 @@ def trigger_from_proto(msg: active_learning_pb2.Trigger) -> RetrainingTrigger:
         fired_at=_time(msg, "fired_at"),
         details=struct_to_dict(msg.details),
         job_id=msg.job_id,
+        fired_by=msg.fired_by,
     )
 
 
@@ -322,4 +352,5 @@ def project_from_proto(msg: active_learning_pb2.Project) -> LearningProject:
         pool_scoring_job_id=msg.pool_scoring_job_id,
         reference_scoring_job_id=msg.reference_scoring_job_id,
         last_trained_at=_time(msg, "last_trained_at"),
+        owner=msg.owner,
     )

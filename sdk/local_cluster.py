@@ -116,6 +116,9 @@ class LocalCluster:
     them. Those still unfinished are cancelled when the cluster stops, and, at its first start,
     those a previous starter left behind (it was killed), instead of resuming ahead of new work.
     Only for a database of the cluster's own: every unfinished job in it is cancelled.
+
+    `allow_scripts`: the agents run `script` tasks (the embedded default: one user's own
+    machine); agents started later follow the attribute's value then.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class LocalCluster:
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
         owns_jobs: bool = False,
+        allow_scripts: bool = True,
     ) -> None:
         self.workdir = absolute_path(workdir)
         self.agent_count = agents
@@ -142,6 +146,7 @@ class LocalCluster:
         self.agent_name_prefix = agent_name_prefix
         self.coordinator_args = list(coordinator_args)
         self.agent_args = list(agent_args)
+        self.allow_scripts = allow_scripts
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -312,6 +317,8 @@ class LocalCluster:
         ]  # fmt: skip
         if self.agent_gpus is not None:
             args += ["--gpus", str(self.agent_gpus)]
+        if self.allow_scripts:
+            args.append("--allow-scripts")
         args += self.agent_args
         self._agents[index] = self._spawn(self.agent_name(index), AGENT_MODULE, args)
 

@@ -77,6 +77,10 @@ class Job:
     cancel_requested: bool
     #: Filled by `Client.get_job`; empty where the coordinator sends the job alone.
     history: list[JobEvent] = field(default_factory=list)
+    #: Who submitted it: a token's name, `cert:CN`, `local` (no auth) or `unknown` (older jobs).
+    owner: str = ""
+    #: Who cancelled it ("" unless a caller did).
+    cancelled_by: str = ""
 
     @property
     def name(self) -> str:
@@ -137,6 +141,8 @@ class Agent:
     version: str
     #: From the agent's latest heartbeat; None while it is disconnected.
     usage: ResourceUsage | None = None
+    #: It runs `script` tasks (started with --allow-scripts).
+    allow_scripts: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,9 @@ class Study:
     error: str
     trials: list[Trial]
     best_trial_number: int | None
+    #: Who created it (see `Job.owner`); its trials' jobs carry the same owner.
+    owner: str = ""
+    cancelled_by: str = ""
 
     @property
     def objective(self) -> str:
@@ -279,6 +288,32 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class TokenLimits:
+    """What one token's jobs may hold at once; 0 means no bound."""
+
+    max_running_tasks: int = 0
+    max_gpus: int = 0
+    max_queued_jobs: int = 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One state-changing call: who (a token's name, `cert:CN`, `local`, `anonymous`), the
+    RPC, the ids it named or made, the caller's address, and `allowed` or `refused` (with the
+    status code and message as `reason`)."""
+
+    id: int
+    time: datetime | None
+    who: str
+    token_id: str
+    method: str
+    targets: dict[str, str]
+    peer: str
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ApiToken:
     """An API token as the coordinator lists it (never the secret itself)."""
 
@@ -288,6 +323,11 @@ class ApiToken:
     created_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    #: Beyond the role: `scripts`, `cancel-any`.
+    permissions: tuple[str, ...] = ()
+    created_by: str = ""
+    revoked_by: str = ""
+    limits: TokenLimits = TokenLimits()
 
 
 # ---- active learning ----------------------------------------------------------------------------
@@ -306,6 +346,7 @@ class Candidate:
     predicted_class: str
     label: str | None
     labelled_at: datetime | None
+    labelled_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,6 +363,7 @@ class LabellingBatch:
     candidates: list[Candidate]
     labelled: int
     size: int
+    created_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -350,6 +392,8 @@ class RetrainingTrigger:
     fired_at: datetime | None
     details: dict[str, Any]
     job_id: str
+    #: Who fired it by hand ("" when the monitor did).
+    fired_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -367,6 +411,7 @@ class LearningProject:
     pool_scoring_job_id: str
     reference_scoring_job_id: str
     last_trained_at: datetime | None
+    owner: str = ""
 
     @property
     def current(self) -> ModelVersion | None:

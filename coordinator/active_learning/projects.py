@@ -141,7 +141,9 @@ class ProjectManager:
 
     # Create and score
 
-    def create(self, spec: ProjectSpecModel) -> ProjectRecord:
+    def create(
+        self, spec: ProjectSpecModel, owner: str = "local", owner_token_id: str | None = None
+    ) -> ProjectRecord:
         model_job = self.store.get_job(spec.model_job_id)
         if model_job is None:
             raise ProjectError("invalid", f"job {spec.model_job_id!r} not found", "model_job_id")
@@ -160,6 +162,8 @@ class ProjectManager:
             spec,
             float(accuracy) if isinstance(accuracy, int | float) else None,
             model_job.finished_at or utcnow(),
+            owner,
+            owner_token_id,
         )
         self._score(project, 1, str(result["model_path"]), roles=("reference", "pool"))
         return project
@@ -224,6 +228,7 @@ class ProjectManager:
         strategy: str,
         class_balance: bool,
         seed: int,
+        created_by: str = "local",
     ) -> BatchRecord:
         strategy = strategy or project.spec.strategy
         if count < 1:
@@ -279,7 +284,12 @@ class ProjectManager:
         ]
         current = _current_version(self.projects.versions(project.id))
         return self.projects.create_batch(
-            project.id, strategy, scoring.job_id, current.job_id if current else None, candidates
+            project.id,
+            strategy,
+            scoring.job_id,
+            current.job_id if current else None,
+            candidates,
+            created_by,
         )
 
     def check_label(self, project: ProjectRecord, label: str, add_class: bool) -> None:
@@ -296,9 +306,12 @@ class ProjectManager:
 
     # Triggers and retraining
 
-    def check_triggers(self, project: ProjectRecord) -> list[TriggerRecord]:
-        """Evaluate the project's triggers; store and return those that fire now. Nothing fires
-        while a retraining job is queued or running."""
+    def check_triggers(
+        self, project: ProjectRecord, fired_by: str | None = None
+    ) -> list[TriggerRecord]:
+        """Evaluate the project's triggers; store and return those that fire now (`fired_by`:
+        the caller who asked, None for the monitor). Nothing fires while a retraining job is
+        queued or running."""
         status = self.status(project)
         current = status.current
         if _retraining(status.versions) or current is None:
@@ -317,6 +330,7 @@ class ProjectManager:
                         "threshold": policy.feedback_threshold,
                         "version": current.version,
                     },
+                    fired_by=fired_by,
                 )
             )
         age = (utcnow() - _trained_at(current)).total_seconds()
@@ -331,6 +345,7 @@ class ProjectManager:
                         "max_age_seconds": policy.max_age_seconds,
                         "version": current.version,
                     },
+                    fired_by=fired_by,
                 )
             )
         pool = self.newest_scores(project, "pool")
@@ -352,12 +367,15 @@ class ProjectManager:
                                 "samples": len(scores.sample_ids),
                                 "scoring_job_id": scoring.job_id,
                             },
+                            fired_by=fired_by,
                         )
                     )
             reference = self.newest_scores(project, "reference")
             if policy.drift and reference is not None and reference[0].version == current.version:
                 fired.append(
-                    self._drift(project, reference[1], scoring, scores, policy.drift_alpha)
+                    self._drift(
+                        project, reference[1], scoring, scores, policy.drift_alpha, fired_by
+                    )
                 )
         return [t for t in fired if t is not None]
 
@@ -368,6 +386,7 @@ class ProjectManager:
         scoring: ScoringRecord,
         scores: PoolScores,
         alpha: float,
+        fired_by: str | None,
     ) -> TriggerRecord | None:
         # The kernel test's cost grows with the square of both sizes: a seeded sample of each.
         ref_rows, new_rows = _sample_rows(reference), _sample_rows(scores)
@@ -385,7 +404,9 @@ class ProjectManager:
         if not report.drifted:
             return None
         details = report.to_dict() | {"scoring_job_id": scoring.job_id}
-        return self.projects.fire_trigger(project.id, "drift", scoring.job_id, details)
+        return self.projects.fire_trigger(
+            project.id, "drift", scoring.job_id, details, fired_by=fired_by
+        )
 
     def retrain_if_automatic(self, project: ProjectRecord) -> tuple[str, int] | None:
         """For a project with triggers.auto_retrain: retrain for its oldest trigger still

@@ -25,6 +25,7 @@ from matrec.coordinator.active_learning.store import (
     TriggerRecord,
     VersionRecord,
 )
+from matrec.coordinator.auth import caller
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler
 from matrec.v1 import active_learning_pb2 as pb
@@ -49,6 +50,7 @@ def candidate_to_proto(record: CandidateRecord) -> pb.Candidate:
         predicted_class=record.predicted_class or "",
         label=record.label or "",
         labelled_at=convert.timestamp(record.labelled_at),
+        labelled_by=record.labelled_by or "",
     )
 
 
@@ -64,6 +66,7 @@ def batch_to_proto(record: BatchRecord) -> pb.Batch:
         candidates=[candidate_to_proto(c) for c in record.candidates],
         labelled=record.labelled,
         size=record.size,
+        created_by=record.created_by,
     )
 
 
@@ -76,6 +79,7 @@ def trigger_to_proto(record: TriggerRecord) -> pb.Trigger:
         fired_at=convert.timestamp(record.fired_at),
         details=convert.struct(record.details),
         job_id=record.job_id or "",
+        fired_by=record.fired_by or "",
     )
 
 
@@ -100,6 +104,7 @@ def project_to_proto(status: ProjectStatus) -> pb.Project:
         id=project.id,
         spec=convert.struct(project.spec.model_dump(mode="json")),
         created_at=convert.timestamp(project.created_at),
+        owner=project.owner,
         current_version=current.version if current else 0,
         versions=[version_to_proto(v) for v in status.versions],
         classes=status.classes,
@@ -146,7 +151,8 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
         except SpecError as error:
             await abort_invalid(context, error)
         try:
-            project = self.manager.create(spec)
+            who = caller(context)
+            project = self.manager.create(spec, who.name, who.token_id)
         except ProjectError as error:
             await _abort(context, error)
         log.info("active-learning project %s created (model %s)", project.id, spec.model_job_id)
@@ -188,7 +194,12 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
             )
         try:
             batch = self.manager.select(
-                project, request.count, request.strategy, request.class_balance, request.seed
+                project,
+                request.count,
+                request.strategy,
+                request.class_balance,
+                request.seed,
+                caller(context).name,
             )
         except ProjectError as error:
             await _abort(context, error)
@@ -232,7 +243,11 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
         try:
             self.manager.check_label(project, request.label, request.add_class)
             candidate, changed, state = self.manager.projects.record_feedback(
-                request.batch_id, request.sample_id, request.label, request.overwrite
+                request.batch_id,
+                request.sample_id,
+                request.label,
+                request.overwrite,
+                caller(context).name,
             )
         except ProjectError as error:
             await _abort(context, error)
@@ -254,7 +269,7 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
     ) -> pb.CheckTriggersResponse:
         project = await self._project(request.project_id, context)
         self.manager.settle(project)
-        fired = self.manager.check_triggers(project)
+        fired = self.manager.check_triggers(project, caller(context).name)
         try:
             if self.manager.retrain_if_automatic(project) is not None:
                 self.scheduler.wake()

@@ -42,6 +42,8 @@ class ProjectRecord:
     name: str
     spec: ProjectSpecModel
     created_at: datetime
+    owner: str = "unknown"
+    owner_token_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class CandidateRecord:
     predicted_class: str | None
     label: str | None
     labelled_at: datetime | None
+    labelled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class BatchRecord:
     candidates: list[CandidateRecord] = field(default_factory=list)
     labelled: int = 0
     size: int = 0
+    created_by: str = "unknown"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class TriggerRecord:
     fired_at: datetime
     details: dict[str, Any]
     job_id: str | None
+    fired_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,13 @@ def _job_columns() -> list[sa.ColumnElement[Any]]:
     ]
 
 
-def _insert_spec(conn: sa.Connection, job_spec: dict[str, Any], artifact_root: Path) -> str:
-    """Queue a job from a stored spec (as parse_job_spec produced it) in `conn`'s transaction."""
+def _insert_spec(
+    conn: sa.Connection, project_id: str, job_spec: dict[str, Any], artifact_root: Path
+) -> str:
+    """Queue a job from a stored spec (as parse_job_spec produced it) in `conn`'s transaction.
+    The jobs a project makes belong to the project's owner, whoever asked for them."""
+    p = schema.al_projects
+    owner = conn.execute(sa.select(p.c.owner, p.c.owner_token_id).where(p.c.id == project_id)).one()
     return insert_job(
         conn,
         name=job_spec["name"],
@@ -145,6 +155,8 @@ def _insert_spec(conn: sa.Connection, job_spec: dict[str, Any], artifact_root: P
         resources=job_spec["resources"],
         max_attempts=job_spec["max_attempts"],
         artifact_root=artifact_root,
+        owner=owner.owner,
+        owner_token_id=owner.owner_token_id,
     )
 
 
@@ -155,7 +167,12 @@ class ActiveLearningStore:
     # Projects and versions
 
     def create_project(
-        self, spec: ProjectSpecModel, model_val_accuracy: float | None, trained_at: datetime
+        self,
+        spec: ProjectSpecModel,
+        model_val_accuracy: float | None,
+        trained_at: datetime,
+        owner: str = "local",
+        owner_token_id: str | None = None,
     ) -> ProjectRecord:
         project_id = new_id("alp")
         now = utcnow()
@@ -166,6 +183,8 @@ class ActiveLearningStore:
                     name=spec.name or project_id,
                     spec=spec.model_dump(mode="json"),
                     created_at=now,
+                    owner=owner,
+                    owner_token_id=owner_token_id,
                 )
             )
             conn.execute(
@@ -202,6 +221,8 @@ class ActiveLearningStore:
             name=m["name"],
             spec=ProjectSpecModel.model_validate(m["spec"]),
             created_at=as_utc(m["created_at"]) or utcnow(),
+            owner=m["owner"],
+            owner_token_id=m["owner_token_id"],
         )
 
     def versions(self, project_id: str) -> list[VersionRecord]:
@@ -252,7 +273,7 @@ class ActiveLearningStore:
                 sa.select(sa.func.max(v.c.version)).where(v.c.project_id == project_id)
             ).scalar_one()
             version = int(latest or 0) + 1
-            job_id = _insert_spec(conn, job_spec, artifact_root)
+            job_id = _insert_spec(conn, project_id, job_spec, artifact_root)
             conn.execute(
                 v.insert().values(
                     project_id=project_id,
@@ -282,7 +303,7 @@ class ActiveLearningStore:
         version: int,
     ) -> str:
         with self.engine.begin() as conn:
-            job_id = _insert_spec(conn, job_spec, artifact_root)
+            job_id = _insert_spec(conn, project_id, job_spec, artifact_root)
             conn.execute(
                 schema.al_scorings.insert().values(
                     project_id=project_id,
@@ -324,6 +345,7 @@ class ActiveLearningStore:
         scoring_job_id: str,
         model_job_id: str | None,
         candidates: list[CandidateRecord],
+        created_by: str = "local",
     ) -> BatchRecord:
         batch_id = new_id("alb")
         with self.engine.begin() as conn:
@@ -336,6 +358,7 @@ class ActiveLearningStore:
                     strategy=strategy,
                     state=BATCH_OPEN,
                     created_at=utcnow(),
+                    created_by=created_by,
                 )
             )
             conn.execute(
@@ -404,6 +427,7 @@ class ActiveLearningStore:
             candidates=candidates,
             labelled=labelled,
             size=size,
+            created_by=m["created_by"],
         )
 
     @staticmethod
@@ -417,10 +441,16 @@ class ActiveLearningStore:
             predicted_class=m["predicted_class"],
             label=m["label"],
             labelled_at=as_utc(m["labelled_at"]),
+            labelled_by=m["labelled_by"],
         )
 
     def record_feedback(
-        self, batch_id: str, sample_id: str, label: str, overwrite: bool
+        self,
+        batch_id: str,
+        sample_id: str,
+        label: str,
+        overwrite: bool,
+        labelled_by: str = "local",
     ) -> tuple[CandidateRecord, bool, str]:
         """Store `label` for the candidate. Returns (candidate, changed, batch state). Raises
         FeedbackError for an unknown batch or sample, or a different label without
@@ -452,7 +482,9 @@ class ActiveLearningStore:
                 )
             now = utcnow()
             conn.execute(
-                c.update().where(c.c.id == row._mapping["id"]).values(label=label, labelled_at=now)
+                c.update()
+                .where(c.c.id == row._mapping["id"])
+                .values(label=label, labelled_at=now, labelled_by=labelled_by)
             )
             remaining = conn.execute(
                 sa.select(sa.func.count())
@@ -500,9 +532,15 @@ class ActiveLearningStore:
     # Triggers
 
     def fire_trigger(
-        self, project_id: str, kind: str, dedupe_key: str, details: dict[str, Any]
+        self,
+        project_id: str,
+        kind: str,
+        dedupe_key: str,
+        details: dict[str, Any],
+        fired_by: str | None = None,
     ) -> TriggerRecord | None:
-        """Store a fired trigger; None when one of this kind already fired on `dedupe_key`."""
+        """Store a fired trigger (`fired_by`: who asked, None for the monitor); None when one of
+        this kind already fired on `dedupe_key`."""
         trigger_id = new_id("trg")
         try:
             with self.engine.begin() as conn:
@@ -515,6 +553,7 @@ class ActiveLearningStore:
                         details=details,
                         state=TRIGGER_FIRED,
                         fired_at=utcnow(),
+                        fired_by=fired_by,
                     )
                 )
         except IntegrityError:
@@ -551,4 +590,5 @@ class ActiveLearningStore:
             fired_at=as_utc(m["fired_at"]) or utcnow(),
             details=dict(m["details"] or {}),
             job_id=m["job_id"],
+            fired_by=m["fired_by"],
         )

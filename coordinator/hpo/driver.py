@@ -225,6 +225,8 @@ class StudyDriver:
                 job_spec,
                 self.artifact_root,
                 num_tasks=task_count(trial_config),
+                owner=study.owner,
+                owner_token_id=study.owner_token_id,
             )
             if added is None:
                 log.info("study %s trial %d was created elsewhere", study.id, number)
@@ -265,16 +267,18 @@ class StudyDriver:
             self._exhausted.discard(study.id)
             self.notifier.notify(study.id)
 
-    def cancel_study(self, study: StudyRecord, reason: str) -> None:
+    def cancel_study(
+        self, study: StudyRecord, reason: str, cancelled_by: str | None = None
+    ) -> None:
         """Stop asking and cancel every running trial's job."""
-        self.studies.finish_study(study.id, StudyState.CANCELLED, reason)
+        self.studies.finish_study(study.id, StudyState.CANCELLED, reason, cancelled_by)
         for trial in study.trials:
             if trial.state == TrialState.RUNNING:
                 self.studies.finish_trial(trial.id, TrialState.CANCELLED, error=reason)
                 if trial.job_id and trial.job_state not in FINAL_JOB_STATES:
-                    self._cancel(trial.job_id, reason)
+                    self._cancel(trial.job_id, reason, cancelled_by)
         self._algorithms.pop(study.id, None)
         self.notifier.notify(study.id)
 
-    def _cancel(self, job_id: str, reason: str) -> None:
-        cancel_job(self.store, self.sessions, self.notifier, job_id, reason)
+    def _cancel(self, job_id: str, reason: str, cancelled_by: str | None = None) -> None:
+        cancel_job(self.store, self.sessions, self.notifier, job_id, reason, cancelled_by)

@@ -10,6 +10,7 @@ from matrec.common.specs import SpecError, check_dataset_path, parse_job_spec
 from matrec.common.studies import grid_size, parse_study_spec
 from matrec.common.wire import study_spec_to_dict, study_spec_to_proto
 from matrec.coordinator import convert
+from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
 from matrec.coordinator.hpo.driver import StudyDriver
 from matrec.coordinator.hpo.study_store import Point, StudyRecord, StudyStore, TrialRecord
 from matrec.coordinator.notifier import JobNotifier
@@ -88,6 +89,8 @@ def study_to_proto(
         created_at=convert.timestamp(record.created_at),
         finished_at=convert.timestamp(record.finished_at),
         error=record.error,
+        owner=record.owner,
+        cancelled_by=record.cancelled_by or "",
         trials=[trial_to_proto(t, (curves or {}).get(t.job_id or "")) for t in record.trials],
     )
     best = best_trial(record)
@@ -144,11 +147,13 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
                     raise SpecError(f"trial.{bad_path.field}", bad_path.message) from None
         except SpecError as error:
             await abort_invalid(context, error)
+        await refuse_scripts_unless_allowed(context, spec.trial.kind)
         if spec.algorithm == "grid" and "max_trials" not in raw:
             spec = spec.model_copy(
                 update={"max_trials": grid_size(spec.search_space, spec.grid_points)}
             )
-        study = self.studies.create_study(spec)
+        who = caller(context)
+        study = self.studies.create_study(spec, who.name, who.token_id)
         log.info("study %s created (%s, %d trials)", study.id, spec.algorithm, spec.max_trials)
         await self.driver.advance(study.id)
         created = self.studies.get_study(study.id)
@@ -180,7 +185,9 @@ class StudyService(studies_pb2_grpc.StudyServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"study {study.id} already {study.state.value}; there is nothing to cancel",
             )
-        self.driver.cancel_study(study, request.reason or "study cancelled by user")
+        await refuse_foreign_cancel(context, f"study {study.id}", study.owner)
+        who = caller(context).name
+        self.driver.cancel_study(study, request.reason or f"study cancelled by {who}", who)
         updated = self.studies.get_study(study.id)
         assert updated is not None
         return studies_pb2.CancelStudyResponse(study=study_to_proto(updated))

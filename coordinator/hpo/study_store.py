@@ -50,6 +50,9 @@ class StudyRecord:
     created_at: datetime
     finished_at: datetime | None
     trials: list[TrialRecord] = field(default_factory=list)
+    owner: str = "unknown"
+    owner_token_id: str | None = None
+    cancelled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ def _study(row: sa.Row[Any], trials: list[TrialRecord]) -> StudyRecord:
         created_at=as_utc(m["created_at"]),
         finished_at=as_utc(m["finished_at"]),
         trials=trials,
+        owner=m["owner"],
+        owner_token_id=m["owner_token_id"],
+        cancelled_by=m["cancelled_by"],
     )
 
 
@@ -99,7 +105,9 @@ class StudyStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def create_study(self, spec: StudySpecModel) -> StudyRecord:
+    def create_study(
+        self, spec: StudySpecModel, owner: str = "local", owner_token_id: str | None = None
+    ) -> StudyRecord:
         study_id = new_id("study")
         with self.engine.begin() as conn:
             conn.execute(
@@ -113,6 +121,8 @@ class StudyStore:
                     settings=spec.model_dump(mode="json"),
                     state=StudyState.RUNNING,
                     created_at=utcnow(),
+                    owner=owner,
+                    owner_token_id=owner_token_id,
                 )
             )
         study = self.get_study(study_id)
@@ -177,9 +187,12 @@ class StudyStore:
         job_spec: dict[str, Any],
         artifact_root: Path,
         num_tasks: int = 1,
+        owner: str = "local",
+        owner_token_id: str | None = None,
     ) -> str | None:
-        """Store trial `number` and its queued job in one transaction. Returns the trial's id,
-        or None when that number is taken (another coordinator asked first)."""
+        """Store trial `number` and its queued job (owned by the study's owner) in one
+        transaction. Returns the trial's id, or None when that number is taken (another
+        coordinator asked first)."""
         trial_id = f"{study_id}-{number}"
         try:
             with self.engine.begin() as conn:
@@ -192,6 +205,8 @@ class StudyStore:
                     max_attempts=job_spec["max_attempts"],
                     artifact_root=artifact_root,
                     num_tasks=num_tasks,
+                    owner=owner,
+                    owner_token_id=owner_token_id,
                 )
                 conn.execute(
                     schema.trials.insert().values(
@@ -245,13 +260,15 @@ class StudyStore:
                 .values(judged=judged)
             )
 
-    def finish_study(self, study_id: str, state: StudyState, error: str = "") -> bool:
+    def finish_study(
+        self, study_id: str, state: StudyState, error: str = "", cancelled_by: str | None = None
+    ) -> bool:
         s = schema.studies
         with self.engine.begin() as conn:
             result = conn.execute(
                 s.update()
                 .where(s.c.id == study_id, s.c.state == StudyState.RUNNING)
-                .values(state=state, error=error, finished_at=utcnow())
+                .values(state=state, error=error, finished_at=utcnow(), cancelled_by=cancelled_by)
             )
         return result.rowcount == 1
 

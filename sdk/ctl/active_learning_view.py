@@ -111,6 +111,7 @@ def candidates_table(batch: LabellingBatch) -> Table:
     for _, title in measures:
         table.add_column(title, justify="right", no_wrap=True)
     if labelled:
+        table.add_column("LABELLER", no_wrap=True)
         table.add_column("LABEL", style="bold", no_wrap=True)
         table.add_column("LABELLED", no_wrap=True)
     for number, candidate in enumerate(batch.candidates, start=1):
@@ -123,6 +124,7 @@ def candidates_table(batch: LabellingBatch) -> Table:
         ]
         if labelled:
             row += [
+                Text(candidate.labelled_by if candidate.label else ""),
                 Text(candidate.label or "-"),
                 format_time(candidate.labelled_at) if candidate.label else "",
             ]
@@ -205,7 +207,7 @@ def batches_table(batches: Sequence[LabellingBatch], sizes: dict[str, int]) -> T
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for title in ("BATCH", "STRATEGY", "LABELLED", "STATE", "CREATED", "DONE"):
+    for title in ("BATCH", "STRATEGY", "LABELLED", "STATE", "BY", "CREATED", "DONE"):
         table.add_column(title, no_wrap=True)
     for batch in batches:
         table.add_row(
@@ -213,6 +215,7 @@ def batches_table(batches: Sequence[LabellingBatch], sizes: dict[str, int]) -> T
             batch.strategy,
             f"{batch.labelled}/{sizes.get(batch.id, len(batch.candidates))}",
             _styled(batch.state, BATCH_STYLES),
+            batch.created_by or "-",
             format_time(batch.created_at),
             format_time(batch.closed_at) if batch.closed_at else "",
         )
@@ -235,7 +238,7 @@ def triggers_table(
     table.add_column("TRIGGER", no_wrap=True)
     if project_column:
         table.add_column("PROJECT", no_wrap=True)
-    for title in ("KIND", "STATE", "FIRED", "DETAILS", "JOB"):
+    for title in ("KIND", "STATE", "FIRED", "BY", "DETAILS", "JOB"):
         table.add_column(title, no_wrap=title != "DETAILS", overflow="fold")
     for trigger in triggers:
         row: list[RenderableType] = [f"{trigger.id} *" if trigger.id in marked else trigger.id]
@@ -245,6 +248,7 @@ def triggers_table(
             trigger.kind,
             _styled(trigger.state, TRIGGER_STYLES),
             format_time(trigger.fired_at),
+            Text(trigger.fired_by or "monitor"),
             Text(trigger_summary(trigger)),
             trigger.job_id or "-",
         ]
@@ -284,6 +288,7 @@ def project_detail(
     summary: dict[str, Any] = {
         "id": project.id,
         "name": Text(spec.get("name") or "-"),
+        "owner": Text(project.owner or "-"),
         "created": format_time(project.created_at),
         "dataset": Text(str(spec.get("dataset_path", "-"))),
         "pool": Text(str(spec.get("pool_path", "-"))),

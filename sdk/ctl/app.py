@@ -15,6 +15,7 @@ import typer
 from matrec.common.paths import absolute_path
 from matrec.sdk.address import ADDRESS_ENV, DEFAULT_ADDRESS, TLS_ENV, TOKEN_ENV
 from matrec.sdk.ctl.active_learning import active_learning_app
+from matrec.sdk.ctl.audit import audit
 from matrec.sdk.ctl.certs import certs_app
 from matrec.sdk.ctl.config_cmd import config_app
 from matrec.sdk.ctl.connection import client_from_context
@@ -45,6 +46,7 @@ app.add_typer(hpo_app, name="hpo")
 app.add_typer(active_learning_app, name="active-learning")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(certs_app, name="certs")
+app.command()(audit)
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)
@@ -305,16 +307,19 @@ def jobs(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 100,
+    mine: Annotated[bool, typer.Option("--mine", help="Only the jobs you submitted.")] = False,
+    owner: Annotated[str, typer.Option(help="Only the jobs of this owner (a token's name).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first, with who submitted each.
 
     [dim]$ matrec-ctl jobs --state running --state queued[/]
+    [dim]$ matrec-ctl jobs --mine[/]
     """
     from matrec.sdk.ctl.render import jobs_table, to_json
 
     with client_from_context(ctx) as client:
-        found = client.list_jobs(state, limit=limit)
+        found = client.list_jobs(state, limit=limit, owner=owner, mine=mine)
     if as_json:
         typer.echo(to_json(found))
     elif not found:

@@ -106,6 +106,7 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
     table.add_column("NAME")
     table.add_column("KIND", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
+    table.add_column("OWNER", no_wrap=True)
     table.add_column("ATTEMPTS", justify="right", no_wrap=True)
     table.add_column("CREATED", no_wrap=True)
     table.add_column("VAL ACC", justify="right", no_wrap=True)
@@ -115,6 +116,7 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
             Text(job.name or "-"),
             job.kind,
             state_text(job.state),
+            Text(job.owner or "-"),
             str(job.attempts),
             format_time(job.created_at),
             format_value(job.result.get("val_accuracy")),
@@ -186,6 +188,7 @@ def job_detail(job: Job) -> RenderableType:
         "name": job.name or "-",
         "kind": job.kind,
         "state": state,
+        "owner": Text(job.owner or "-"),
         "created": format_time(job.created_at),
         "started": format_time(job.started_at),
         "finished": format_time(job.finished_at),
@@ -195,6 +198,8 @@ def job_detail(job: Job) -> RenderableType:
     }
     if job.spec.labels:
         summary["labels"] = ", ".join(f"{k}={v}" for k, v in sorted(job.spec.labels.items()))
+    if job.cancelled_by:
+        summary["cancelled by"] = Text(job.cancelled_by)
     if job.error:
         summary["error"] = Text(job.error, style="red")
     parts: list[RenderableType] = [

@@ -326,6 +326,7 @@ def study_header(study: Study) -> Table:
         "id": study.id,
         "name": study.name or "-",
         "state": state,
+        "owner": Text(study.owner or "-"),
         "algorithm": algorithm,
         "objective": objective_label(study),
         "pruner": pruner_text(study),
@@ -340,6 +341,8 @@ def study_header(study: Study) -> Table:
         summary["fixed config"] = Text(
             ", ".join(f"{k}={format_param(v)}" for k, v in sorted(fixed.items()))
         )
+    if study.cancelled_by:
+        summary["cancelled by"] = Text(study.cancelled_by)
     if study.error:
         summary["error"] = Text(study.error, style="red")
     return key_value_table(summary)

@@ -78,6 +78,8 @@ REQUIRED_ROLE: dict[str, str] = {
     "/matrec.v1.TokenService/CreateToken": "admin",
     "/matrec.v1.TokenService/ListTokens": "admin",
     "/matrec.v1.TokenService/RevokeToken": "admin",
+    "/matrec.v1.TokenService/SetTokenLimits": "admin",
+    "/matrec.v1.TokenService/ListAuditEntries": "admin",
 }
 #: Which token roles satisfy each required role (written out, not taken from the code).
 SATISFIED_BY: dict[str, set[str]] = {

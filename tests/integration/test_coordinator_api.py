@@ -120,6 +120,8 @@ def test_status_codes_for_unknown_and_finished_jobs(channel: grpc.Channel, datas
     # No agents: the job waits in the queue, and cancelling it is immediate.
     cancelled = stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5).job
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
+    # Without --auth or client certificates every caller is `local`.
+    assert (job.owner, cancelled.cancelled_by) == ("local", "local")
     with pytest.raises(grpc.RpcError) as caught:
         stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

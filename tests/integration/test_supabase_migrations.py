@@ -89,7 +89,8 @@ def test_migrations_apply_and_lock_down_the_private_schema(
     store = Store.open(url)
     job = store.create_job(
         name="dash", kind="finetune", spec={"config": {"dataset_path": "/secret/path"}},
-        resources={"cpus": 1}, max_attempts=1, artifact_root=tmp_path,
+        resources={"cpus": 1}, max_attempts=1, artifact_root=tmp_path, owner="alice",
+        owner_token_id="tok-alice",
     )  # fmt: skip
     store.close()
 
@@ -106,10 +107,11 @@ def test_migrations_apply_and_lock_down_the_private_schema(
         assert published == [("training_progress",)]
 
         conn.execute("SET ROLE anon")
-        rows = conn.execute("SELECT id, state FROM matrec_api.jobs").fetchall()
-        assert rows == [(job.id, "queued")]
+        rows = conn.execute("SELECT id, state, owner FROM matrec_api.jobs").fetchall()
+        assert rows == [(job.id, "queued", "alice")]
         columns = [c.name for c in conn.execute("SELECT * FROM matrec_api.jobs").description or []]
-        assert "spec" not in columns
+        # Names only: no spec, no token id (let alone a token's hash).
+        assert "spec" not in columns and "owner_token_id" not in columns
         conn.execute("SELECT * FROM matrec.training_progress").fetchall()
         for statement in (
             "SELECT * FROM matrec.training_jobs",

@@ -55,6 +55,8 @@ def test_a_job_runs_over_mutual_tls(secured: tuple[LocalCluster, dict]) -> None:
         agents = client.list_agents()
     assert job.state == "succeeded", job.error
     assert [(a.name, a.state) for a in agents] == [("agent-0", "connected")]
+    # Without tokens, the client certificate's subject says who submitted it.
+    assert job.owner == "cert:admin"
 
 
 def test_plaintext_and_certificateless_clients_are_refused(

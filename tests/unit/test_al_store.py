@@ -167,3 +167,29 @@ def test_the_retraining_dataset_links_the_data_and_the_labels(tmp_path: Path) ->
         build_retraining_dataset(str(data), gone, tmp_path / "v4")
     assert not (tmp_path / "v4").exists() and not (tmp_path / "v4.partial").exists()
     assert labelled.is_file()  # the originals are never touched
+
+
+def test_a_project_records_who_did_what(
+    stores: tuple[Store, ActiveLearningStore], tmp_path: Path
+) -> None:
+    store, projects = stores
+    model = store.create_job(
+        name="m", kind="finetune", spec=job_spec("m"), resources={}, max_attempts=1,
+        artifact_root=tmp_path, owner="alice",
+    )  # fmt: skip
+    spec = parse_project_spec({"dataset_path": "/d", "pool_path": "/p", "model_job_id": model.id})
+    project = projects.create_project(spec, 0.75, datetime.now(UTC), "alice", "tok-a")
+    assert (project.owner, project.owner_token_id) == ("alice", "tok-a")
+    # A job the project makes belongs to the project's owner, whoever asked for it.
+    scoring = projects.create_scoring(project.id, job_spec("score"), tmp_path, "pool", 1)
+    scoring_job = store.get_job(scoring)
+    assert scoring_job is not None and scoring_job.owner == "alice"
+    batch = projects.create_batch(project.id, "entropy", scoring, None, [candidate("a")], "bob")
+    assert batch.created_by == "bob"
+    labelled, _, _ = projects.record_feedback(batch.id, "a", "oak", False, "carol")
+    assert labelled.labelled_by == "carol"
+    by_hand = projects.fire_trigger(project.id, "time", "v1", {}, fired_by="bob")
+    by_monitor = projects.fire_trigger(project.id, "drift", "v1", {})
+    assert by_hand is not None and by_hand.fired_by == "bob"
+    assert by_monitor is not None and by_monitor.fired_by is None
+    assert [b.created_by for b in projects.list_batches(project.id)] == ["bob"]

@@ -23,7 +23,7 @@ BATCH_STATE_PARTIALLY_LABELLED: BatchState
 BATCH_STATE_DONE: BatchState
 
 class Candidate(_message.Message):
-    __slots__ = ("sample_id", "sample_uri", "score", "scores", "predicted_class", "label", "labelled_at")
+    __slots__ = ("sample_id", "sample_uri", "score", "scores", "predicted_class", "label", "labelled_at", "labelled_by")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Candidate(_message.Message):
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_BY_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     sample_uri: str
     score: float
@@ -45,10 +46,11 @@ class Candidate(_message.Message):
     predicted_class: str
     label: str
     labelled_at: _timestamp_pb2.Timestamp
-    def __init__(self, sample_id: _Optional[str] = ..., sample_uri: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., predicted_class: _Optional[str] = ..., label: _Optional[str] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    labelled_by: str
+    def __init__(self, sample_id: _Optional[str] = ..., sample_uri: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., predicted_class: _Optional[str] = ..., label: _Optional[str] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled_by: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("id", "project_id", "strategy", "state", "scoring_job_id", "created_at", "closed_at", "candidates", "labelled", "size")
+    __slots__ = ("id", "project_id", "strategy", "state", "scoring_job_id", "created_at", "closed_at", "candidates", "labelled", "size", "created_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,7 @@ class Batch(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     LABELLED_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     project_id: str
     strategy: str
@@ -69,7 +72,8 @@ class Batch(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     labelled: int
     size: int
-    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., scoring_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., labelled: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., scoring_job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., labelled: _Optional[int] = ..., size: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "job_id", "val_accuracy", "trigger_id", "created_at", "feedback_samples", "state")
@@ -90,7 +94,7 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., job_id: _Optional[str] = ..., val_accuracy: _Optional[float] = ..., trigger_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feedback_samples: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class Trigger(_message.Message):
-    __slots__ = ("id", "project_id", "kind", "state", "fired_at", "details", "job_id")
+    __slots__ = ("id", "project_id", "kind", "state", "fired_at", "details", "job_id", "fired_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +102,7 @@ class Trigger(_message.Message):
     FIRED_AT_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     project_id: str
     kind: str
@@ -105,10 +110,11 @@ class Trigger(_message.Message):
     fired_at: _timestamp_pb2.Timestamp
     details: _struct_pb2.Struct
     job_id: str
-    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., job_id: _Optional[str] = ...) -> None: ...
+    fired_by: str
+    def __init__(self, id: _Optional[str] = ..., project_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., job_id: _Optional[str] = ..., fired_by: _Optional[str] = ...) -> None: ...
 
 class Project(_message.Message):
-    __slots__ = ("id", "spec", "created_at", "current_version", "versions", "classes", "pending_feedback", "total_feedback", "pool_scoring_job_id", "reference_scoring_job_id", "last_trained_at")
+    __slots__ = ("id", "spec", "created_at", "current_version", "versions", "classes", "pending_feedback", "total_feedback", "pool_scoring_job_id", "reference_scoring_job_id", "last_trained_at", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +126,7 @@ class Project(_message.Message):
     POOL_SCORING_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_SCORING_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_TRAINED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: _struct_pb2.Struct
     created_at: _timestamp_pb2.Timestamp
@@ -131,7 +138,8 @@ class Project(_message.Message):
     pool_scoring_job_id: str
     reference_scoring_job_id: str
     last_trained_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_feedback: _Optional[int] = ..., total_feedback: _Optional[int] = ..., pool_scoring_job_id: _Optional[str] = ..., reference_scoring_job_id: _Optional[str] = ..., last_trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., classes: _Optional[_Iterable[str]] = ..., pending_feedback: _Optional[int] = ..., total_feedback: _Optional[int] = ..., pool_scoring_job_id: _Optional[str] = ..., reference_scoring_job_id: _Optional[str] = ..., last_trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("spec",)

@@ -28,20 +28,22 @@ TASK_OUTCOME_CANCELLED: TaskOutcome
 TASK_OUTCOME_PREEMPTED: TaskOutcome
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "name", "hostname", "resources", "gpus", "version")
+    __slots__ = ("agent_id", "name", "hostname", "resources", "gpus", "version", "allow_scripts")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_SCRIPTS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     hostname: str
     resources: _common_pb2.Resources
     gpus: _containers.RepeatedCompositeFieldContainer[_jobs_pb2.GpuInfo]
     version: str
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[_jobs_pb2.GpuInfo, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    allow_scripts: bool
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[_jobs_pb2.GpuInfo, _Mapping]]] = ..., version: _Optional[str] = ..., allow_scripts: _Optional[bool] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("agent_id", "heartbeat_interval", "lease_ttl")

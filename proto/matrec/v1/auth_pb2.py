@@ -25,27 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/auth.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"F\n\x13\x43reateTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"6\n\x12ListTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Token\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"6\n\x13RevokeTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token2\xf5\x01\n\x0cTokenService\x12L\n\x0b\x43reateToken\x12\x1d.matrec.v1.CreateTokenRequest\x1a\x1e.matrec.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.matrec.v1.ListTokensRequest\x1a\x1d.matrec.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.matrec.v1.RevokeTokenRequest\x1a\x1e.matrec.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14matrec/v1/auth.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12\x12\n\nrevoked_by\x18\t \x01(\t\x12&\n\x06limits\x18\n \x01(\x0b\x32\x16.matrec.v1.TokenLimits\"S\n\x0bTokenLimits\x12\x19\n\x11max_running_tasks\x18\x01 \x01(\x05\x12\x10\n\x08max_gpus\x18\x02 \x01(\x05\x12\x17\n\x0fmax_queued_jobs\x18\x03 \x01(\x05\"Z\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\"F\n\x13\x43reateTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"6\n\x12ListTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Token\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"6\n\x13RevokeTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\"Q\n\x15SetTokenLimitsRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12&\n\x06limits\x18\x02 \x01(\x0b\x32\x16.matrec.v1.TokenLimits\"9\n\x16SetTokenLimitsResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Token\"\x85\x02\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x33\n\x07targets\x18\x06 \x03(\x0b\x32\".matrec.v1.AuditEntry.TargetsEntry\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x1a.\n\x0cTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x17ListAuditEntriesRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"B\n\x18ListAuditEntriesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.matrec.v1.AuditEntry2\xa9\x03\n\x0cTokenService\x12L\n\x0b\x43reateToken\x12\x1d.matrec.v1.CreateTokenRequest\x1a\x1e.matrec.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.matrec.v1.ListTokensRequest\x1a\x1d.matrec.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12\x1d.matrec.v1.RevokeTokenRequest\x1a\x1e.matrec.v1.RevokeTokenResponse\x12U\n\x0eSetTokenLimits\x12 .matrec.v1.SetTokenLimitsRequest\x1a!.matrec.v1.SetTokenLimitsResponse\x12[\n\x10ListAuditEntries\x12\".matrec.v1.ListAuditEntriesRequest\x1a#.matrec.v1.ListAuditEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matrec.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_AUDITENTRY_TARGETSENTRY']._loaded_options = None
+  _globals['_AUDITENTRY_TARGETSENTRY']._serialized_options = b'8\001'
   _globals['_TOKEN']._serialized_start=69
-  _globals['_TOKEN']._serialized_end=260
-  _globals['_CREATETOKENREQUEST']._serialized_start=262
-  _globals['_CREATETOKENREQUEST']._serialized_end=331
-  _globals['_CREATETOKENRESPONSE']._serialized_start=333
-  _globals['_CREATETOKENRESPONSE']._serialized_end=403
-  _globals['_LISTTOKENSREQUEST']._serialized_start=405
-  _globals['_LISTTOKENSREQUEST']._serialized_end=424
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=426
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=480
-  _globals['_REVOKETOKENREQUEST']._serialized_start=482
-  _globals['_REVOKETOKENREQUEST']._serialized_end=520
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=522
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=576
-  _globals['_TOKENSERVICE']._serialized_start=579
-  _globals['_TOKENSERVICE']._serialized_end=824
+  _globals['_TOKEN']._serialized_end=361
+  _globals['_TOKENLIMITS']._serialized_start=363
+  _globals['_TOKENLIMITS']._serialized_end=446
+  _globals['_CREATETOKENREQUEST']._serialized_start=448
+  _globals['_CREATETOKENREQUEST']._serialized_end=538
+  _globals['_CREATETOKENRESPONSE']._serialized_start=540
+  _globals['_CREATETOKENRESPONSE']._serialized_end=610
+  _globals['_LISTTOKENSREQUEST']._serialized_start=612
+  _globals['_LISTTOKENSREQUEST']._serialized_end=631
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=633
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=687
+  _globals['_REVOKETOKENREQUEST']._serialized_start=689
+  _globals['_REVOKETOKENREQUEST']._serialized_end=727
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=729
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=783
+  _globals['_SETTOKENLIMITSREQUEST']._serialized_start=785
+  _globals['_SETTOKENLIMITSREQUEST']._serialized_end=866
+  _globals['_SETTOKENLIMITSRESPONSE']._serialized_start=868
+  _globals['_SETTOKENLIMITSRESPONSE']._serialized_end=925
+  _globals['_AUDITENTRY']._serialized_start=928
+  _globals['_AUDITENTRY']._serialized_end=1189
+  _globals['_AUDITENTRY_TARGETSENTRY']._serialized_start=1143
+  _globals['_AUDITENTRY_TARGETSENTRY']._serialized_end=1189
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=1191
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=1287
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=1289
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=1355
+  _globals['_TOKENSERVICE']._serialized_start=1358
+  _globals['_TOKENSERVICE']._serialized_end=1783
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,16 @@ class TokenServiceStub:
                 request_serializer=matrec_dot_v1_dot_auth__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=matrec_dot_v1_dot_auth__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.SetTokenLimits = channel.unary_unary(
+                '/matrec.v1.TokenService/SetTokenLimits',
+                request_serializer=matrec_dot_v1_dot_auth__pb2.SetTokenLimitsRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_auth__pb2.SetTokenLimitsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/matrec.v1.TokenService/ListAuditEntries',
+                request_serializer=matrec_dot_v1_dot_auth__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_auth__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -77,6 +87,20 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTokenLimits(self, request, context):
+        """Bound what a token's jobs may hold: running tasks, GPUs, queued jobs (0: no bound).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """The audit log: every state-changing call, who made it and whether it was allowed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +118,16 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=matrec_dot_v1_dot_auth__pb2.RevokeTokenRequest.FromString,
                     response_serializer=matrec_dot_v1_dot_auth__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'SetTokenLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenLimits,
+                    request_deserializer=matrec_dot_v1_dot_auth__pb2.SetTokenLimitsRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_auth__pb2.SetTokenLimitsResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=matrec_dot_v1_dot_auth__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_auth__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +213,60 @@ class TokenService:
             '/matrec.v1.TokenService/RevokeToken',
             matrec_dot_v1_dot_auth__pb2.RevokeTokenRequest.SerializeToString,
             matrec_dot_v1_dot_auth__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrec.v1.TokenService/SetTokenLimits',
+            matrec_dot_v1_dot_auth__pb2.SetTokenLimitsRequest.SerializeToString,
+            matrec_dot_v1_dot_auth__pb2.SetTokenLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrec.v1.TokenService/ListAuditEntries',
+            matrec_dot_v1_dot_auth__pb2.ListAuditEntriesRequest.SerializeToString,
+            matrec_dot_v1_dot_auth__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

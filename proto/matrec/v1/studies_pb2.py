@@ -29,17 +29,17 @@ from matrec.v1 import common_pb2 as matrec_dot_v1_dot_common__pb2
 from matrec.v1 import jobs_pb2 as matrec_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17matrec/v1/studies.proto\x12\tmatrec.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"^\n\nPrunerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0cmin_resource\x18\x02 \x01(\x05\x12\x18\n\x10reduction_factor\x18\x03 \x01(\x05\x12\x12\n\nmin_trials\x18\x04 \x01(\x05\"\xdf\x02\n\tStudySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05trial\x18\x02 \x01(\x0b\x32\x12.matrec.v1.JobSpec\x12-\n\x0csearch_space\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x11\n\tobjective\x18\x05 \x01(\t\x12\x11\n\tdirection\x18\x06 \x01(\t\x12\x12\n\nmax_trials\x18\x07 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x13\n\x0bgrid_points\x18\n \x01(\x05\x12\x1d\n\x10n_startup_trials\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12%\n\x06pruner\x18\x0c \x01(\x0b\x32\x15.matrec.v1.PrunerSpec\x12\x11\n\ttpe_gamma\x18\r \x01(\x01\x42\x13\n\x11_n_startup_trials\"B\n\x11IntermediateValue\x12\x10\n\x08resource\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\"\xa2\x03\n\x05Trial\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.matrec.v1.TrialState\x12\x1c\n\x0fobjective_value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bpruned_rung\x18\x06 \x01(\x05\x12\x17\n\x0fpruned_resource\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x32\n\x0cintermediate\x18\t \x03(\x0b\x32\x1c.matrec.v1.IntermediateValue\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tjob_state\x18\x0c \x01(\x0e\x32\x13.matrec.v1.JobStateB\x12\n\x10_objective_value\"\x97\x02\n\x05Study\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.matrec.v1.StudySpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.matrec.v1.StudyState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12 \n\x06trials\x18\x07 \x03(\x0b\x32\x10.matrec.v1.Trial\x12\x17\n\nbest_trial\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_best_trial\"8\n\x12\x43reateStudyRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.matrec.v1.StudySpec\"6\n\x13\x43reateStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"#\n\x0fGetStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"3\n\x10GetStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"8\n\x13ListStudiesResponse\x12!\n\x07studies\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Study\"6\n\x12\x43\x61ncelStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x13\x43\x61ncelStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"R\n\x11WatchStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x12WatchStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study*\x90\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STUDY_STATE_RUNNING\x10\x01\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x02\x12\x16\n\x12STUDY_STATE_FAILED\x10\x03\x12\x19\n\x15STUDY_STATE_CANCELLED\x10\x04*\xa8\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x04\x12\x19\n\x15TRIAL_STATE_CANCELLED\x10\x05\x32\x8a\x03\n\x0cStudyService\x12L\n\x0b\x43reateStudy\x12\x1d.matrec.v1.CreateStudyRequest\x1a\x1e.matrec.v1.CreateStudyResponse\x12\x43\n\x08GetStudy\x12\x1a.matrec.v1.GetStudyRequest\x1a\x1b.matrec.v1.GetStudyResponse\x12L\n\x0bListStudies\x12\x1d.matrec.v1.ListStudiesRequest\x1a\x1e.matrec.v1.ListStudiesResponse\x12L\n\x0b\x43\x61ncelStudy\x12\x1d.matrec.v1.CancelStudyRequest\x1a\x1e.matrec.v1.CancelStudyResponse\x12K\n\nWatchStudy\x12\x1c.matrec.v1.WatchStudyRequest\x1a\x1d.matrec.v1.WatchStudyResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17matrec/v1/studies.proto\x12\tmatrec.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"^\n\nPrunerSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0cmin_resource\x18\x02 \x01(\x05\x12\x18\n\x10reduction_factor\x18\x03 \x01(\x05\x12\x12\n\nmin_trials\x18\x04 \x01(\x05\"\xdf\x02\n\tStudySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05trial\x18\x02 \x01(\x0b\x32\x12.matrec.v1.JobSpec\x12-\n\x0csearch_space\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x11\n\tobjective\x18\x05 \x01(\t\x12\x11\n\tdirection\x18\x06 \x01(\t\x12\x12\n\nmax_trials\x18\x07 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x13\n\x0bgrid_points\x18\n \x01(\x05\x12\x1d\n\x10n_startup_trials\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12%\n\x06pruner\x18\x0c \x01(\x0b\x32\x15.matrec.v1.PrunerSpec\x12\x11\n\ttpe_gamma\x18\r \x01(\x01\x42\x13\n\x11_n_startup_trials\"B\n\x11IntermediateValue\x12\x10\n\x08resource\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\"\xa2\x03\n\x05Trial\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.matrec.v1.TrialState\x12\x1c\n\x0fobjective_value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bpruned_rung\x18\x06 \x01(\x05\x12\x17\n\x0fpruned_resource\x18\x07 \x01(\x05\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x32\n\x0cintermediate\x18\t \x03(\x0b\x32\x1c.matrec.v1.IntermediateValue\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tjob_state\x18\x0c \x01(\x0e\x32\x13.matrec.v1.JobStateB\x12\n\x10_objective_value\"\xbc\x02\n\x05Study\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.matrec.v1.StudySpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.matrec.v1.StudyState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12 \n\x06trials\x18\x07 \x03(\x0b\x32\x10.matrec.v1.Trial\x12\x17\n\nbest_trial\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05owner\x18\t \x01(\t\x12\x14\n\x0c\x63\x61ncelled_by\x18\n \x01(\tB\r\n\x0b_best_trial\"8\n\x12\x43reateStudyRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.matrec.v1.StudySpec\"6\n\x13\x43reateStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"#\n\x0fGetStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"3\n\x10GetStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"8\n\x13ListStudiesResponse\x12!\n\x07studies\x18\x01 \x03(\x0b\x32\x10.matrec.v1.Study\"6\n\x12\x43\x61ncelStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x13\x43\x61ncelStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study\"R\n\x11WatchStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x12WatchStudyResponse\x12\x1f\n\x05study\x18\x01 \x01(\x0b\x32\x10.matrec.v1.Study*\x90\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STUDY_STATE_RUNNING\x10\x01\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x02\x12\x16\n\x12STUDY_STATE_FAILED\x10\x03\x12\x19\n\x15STUDY_STATE_CANCELLED\x10\x04*\xa8\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x04\x12\x19\n\x15TRIAL_STATE_CANCELLED\x10\x05\x32\x8a\x03\n\x0cStudyService\x12L\n\x0b\x43reateStudy\x12\x1d.matrec.v1.CreateStudyRequest\x1a\x1e.matrec.v1.CreateStudyResponse\x12\x43\n\x08GetStudy\x12\x1a.matrec.v1.GetStudyRequest\x1a\x1b.matrec.v1.GetStudyResponse\x12L\n\x0bListStudies\x12\x1d.matrec.v1.ListStudiesRequest\x1a\x1e.matrec.v1.ListStudiesResponse\x12L\n\x0b\x43\x61ncelStudy\x12\x1d.matrec.v1.CancelStudyRequest\x1a\x1e.matrec.v1.CancelStudyResponse\x12K\n\nWatchStudy\x12\x1c.matrec.v1.WatchStudyRequest\x1a\x1d.matrec.v1.WatchStudyResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matrec.v1.studies_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STUDYSTATE']._serialized_start=1951
-  _globals['_STUDYSTATE']._serialized_end=2095
-  _globals['_TRIALSTATE']._serialized_start=2098
-  _globals['_TRIALSTATE']._serialized_end=2266
+  _globals['_STUDYSTATE']._serialized_start=1988
+  _globals['_STUDYSTATE']._serialized_end=2132
+  _globals['_TRIALSTATE']._serialized_start=2135
+  _globals['_TRIALSTATE']._serialized_end=2303
   _globals['_PRUNERSPEC']._serialized_start=179
   _globals['_PRUNERSPEC']._serialized_end=273
   _globals['_STUDYSPEC']._serialized_start=276
@@ -49,27 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIAL']._serialized_start=698
   _globals['_TRIAL']._serialized_end=1116
   _globals['_STUDY']._serialized_start=1119
-  _globals['_STUDY']._serialized_end=1398
-  _globals['_CREATESTUDYREQUEST']._serialized_start=1400
-  _globals['_CREATESTUDYREQUEST']._serialized_end=1456
-  _globals['_CREATESTUDYRESPONSE']._serialized_start=1458
-  _globals['_CREATESTUDYRESPONSE']._serialized_end=1512
-  _globals['_GETSTUDYREQUEST']._serialized_start=1514
-  _globals['_GETSTUDYREQUEST']._serialized_end=1549
-  _globals['_GETSTUDYRESPONSE']._serialized_start=1551
-  _globals['_GETSTUDYRESPONSE']._serialized_end=1602
-  _globals['_LISTSTUDIESREQUEST']._serialized_start=1604
-  _globals['_LISTSTUDIESREQUEST']._serialized_end=1639
-  _globals['_LISTSTUDIESRESPONSE']._serialized_start=1641
-  _globals['_LISTSTUDIESRESPONSE']._serialized_end=1697
-  _globals['_CANCELSTUDYREQUEST']._serialized_start=1699
-  _globals['_CANCELSTUDYREQUEST']._serialized_end=1753
-  _globals['_CANCELSTUDYRESPONSE']._serialized_start=1755
-  _globals['_CANCELSTUDYRESPONSE']._serialized_end=1809
-  _globals['_WATCHSTUDYREQUEST']._serialized_start=1811
-  _globals['_WATCHSTUDYREQUEST']._serialized_end=1893
-  _globals['_WATCHSTUDYRESPONSE']._serialized_start=1895
-  _globals['_WATCHSTUDYRESPONSE']._serialized_end=1948
-  _globals['_STUDYSERVICE']._serialized_start=2269
-  _globals['_STUDYSERVICE']._serialized_end=2663
+  _globals['_STUDY']._serialized_end=1435
+  _globals['_CREATESTUDYREQUEST']._serialized_start=1437
+  _globals['_CREATESTUDYREQUEST']._serialized_end=1493
+  _globals['_CREATESTUDYRESPONSE']._serialized_start=1495
+  _globals['_CREATESTUDYRESPONSE']._serialized_end=1549
+  _globals['_GETSTUDYREQUEST']._serialized_start=1551
+  _globals['_GETSTUDYREQUEST']._serialized_end=1586
+  _globals['_GETSTUDYRESPONSE']._serialized_start=1588
+  _globals['_GETSTUDYRESPONSE']._serialized_end=1639
+  _globals['_LISTSTUDIESREQUEST']._serialized_start=1641
+  _globals['_LISTSTUDIESREQUEST']._serialized_end=1676
+  _globals['_LISTSTUDIESRESPONSE']._serialized_start=1678
+  _globals['_LISTSTUDIESRESPONSE']._serialized_end=1734
+  _globals['_CANCELSTUDYREQUEST']._serialized_start=1736
+  _globals['_CANCELSTUDYREQUEST']._serialized_end=1790
+  _globals['_CANCELSTUDYRESPONSE']._serialized_start=1792
+  _globals['_CANCELSTUDYRESPONSE']._serialized_end=1846
+  _globals['_WATCHSTUDYREQUEST']._serialized_start=1848
+  _globals['_WATCHSTUDYREQUEST']._serialized_end=1930
+  _globals['_WATCHSTUDYRESPONSE']._serialized_start=1932
+  _globals['_WATCHSTUDYRESPONSE']._serialized_end=1985
+  _globals['_STUDYSERVICE']._serialized_start=2306
+  _globals['_STUDYSERVICE']._serialized_end=2700
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,11 @@ from matrec.common.studies import (
     float_step_count,
 )
 
+#: Candidates mtpe draws from the good-trials model per ask, keeping the one with the best
+#: ratio of good to bad density (Optuna's default is 24). 64 gave a lower median final regret on
+#: 4 of the 5 objectives of benchmarks/hpo_compare.py (20 seeds; benchmarks/README.md).
+MTPE_EI_CANDIDATES = 64
+
 #: How often a model-based algorithm re-asks its model after a repeat before it picks an untried
 #: configuration at random instead.
 MODEL_RETRIES = 3
@@ -390,8 +395,8 @@ class HyperoptSearch(ModelSearch):
 
 class MultivariateTpeSearch(ModelSearch):
     """Optuna's multivariate TPE (`TPESampler(multivariate=True, group=True,
-    constant_liar=True)`), asked through ask/tell on an in-memory study rebuilt from the history
-    on every ask.
+    constant_liar=True, n_ei_candidates=MTPE_EI_CANDIDATES)`), asked through ask/tell on an
+    in-memory study rebuilt from the history on every ask.
 
     It models the parameters jointly (a kernel density over whole configurations, not one per
     parameter). Running trials go in as RUNNING: the constant liar counts them among the bad
@@ -456,6 +461,7 @@ class MultivariateTpeSearch(ModelSearch):
             sampler = TPESampler(
                 seed=seed,
                 n_startup_trials=0,
+                n_ei_candidates=MTPE_EI_CANDIDATES,
                 multivariate=True,
                 group=True,
                 constant_liar=True,

@@ -81,6 +81,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -88,19 +89,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matrec.common.studies import FloatParam, Param, StudySpecModel, parse_search_space
+from matrec.common.studies import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    Param,
+    StudySpecModel,
+    parse_search_space,
+)
 from matrec.coordinator.hpo.pruning import AshaPruner, NoPruner, Pruner
 from matrec.coordinator.hpo.search import (
     HistoryState,
     HyperoptSearch,
+    MultivariateTpeSearch,
     RandomSearch,
     SearchAlgorithm,
     TrialHistory,
     params_key,
 )
 
-#: What a study uses unless told otherwise (the coordinator's default).
+#: What a study uses unless told otherwise (the coordinator's defaults).
 TPE_GAMMA: float = StudySpecModel.model_fields["tpe_gamma"].default
+DEFAULT_ALGORITHM: str = StudySpecModel.model_fields["algorithm"].default
 
 ASHA_MIN_RESOURCE = 1
 ASHA_REDUCTION_FACTOR = 3
@@ -134,6 +144,39 @@ def hartmann3(p: dict[str, float]) -> float:
             -sum(a * (xj - pj) ** 2 for a, xj, pj in zip(a_row, x, p_row, strict=True))
         )
     return -total
+
+
+def ackley(p: dict[str, float]) -> float:
+    x = np.array([p[name] for name in sorted(p, key=lambda n: int(n[1:]))])
+    d = len(x)
+    return float(
+        -20 * math.exp(-0.2 * math.sqrt(float(np.sum(x**2)) / d))
+        - math.exp(float(np.sum(np.cos(2 * math.pi * x))) / d)
+        + 20
+        + math.e
+    )
+
+
+def rosenbrock(p: dict[str, float]) -> float:
+    x = np.array([p[name] for name in sorted(p, key=lambda n: int(n[1:]))])
+    return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+#: The seed-shaped space's best learning rate (log10) depends on the optimizer, and its best
+#: dropout on dense_units: interactions a one-parameter-at-a-time model cannot represent.
+SEEDLIKE_LOG_LR = {"adamw": -2.7, "sgd": -2.0, "rmsprop": -3.3}
+SEEDLIKE_PENALTY = {"adamw": 0.0, "sgd": 0.3, "rmsprop": 0.15}
+
+
+def seedlike(p: dict[str, Any]) -> float:
+    optimizer = str(p["optimizer"])
+    units = (float(p["dense_units"]) - 64) / 448  # 0..1
+    return (
+        (math.log10(float(p["learning_rate"])) - SEEDLIKE_LOG_LR[optimizer]) ** 2
+        + 4 * (float(p["dropout_rate"]) - 0.1 - 0.4 * units) ** 2
+        + 0.5 * (units - 256 / 448) ** 2
+        + SEEDLIKE_PENALTY[optimizer]
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +217,37 @@ OBJECTIVES: dict[str, Objective] = {
         gap=0.8,
         targets=(0.3, 0.15),
     ),
+    "ackley6": Objective(
+        name="ackley6",
+        raw_space={f"x{i}": {"type": "float", "min": -5.0, "max": 5.0} for i in range(1, 7)},
+        function=ackley,
+        optimum=0.0,
+        gap=2.6,
+        targets=(5.0, 3.0),
+    ),
+    "rosenbrock6": Objective(
+        name="rosenbrock6",
+        raw_space={f"x{i}": {"type": "float", "min": -2.0, "max": 2.0} for i in range(1, 7)},
+        function=rosenbrock,
+        optimum=0.0,
+        gap=500.0,
+        targets=(50.0, 20.0),
+    ),
+    # Shaped like the seed's space: log float, float, stepped int, categorical. f* = 0 at
+    # adamw, learning_rate 10**-2.7, dense_units 320, dropout 0.1 + 0.4 * 256 / 448.
+    "seedlike": Objective(
+        name="seedlike",
+        raw_space={
+            "learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2, "log": True},
+            "dropout_rate": {"type": "float", "min": 0.1, "max": 0.5},
+            "dense_units": {"type": "int", "min": 64, "max": 512, "step": 64},
+            "optimizer": {"type": "categorical", "choices": ["adamw", "sgd", "rmsprop"]},
+        },
+        function=seedlike,
+        optimum=0.0,
+        gap=0.18,
+        targets=(0.1, 0.03),
+    ),
 }
 
 
@@ -195,7 +269,7 @@ class Curves:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        values = {name: float(params[name]) for name in self.objective.raw_space}
+        values = {name: params[name] for name in self.objective.raw_space}
         digest = hashlib.blake2b(f"{self.objective.name}|{key}".encode(), digest_size=8)
         rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
         speed = math.exp(0.5 * rng.standard_normal())
@@ -243,6 +317,7 @@ class SimTrial:
     curve: list[float] = field(default_factory=list)
     state: HistoryState = "running"
     loss: float | None = None
+    resource: int | None = None
     judged: int = 0
 
 
@@ -262,7 +337,7 @@ def run_matrec(
     spent = 0
     while True:
         running = [t for t in trials if t.state == "running"]
-        history = [TrialHistory(t.number, t.params, t.state, t.loss) for t in trials]
+        history = [TrialHistory(t.number, t.params, t.state, t.loss, t.resource) for t in trials]
         while len(running) < workers and spent < run.budget:
             params = algorithm.suggest(len(trials), history)
             trial = SimTrial(len(trials), params)
@@ -287,6 +362,7 @@ def run_matrec(
             if verdict.prune:
                 trial.state = "pruned"
                 trial.loss = trial.curve[verdict.resource - 1]
+                trial.resource = verdict.resource
                 run.pruned += 1
                 if len(trial.curve) == max_resource:
                     run.pruned_at_max_resource += 1
@@ -298,14 +374,43 @@ def run_matrec(
     run.trials = len(trials)
 
 
+def hyperopt_space(space: dict[str, Param]) -> dict[str, Any]:
+    """The space as a hyperopt user writes it (choices as hp.choice, stepped ints quantised)."""
+    from hyperopt import hp
+    from hyperopt.pyll import scope
+
+    nodes: dict[str, Any] = {}
+    for name, param in space.items():
+        if isinstance(param, CategoricalParam):
+            nodes[name] = hp.choice(name, list(param.choices))
+        elif isinstance(param, IntParam):
+            nodes[name] = scope.int(hp.quniform(name, param.min, param.max, param.step))
+        elif param.log:
+            nodes[name] = hp.loguniform(name, math.log(param.min), math.log(param.max))
+        else:
+            nodes[name] = hp.uniform(name, param.min, param.max)
+    return nodes
+
+
+def optuna_suggest(trial: Any, space: dict[str, Param]) -> dict[str, Any]:
+    """The space as an Optuna user writes it."""
+    params: dict[str, Any] = {}
+    for name, param in space.items():
+        if isinstance(param, CategoricalParam):
+            params[name] = trial.suggest_categorical(name, list(param.choices))
+        elif isinstance(param, IntParam):
+            params[name] = trial.suggest_int(name, param.min, param.max, step=param.step)
+        else:
+            assert isinstance(param, FloatParam)
+            params[name] = trial.suggest_float(name, param.min, param.max, log=param.log)
+    return params
+
+
 def run_hyperopt_fmin(run: Run, curves: Curves, startup: int) -> None:
-    from hyperopt import Trials, fmin, hp, tpe
+    from hyperopt import Trials, fmin, tpe
 
     max_resource = curves.max_resource
-    space: dict[str, Any] = {}
-    for name, param in curves.objective.space.items():
-        assert isinstance(param, FloatParam)
-        space[name] = hp.uniform(name, param.min, param.max)
+    space = hyperopt_space(curves.objective.space)
     trials = Trials()
     fmin(
         fn=lambda params: float(curves.curve(params)[-1]),
@@ -318,6 +423,34 @@ def run_hyperopt_fmin(run: Run, curves: Curves, startup: int) -> None:
     )
     run.trials = len(trials.trials)
     run.finals = [((i + 1) * max_resource, float(loss)) for i, loss in enumerate(trials.losses())]
+
+
+def run_optuna_parallel(
+    run: Run, curves: Curves, startup: int, multivariate: bool, workers: int
+) -> None:
+    """Optuna without pruning, `workers` trials at a time in lock step: ask `workers`, then tell
+    them all (its constant liar sees the ones asked before)."""
+    import optuna
+
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(
+            n_startup_trials=startup, seed=run.seed, multivariate=multivariate, constant_liar=True
+        ),
+        direction="minimize",
+    )
+    max_resource = curves.max_resource
+    spent = 0
+    while spent + max_resource <= run.budget:
+        batch = []
+        for _ in range(min(workers, (run.budget - spent) // max_resource)):
+            trial = study.ask()
+            batch.append((trial, optuna_suggest(trial, curves.objective.space)))
+        for trial, params in batch:
+            spent += max_resource
+            value = float(curves.curve(params)[-1])
+            run.finals.append((spent, value))
+            run.trials += 1
+            study.tell(trial, value)
 
 
 def run_optuna(
@@ -353,10 +486,7 @@ def run_optuna(
     spent = 0
     while spent < run.budget:
         trial = study.ask()
-        params: dict[str, Any] = {}
-        for name, param in space.items():
-            assert isinstance(param, FloatParam)
-            params[name] = trial.suggest_float(name, param.min, param.max)
+        params = optuna_suggest(trial, space)
         run.trials += 1
         curve = curves.curve(params)
         pruned = False
@@ -380,47 +510,76 @@ def run_optuna(
             study.tell(trial, float(curve[-1]))
 
 
+#: "matrec default" is the coordinator's default algorithm (`mtpe`) with its default startup
+#: for the budget's trial count; x4: four workers in lock step (the constant liar at work).
 METHODS = (
-    "matrec random",
+    "matrec default",
+    "matrec default x4",
     "matrec TPE",
-    "matrec TPE+ASHA",
-    "matrec TPE+ASHA x4",
     "hyperopt fmin",
     "Optuna TPE",
+    "Optuna multivariate TPE",
+    "Optuna multivariate TPE x4",
+)
+#: Not run by default (the pruning runs start 4-7 times as many trials, and the stateless
+#: rebuild of the multivariate TPE costs O(trials) per ask: together they would take most of the
+#: 10 minutes).
+EXTRA_METHODS = (
+    "matrec default+ASHA",
+    "matrec random",
+    "matrec TPE x4",
+    "matrec TPE+ASHA",
+    "matrec TPE+ASHA x4",
+    "matrec default+ASHA x4",
     "Optuna TPE+Hyperband",
     "Optuna TPE+ASHA",
 )
-#: Not run by default: Optuna's TPE with multivariate=False, the independent TPE that hyperopt
-#: (and so matrec) runs, to tell the multivariate model's share of Optuna's lead.
-EXTRA_METHODS = ("Optuna TPE independent",)
 
 
-def run_method(method: str, curves: Curves, seed: int, budget: int, startup: int) -> Run:
+def default_startup(trials: int) -> int:
+    """The startup trials a study of `trials` trials gets by default."""
+    spec = StudySpecModel.model_construct(max_trials=trials, n_startup_trials=None)
+    return spec.startup_trials
+
+
+def matrec_algorithm(name: str, space: dict[str, Param], seed: int, startup: int) -> Any:
+    if name == "mtpe":
+        return MultivariateTpeSearch(space, seed, startup)
+    return HyperoptSearch(space, seed, name, startup, TPE_GAMMA)  # type: ignore[arg-type]
+
+
+def run_method(method: str, curves: Curves, seed: int, budget: int, startup: int | None) -> Run:
+    """`startup` None: every method its own default (matrec's for the trial count, 10 for
+    Optuna and hyperopt), else the same for all."""
     run = Run(curves.objective.name, method, seed, budget)
     space = curves.objective.space
+    trials = budget // curves.max_resource
+    own = startup if startup is not None else default_startup(trials)
+    theirs = startup if startup is not None else 10
+    workers = 4 if method.endswith(" x4") else 1
+    base = method.removesuffix(" x4")
     started = time.process_time()
-    if method == "matrec random":
-        run_matrec(run, curves, RandomSearch(space, seed), NoPruner(), workers=1)
-    elif method == "matrec TPE":
-        run_matrec(
-            run, curves, HyperoptSearch(space, seed, "tpe", startup, TPE_GAMMA), NoPruner(), 1
-        )
-    elif method.startswith("matrec TPE+ASHA"):
-        workers = 4 if method.endswith("x4") else 1
+    if base == "matrec random":
+        run_matrec(run, curves, RandomSearch(space, seed), NoPruner(), workers)
+    elif base in ("matrec default", "matrec TPE"):
+        name = DEFAULT_ALGORITHM if base == "matrec default" else "tpe"
+        run_matrec(run, curves, matrec_algorithm(name, space, seed, own), NoPruner(), workers)
+    elif base in ("matrec default+ASHA", "matrec TPE+ASHA"):
+        name = DEFAULT_ALGORITHM if base == "matrec default+ASHA" else "tpe"
         asha = AshaPruner(ASHA_MIN_RESOURCE, ASHA_REDUCTION_FACTOR)
-        run_matrec(
-            run, curves, HyperoptSearch(space, seed, "tpe", startup, TPE_GAMMA), asha, workers
-        )
-    elif method == "hyperopt fmin":
-        run_hyperopt_fmin(run, curves, startup)
+        run_matrec(run, curves, matrec_algorithm(name, space, seed, own), asha, workers)
+    elif base == "hyperopt fmin":
+        run_hyperopt_fmin(run, curves, theirs)
     elif method == "Optuna TPE":
-        run_optuna(run, curves, startup, "none")
-    elif method == "Optuna TPE independent":
-        run_optuna(run, curves, startup, "none", multivariate=False)
+        run_optuna(run, curves, theirs, "none", multivariate=False)
+    elif method == "Optuna multivariate TPE":
+        run_optuna(run, curves, theirs, "none", multivariate=True)
+    elif method == "Optuna multivariate TPE x4":
+        run_optuna_parallel(run, curves, theirs, multivariate=True, workers=4)
     elif method == "Optuna TPE+Hyperband":
-        run_optuna(run, curves, startup, "hyperband")
+        run_optuna(run, curves, theirs, "hyperband")
     elif method == "Optuna TPE+ASHA":
-        run_optuna(run, curves, startup, "asha")
+        run_optuna(run, curves, theirs, "asha")
     else:
         raise ValueError(method)
     run.cpu_seconds = time.process_time() - started
@@ -480,8 +639,8 @@ def summarise(
         "",
         "| method | trials | pruned | "
         + " | ".join(f"regret @ {round(f * 100)} %" for f in BUDGET_FRACTIONS)
-        + " | CPU s / run |",
-        "|---|---|---|" + "---|" * len(BUDGET_FRACTIONS) + "---|",
+        + " | median final regret | CPU s / run |",
+        "|---|---|---|" + "---|" * len(BUDGET_FRACTIONS) + "---|---|",
     ]
     for method, group in by_method.items():
         cells = [
@@ -492,6 +651,7 @@ def summarise(
         cells += [
             mean_sd([r.best_regret(optimum, f * budget) for r in group]) for f in BUDGET_FRACTIONS
         ]
+        cells.append(fmt(median_final(objective, group, budget)))
         cells.append(f"{statistics.fmean(r.cpu_seconds for r in group):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -512,6 +672,45 @@ def summarise(
             reached = sum(1 for c in computes if math.isfinite(c))
             cells += [median_compute(computes, budget), f"{reached}/{len(group)}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def median_final(objective: Objective, runs: Sequence[Run], budget: int) -> float:
+    return statistics.median(r.best_regret(objective.optimum, budget) for r in runs)
+
+
+#: The issue's goal: matrec's default has the best median final regret against these, run
+#: sequentially, and with four workers stays within 10 % of its own sequential regret.
+RIVALS = ("Optuna TPE", "Optuna multivariate TPE", "hyperopt fmin")
+PARALLEL_TOLERANCE = 0.10
+
+
+def goal_lines(objective: Objective, runs: Sequence[Run], budget: int) -> list[str]:
+    by_method = group_runs(runs)
+    mine = by_method.get("matrec default")
+    if not mine:
+        return []
+    lines: list[str] = []
+    ours = median_final(objective, mine, budget)
+    rivals = {m: median_final(objective, by_method[m], budget) for m in RIVALS if m in by_method}
+    if rivals:
+        best_rival = min(rivals, key=lambda m: rivals[m])
+        verdict = "met" if ours <= rivals[best_rival] else "MISSED"
+        lines.append(
+            f"- {objective.name}: goal best median final regret sequentially: {verdict} "
+            f"(matrec default {fmt(ours)}; "
+            + ", ".join(f"{m} {fmt(v)}" for m, v in rivals.items())
+            + ")"
+        )
+    parallel = by_method.get("matrec default x4")
+    if parallel:
+        theirs = median_final(objective, parallel, budget)
+        limit = ours * (1 + PARALLEL_TOLERANCE)
+        verdict = "met" if theirs <= limit + 1e-12 else "MISSED"
+        lines.append(
+            f"- {objective.name}: goal 4 workers within 10 % of sequential: {verdict} "
+            f"(x4 {fmt(theirs)} vs sequential {fmt(ours)}, limit {fmt(limit)})"
+        )
     return lines
 
 
@@ -567,7 +766,7 @@ def compare_compute(
 
 def checks(objective: Objective, runs: Sequence[Run], budget: int) -> list[str]:
     by_method = group_runs(runs)
-    lines: list[str] = []
+    lines: list[str] = goal_lines(objective, runs, budget)
     tpe = by_method.get("matrec TPE")
     if tpe and "hyperopt fmin" in by_method:
         lines.append(compare_regret(objective, tpe, by_method["hyperopt fmin"], budget))
@@ -591,7 +790,7 @@ def checks(objective: Objective, runs: Sequence[Run], budget: int) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
     parser.add_argument(
         "--trials",
         type=int,
@@ -603,7 +802,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-resource", type=int, default=27, help="R (default 27)")
     parser.add_argument(
-        "--startup", type=int, default=10, help="random startup trials of every TPE (default 10)"
+        "--startup",
+        type=int,
+        default=None,
+        help="random startup trials of every TPE (default: each its own default: matrec's for "
+        "the trial count, 10 for Optuna and hyperopt)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="processes running seeds at once (default 2)"
     )
     parser.add_argument(
         "--objective", choices=["all", *OBJECTIVES], default="all", help="default: all"
@@ -631,13 +837,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def quiet() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hyperopt").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run_seed(objective: str, method: str, args: argparse.Namespace, seed: int) -> Run:
+    quiet()
+    curves = Curves(OBJECTIVES[objective], args.max_resource, args.gap_scale)
+    return run_method(method, curves, seed, args.budget, args.startup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import optuna
+
+    quiet()
 
     started = time.perf_counter()
     objectives = list(OBJECTIVES.values())
@@ -647,14 +865,19 @@ def main(argv: list[str] | None = None) -> int:
     report: list[str] = []
     check_lines: list[str] = []
     for objective in objectives:
-        curves = Curves(objective, args.max_resource, args.gap_scale)
         runs: list[Run] = []
         for method in args.methods:
             method_started = time.perf_counter()
-            for seed in range(args.seeds):
-                runs.append(run_method(method, curves, seed, args.budget, args.startup))
+            work = partial(run_seed, objective.name, method, args)
+            if args.jobs > 1:
+                with ProcessPoolExecutor(args.jobs) as pool:
+                    runs += list(pool.map(work, range(args.seeds)))
+            else:
+                runs += [work(seed) for seed in range(args.seeds)]
+            cpu = sum(r.cpu_seconds for r in runs if r.method == method)
             print(
-                f"{objective.name:10} {method:22} {time.perf_counter() - method_started:6.1f} s",
+                f"{objective.name:11} {method:26} {time.perf_counter() - method_started:6.1f} s "
+                f"wall, {cpu:6.1f} s CPU",
                 file=sys.stderr,
                 flush=True,
             )
@@ -671,14 +894,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs)\n"
     )
     print(
-        f"R = {args.max_resource}, budget {args.budget} units per run, startup {args.startup}, "
+        f"R = {args.max_resource}, budget {args.budget} units per run, "
+        f"startup {args.startup if args.startup is not None else 'each method its default'}, "
         f"ASHA min_resource {ASHA_MIN_RESOURCE}, reduction factor {ASHA_REDUCTION_FACTOR}, "
         f"gap scale {args.gap_scale:g}\n"
     )
     print("\n".join(report))
     print("Checks:\n")
     print("\n".join(check_lines))
-    print(f"\nelapsed {elapsed:.0f} s")
+    cpu = sum(r.cpu_seconds for r in all_runs)
+    print(
+        f"\nelapsed {elapsed:.0f} s wall with {args.jobs} processes; the runs' CPU time "
+        f"{cpu:.0f} s (over {args.jobs} cores: {cpu / max(args.jobs, 1):.0f} s)"
+    )
     if args.json:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -27,7 +27,7 @@ from matrec.common.specs import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ALGORITHMS = ("tpe", "random", "grid", "anneal")
+ALGORITHMS = ("mtpe", "tpe", "random", "grid", "anneal")
 PRUNERS = ("none", "asha", "median")
 MAX_GRID_POINTS = 100_000
 
@@ -121,7 +121,7 @@ class StudySpecModel(BaseModel):
     name: str = Field(default="", max_length=200)
     trial: JobSpecModel
     search_space: dict[str, Param]
-    algorithm: Literal["tpe", "random", "grid", "anneal"] = "tpe"
+    algorithm: Literal["mtpe", "tpe", "random", "grid", "anneal"] = "mtpe"
     objective: str = ""
     direction: Literal["maximize", "minimize"] | None = None
     max_trials: int = Field(default=10, ge=1, le=10_000)
@@ -129,7 +129,7 @@ class StudySpecModel(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     grid_points: int = Field(default=5, ge=2, le=1_000, description="grid: points per float.")
     n_startup_trials: int | None = Field(
-        default=None, ge=0, description="tpe/anneal: random trials before the model is used."
+        default=None, ge=0, description="mtpe/tpe/anneal: random trials before the model is used."
     )
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     tpe_gamma: float = Field(
@@ -164,13 +164,18 @@ def grid_size(space: dict[str, Param], grid_points: int) -> int:
     return size
 
 
+def float_step_count(param: FloatParam) -> int:
+    """How many values min + k * step a stepped float has within [min, max]."""
+    assert param.step is not None
+    return math.floor((param.max - param.min) / param.step + 1e-9) + 1
+
+
 def float_grid(param: FloatParam, points: int) -> list[float]:
     """The grid values of a float: every step when it has one, else `points` spaced values."""
     if param.min == param.max:
         return [param.min]
     if param.step is not None:
-        count = math.floor((param.max - param.min) / param.step + 1e-9) + 1
-        return [param.min + k * param.step for k in range(count)]
+        return [param.min + k * param.step for k in range(float_step_count(param))]
     if param.log:
         lo, hi = math.log(param.min), math.log(param.max)
         return [math.exp(lo + (hi - lo) * k / (points - 1)) for k in range(points)]

@@ -78,7 +78,7 @@ def optimize_hyperparameters(
     hp_space: Mapping[str, Mapping[str, Any]] | None = None,
     max_trials: int = 10,
     *,
-    algorithm: str = "tpe",
+    algorithm: str = "mtpe",
     max_parallel: int = 2,
     objective: str = "val/accuracy",
     direction: str | None = None,
@@ -97,8 +97,9 @@ def optimize_hyperparameters(
     """Search `hp_space` (the seed's format; default DEFAULT_HP_SPACE) for the finetune settings
     that optimise `objective` on the ImageFolder dataset at `dataset_path`.
 
-    `algorithm`: "tpe" (hyperopt's Tree-structured Parzen Estimator), "random", "grid" or
-    "anneal"; tpe and anneal sample at random for their first `n_startup_trials` trials
+    `algorithm`: "mtpe" (Optuna's multivariate Tree-structured Parzen Estimator, the
+    default), "tpe" (hyperopt's TPE), "random", "grid" or "anneal"; mtpe, tpe and anneal
+    sample at random for their first `n_startup_trials` trials
     (default: a quarter of max_trials, 2 to 10). `pruner`: None, "asha", "median", or a dict such as
     ``{"kind": "asha", "min_resource": 1, "reduction_factor": 3}`` (resources are epochs).
     Every other finetune setting (model, strategy, batch_size, image_size, ...) goes in

@@ -294,7 +294,7 @@ class EnhancedTrainingAPI:
         hp_space: Mapping[str, Mapping[str, Any]] | None = None,
         max_trials: int = DEFAULT_MAX_TRIALS,
         hpo_epochs: int | None = None,
-        hpo_algorithm: str = "tpe",
+        hpo_algorithm: str = "mtpe",
         dataloader_workers: int | None = None,
         name: str = "training",
         **finetune: Any,
@@ -307,7 +307,7 @@ class EnhancedTrainingAPI:
         goes in `finetune` under its spec name and is fixed (a fixed hyperparameter is left out
         of the search). `pretrained_path` (default: the configured one, with transfer learning
         on) is local weights to start from. The study runs `max_trials` trials of `hpo_epochs`
-        epochs (default: `epochs`) each, with `hpo_algorithm` (tpe, random, grid, anneal) over
+        epochs (default: `epochs`) each, with `hpo_algorithm` (mtpe, tpe, random, grid, anneal) over
         `hp_space` (default DEFAULT_HP_SPACE). `dataloader_workers` is the finetune config's
         num_workers (DataLoader processes); `num_workers` is this API's worker count.
 

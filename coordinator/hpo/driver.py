@@ -244,7 +244,9 @@ class StudyDriver:
         loss = None
         if trial.state in (TrialState.COMPLETED, TrialState.PRUNED):
             loss = self._loss(spec, trial.objective_value)
-        return TrialHistory(trial.number, trial.params, trial.state.value, loss)
+        return TrialHistory(
+            trial.number, trial.params, trial.state.value, loss, trial.pruned_resource
+        )
 
     def _finish_if_done(self, study: StudyRecord) -> None:
         spec = study.spec

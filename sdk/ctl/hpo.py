@@ -1,9 +1,9 @@
 """`matrec-ctl hpo`: hyperparameter studies (submit, list, show, best, cancel, watch).
 
 A study runs one ordinary job per trial: the `trial` template (kind, fixed config, resources)
-with the sampled hyperparameters written into its config. The coordinator samples (tpe, random,
-grid, anneal), schedules up to `max_parallel` trials at once and prunes with ASHA or the median
-rule. Like the rest of `matrec-ctl`, the SDK is imported only when a command runs.
+with the sampled hyperparameters written into its config. The coordinator samples (mtpe, tpe,
+random, grid, anneal), schedules up to `max_parallel` trials at once and prunes with ASHA or the
+median rule. Like the rest of `matrec-ctl`, the SDK is imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ PATH_KEYS = ("dataset_path", "pretrained_path")
 class Algorithm(StrEnum):
     """The samplers of `matrec.common.studies.ALGORITHMS` (a unit test keeps them equal)."""
 
+    mtpe = "mtpe"
     tpe = "tpe"
     random = "random"
     grid = "grid"
@@ -282,9 +283,9 @@ def submit(
     algorithm: Annotated[
         Algorithm | None,
         typer.Option(
-            help="Sampler: tpe (Tree-structured Parzen Estimator, like Optuna's default), "
-            "random, grid (every combination; floats get --grid-points values) or anneal. "
-            "Default tpe."
+            help="Sampler: mtpe (Optuna's multivariate Tree-structured Parzen Estimator), tpe "
+            "(hyperopt's TPE, one parameter at a time), random, grid (every combination; floats "
+            "get --grid-points values) or anneal. Default mtpe."
         ),
     ] = None,
     max_trials: Annotated[
@@ -324,7 +325,7 @@ def submit(
         int | None,
         typer.Option(
             min=0,
-            help="tpe/anneal: random trials before the model is used "
+            help="mtpe/tpe/anneal: random trials before the model is used "
             "(Optuna's n_startup_trials). Default min(10, max(2, max-trials/4)).",
         ),
     ] = None,

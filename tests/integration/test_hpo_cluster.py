@@ -106,8 +106,8 @@ def test_tpe_study_of_real_finetunes_on_two_agents(
 def test_coordinator_killed_mid_study_loses_and_repeats_no_trial(
     cluster: LocalCluster, small_dataset: DemoDatasetInfo
 ) -> None:
-    """A TPE study of real fine-tunes, two at a time; the coordinator is SIGKILLed while trials
-    run and restarted on the same database."""
+    """A study of real fine-tunes with the default algorithm (mtpe), two at a time; the
+    coordinator is SIGKILLed while trials run and restarted on the same database."""
     spec = {
         "trial": {
             "kind": "finetune",
@@ -121,7 +121,6 @@ def test_coordinator_killed_mid_study_loses_and_repeats_no_trial(
         "search_space": {
             "learning_rate": {"type": "float", "min": 1e-4, "max": 3e-2, "log": True},
         },
-        "algorithm": "tpe",
         "max_trials": 5,
         "max_parallel": 2,
         "n_startup_trials": 2,

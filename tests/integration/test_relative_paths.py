@@ -64,7 +64,16 @@ def test_relative_data_dirs_from_another_working_directory(
     processes.append(
         _start(
             "matrec.agent.main",
-            ["--coordinator", address, "--name", "tour-agent", "--data-dir", "./agent"],
+            # The job is a script: this agent must be told it may run one.
+            [
+                "--coordinator",
+                address,
+                "--name",
+                "tour-agent",
+                "--data-dir",
+                "./agent",
+                "--allow-scripts",
+            ],
             tour,
             tmp_path / "agent.log",
         )

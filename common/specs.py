@@ -253,6 +253,20 @@ class DiagnosticConfig(BaseModel):
     duration_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
     steps: int = Field(default=1, ge=1, le=100_000)
     fail: bool = False
+    allocate_mb: int = Field(
+        default=0,
+        ge=0,
+        le=1_048_576,
+        description="Allocate and fill this much host memory after the last step: shows how "
+        "the cluster reports a task that runs out of memory.",
+    )
+    memory_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        le=1_048_576,
+        description="Bound the worker's address space to this many MiB (setrlimit RLIMIT_AS) "
+        "before allocate_mb; 0: no bound.",
+    )
     score: float | None = Field(
         default=None,
         description="Also report a synthetic learning curve, diagnostic/score, rising linearly "
@@ -347,6 +361,10 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
     },
     "diagnostic": {"diagnostic/score": True},
 }
+
+#: The metric a fine-tune reports when out-of-memory recovery changes the images per forward
+#: pass (agent/training/memory.py); the coordinator turns each point into a job event.
+MICRO_BATCH_METRIC = "memory/micro_batch"
 
 
 class ResourceRequest(BaseModel):

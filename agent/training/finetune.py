@@ -12,6 +12,8 @@ steps as one process with the same global batch (up to float rounding, and to Ba
 that train, which see the rank's slice). Every rank evaluates the whole validation set, so all
 take the same early-stopping decisions; rank 0 alone reports, checkpoints and saves the model.
 
+A step or evaluation pass that runs out of memory is repeated as micro-batches (memory.py).
+
 Imported lazily, by worker processes only: it imports torch at module level.
 """
 
@@ -41,6 +43,7 @@ from matrec.agent.training.collective import LOCAL_RANK_ENV, Collective, collect
 from matrec.agent.training.data import Data, epoch_batches, load_data
 from matrec.agent.training.descriptors import describe_files, descriptor_dim
 from matrec.agent.training.evaluation import Forward, evaluation_report, predict
+from matrec.agent.training.memory import MicroBatching, check_simulated_limit, simulated_limit
 from matrec.agent.training.models import (
     build_hybrid,
     build_model,
@@ -112,6 +115,7 @@ class _Progress:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)  # epoch-end metrics
+    micro_batch: int = 0  # the micro-batch memory allowed (memory.py); 0: the whole batch
 
 
 def run_finetune(
@@ -216,11 +220,23 @@ def _train(
         )
     )
     forward = _forward_fn(model, descriptors, device)
+    micro = MicroBatching(
+        config.batch_size // collective.size,
+        config.image_size,
+        device,
+        reporter,
+        progress.micro_batch,
+    )
+    evaluate = micro.evaluating(forward)
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return training_loss(logits, labels, config.label_smoothing)
 
     def save_checkpoint() -> None:
         if not is_main:
             return
         progress.seconds = earlier_seconds + (time.monotonic() - started)
+        progress.micro_batch = micro.size
         atomic_torch_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -269,10 +285,11 @@ def _train(
         )
         for images, labels, indices in loader:
             labels = labels.to(device, non_blocking=True)
-            logits = forward(images, indices)
-            loss = training_loss(logits, labels, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            logits, loss_value = micro.train_step(
+                model, forward, loss_fn, images, labels, indices, progress.step + 1
+            )
             stop = optimizer_step(
-                loss,
                 model,
                 optimizer,
                 scheduler,
@@ -280,7 +297,6 @@ def _train(
                 sync=lambda params: collective.average_gradients(params, should_stop()),
             )
 
-            loss_value = loss.item()
             progress.step += 1
             progress.batch_in_epoch += 1
             progress.run_loss_sum += loss_value
@@ -313,7 +329,7 @@ def _train(
                 raise TrainingPreempted(checkpoint_path, progress.epoch, progress.step)
 
         model.eval()
-        val = predict(forward, val_loader)
+        val = predict(evaluate, val_loader)
         report = evaluation_report(val, data.classes, config.top_k)
         loss_sum, correct, seen = collective.sum(
             [progress.epoch_loss_sum, progress.epoch_correct, progress.epoch_seen]
@@ -348,7 +364,7 @@ def _train(
     # Re-evaluated rather than read from the history, so that a finished run asked to run
     # again checks the saved model against the dataset as it is now.
     model.eval()
-    final = predict(forward, val_loader)
+    final = predict(evaluate, val_loader)
     model_path = artifact_dir / "model.pt"
     if is_main:
         atomic_torch_save(
@@ -421,8 +437,10 @@ def _forward_fn(
     model: nn.Module, descriptors: torch.Tensor | None, device: torch.device
 ) -> Forward:
     use_cuda = device.type == "cuda"
+    oom_limit = simulated_limit()
 
     def forward(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        check_simulated_limit(len(images), oom_limit)
         images = images.to(device, non_blocking=True)
         if use_cuda:
             images = images.contiguous(memory_format=torch.channels_last)

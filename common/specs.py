@@ -367,12 +367,60 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
 MICRO_BATCH_METRIC = "memory/micro_batch"
 
 
+#: Bounds past which a memory request is a typo, not a machine: 16 TiB of host memory, 1 TiB
+#: on one GPU.
+MAX_MEMORY_MB = 16 << 20
+MAX_GPU_MEMORY_MB = 1 << 20
+
+
 class ResourceRequest(BaseModel):
+    """What each task needs from an agent. Host memory as memory_mb (or memory_bytes, the wire
+    form), GPU memory per GPU as gpu_memory_mb (or gpu_memory_bytes); `placement()` is what the
+    scheduler reserves and checks."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus: int = Field(default=0, ge=0, le=64)
     cpus: float = Field(default=1.0, ge=0.0, le=4096)
-    memory_bytes: int = Field(default=0, ge=0)
+    memory_bytes: int = Field(default=0, ge=0, le=MAX_MEMORY_MB << 20)
+    memory_mb: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_MEMORY_MB,
+        description="Host memory the task needs, MiB; it is placed only where that much is free.",
+    )
+    gpu_memory_bytes: int = Field(default=0, ge=0, le=MAX_GPU_MEMORY_MB << 20)
+    gpu_memory_mb: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_GPU_MEMORY_MB,
+        description="Memory each of the task's GPUs must have free, MiB (needs gpus >= 1).",
+    )
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _one_host_memory(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("memory_bytes"):
+            raise ValueError("give memory_mb or memory_bytes, not both")
+        return value
+
+    @field_validator("gpu_memory_mb")
+    @classmethod
+    def _gpu_memory_needs_gpus(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("gpu_memory_bytes"):
+            raise ValueError("give gpu_memory_mb or gpu_memory_bytes, not both")
+        if (value or info.data.get("gpu_memory_bytes")) and info.data.get("gpus") == 0:
+            raise ValueError("GPU memory is per GPU: ask for resources.gpus >= 1 as well")
+        return value
+
+    def placement(self) -> dict[str, Any]:
+        """The request in bytes, as the scheduler and the wire carry it."""
+        return {
+            "gpus": self.gpus,
+            "cpus": self.cpus,
+            "memory_bytes": self.memory_bytes or self.memory_mb << 20,
+            "gpu_memory_bytes": self.gpu_memory_bytes or self.gpu_memory_mb << 20,
+        }
 
 
 class JobSpecModel(BaseModel):

@@ -17,7 +17,7 @@ from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
 from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord, new_id
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import agents_pb2
+from matrec.v1 import agents_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,70 @@ def fits(request: Mapping[str, Any], free: Mapping[str, float]) -> bool:
         if wanted > free.get(key, 0.0) + 1e-9:
             return False
     return True
+
+
+def gpu_memory_misfit(
+    request: Mapping[str, Any], gpus: list[dict[str, Any]], usage: common_pb2.ResourceUsage | None
+) -> str | None:
+    """Why an agent's GPUs cannot give the task `gpus` GPUs with `gpu_memory_bytes` free each
+    (total memory, less what its latest heartbeat says is in use); None when they can."""
+    wanted = int(request.get("gpu_memory_bytes", 0) or 0)
+    count = int(request.get("gpus", 0) or 0)
+    if wanted <= 0 or count <= 0:
+        return None
+    in_use = list(usage.gpu_memory_used_bytes) if usage is not None else []
+    free = [
+        int(gpu.get("memory_bytes", 0) or 0) - (in_use[i] if i < len(in_use) else 0)
+        for i, gpu in enumerate(gpus)
+    ]
+    enough = sum(1 for value in free if value >= wanted)
+    if enough >= count:
+        return None
+    return (
+        f"needs {count} GPU(s) with {_mib(wanted)} MiB free, has {enough} "
+        f"(most free on one GPU: {_mib(max(free, default=0))} MiB)"
+    )
+
+
+def misfit(
+    request: Mapping[str, Any],
+    total: Mapping[str, Any],
+    free: Mapping[str, float],
+    gpus: list[dict[str, Any]],
+    usage: common_pb2.ResourceUsage | None,
+) -> str | None:
+    """Why a task does not fit on an agent now, None when it does. A request larger than the
+    agent's total says so (it will never fit there), so the reason does not change with load."""
+    if not fits(request, free):
+        wanted = {key: float(request.get(key, 0) or 0) for key in RESOURCE_KEYS}
+        short = [key for key in RESOURCE_KEYS if not fits({key: wanted[key]}, free)]
+        return ", ".join(
+            _shortfall(key, wanted[key], float(total.get(key, 0) or 0), free.get(key, 0.0))
+            for key in short
+        )
+    return gpu_memory_misfit(request, gpus, usage)
+
+
+def _shortfall(key: str, wanted: float, total: float, free: float) -> str:
+    if key == "memory_bytes":
+        need, total_text, free_text = (
+            f"{_mib(wanted)} MiB host memory",
+            _mib_text(total),
+            _mib_text(free),
+        )
+    else:
+        need, total_text, free_text = f"{wanted:g} {key}", f"{total:g}", f"{free:g}"
+    if wanted > total:
+        return f"needs {need}, has {total_text} in all"
+    return f"needs {need}, {free_text} unreserved now"
+
+
+def _mib(value: float) -> int:
+    return int(value) >> 20
+
+
+def _mib_text(value: float) -> str:
+    return str(_mib(value))
 
 
 def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
@@ -92,6 +156,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         # Gang members already told to stop, so that they are told once.
         self._stopping: set[tuple[str, int]] = set()
+        # The latest `waiting` reason recorded per (task, attempt), so that it is recorded once.
+        self._waits: dict[tuple[str, int], str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -129,11 +195,17 @@ class Scheduler:
         queued = self.store.queued_tasks()
         if not queued:
             return 0
+        waiting = {(task.id, task.attempt) for task in queued}
+        self._waits = {key: why for key, why in self._waits.items() if key in waiting}
         active = self.store.active_tasks()
         used = used_by_agent(active)
         running = Counter(t.agent_id for t in active)
         available = {session.agent_id for session in sessions}
-        totals = {a.id: a.resources for a in self.store.list_agents() if a.id in available}
+        agents = [a for a in self.store.list_agents() if a.id in available]
+        totals = {a.id: a.resources for a in agents}
+        gpus = {a.id: a.gpus for a in agents}
+        names = {a.id: a.name for a in agents}
+        usages = {s.agent_id: s.usage for s in sessions}
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
@@ -144,12 +216,19 @@ class Scheduler:
             if owner is not None and gang_size(owner) > 1:
                 gangs[task.job_id].append(task)
                 continue
-            candidates = [
-                aid
+            misfits = {
+                aid: misfit(
+                    task.resources,
+                    total,
+                    free_resources(total, used[aid]),
+                    gpus.get(aid, []),
+                    usages.get(aid),
+                )
                 for aid, total in totals.items()
-                if fits(task.resources, free_resources(total, used[aid]))
-            ]
+            }
+            candidates = [aid for aid, why in misfits.items() if why is None]
             if not candidates:
+                self._note_wait(task, misfits, names)
                 continue
             # Spread work: the agent with the least in use gets the task.
             agent_id = min(candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid))
@@ -179,6 +258,19 @@ class Scheduler:
                 self._send_assignment(claimed, job, placement[task.id], used, running, gang)
                 assigned += 1
         return assigned
+
+    def _note_wait(
+        self, task: TaskRecord, misfits: Mapping[str, str | None], names: Mapping[str, str]
+    ) -> None:
+        """A `waiting` event saying why no agent takes the task, when the reason changes."""
+        reasons = "; ".join(f"agent {names[aid]}: {why}" for aid, why in sorted(misfits.items()))
+        reason = f"no agent can take it now ({reasons})"
+        key = (task.id, task.attempt)
+        if self._waits.get(key) == reason:
+            return
+        self._waits[key] = reason
+        self.store.add_job_event(task.job_id, "waiting", reason, task.id, task.attempt)
+        self.notifier.notify(task.job_id)
 
     def _send_assignment(
         self,

@@ -754,6 +754,12 @@ class Store:
         ignored, so a replayed batch never duplicates."""
         self._insert_new(schema.training_progress, job_id, rows)
 
+    def add_job_event(
+        self, job_id: str, kind: str, message: str, task_id: str = "", attempt: int = 0
+    ) -> None:
+        with self.engine.begin() as conn:
+            add_event(conn, job_id, kind, message, task_id, attempt)
+
     def add_memory_events(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """A `memory` event for each micro-batch change among these metric points (the task
         recovered from running out of memory, or tried a larger micro-batch again); a replayed

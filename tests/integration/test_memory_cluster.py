@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from support.cluster_jobs import assert_complete_series, finetune_spec
+from support.cluster_jobs import assert_complete_series, finetune_spec, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +65,30 @@ def test_a_model_that_fits_no_micro_batch_fails_naming_batch_image_and_memory(
         assert [attempt for attempt, _ in failed] == [1, 2]
         assert failed[0][1].startswith("out of memory (worker exit code 3)")
         assert failed[0][1].endswith("; requeued")
+
+
+def test_a_job_asking_more_memory_than_any_agent_has_waits_saying_why(tmp_path: Path) -> None:
+    with (
+        LocalCluster(tmp_path / "cluster", agents=1) as cluster,
+        cluster.client() as client,
+    ):
+        (agent,) = client.list_agents()
+        host_mib = agent.total.memory_bytes >> 20
+        spec = {
+            "kind": "diagnostic",
+            "config": {"steps": 1, "duration_seconds": 0},
+            "resources": {"memory_mb": 8 * host_mib},
+        }
+        job = client.submit_job(spec)
+        wait_until(
+            lambda: any(e.kind == "waiting" for e in client.get_job(job.id).history),
+            30,
+            "the waiting event",
+        )
+        final = client.get_job(job.id)
+        assert final.state == "queued"
+        assert final.spec.resources.memory_bytes == (8 * host_mib) << 20
+        (reason,) = [e.message for e in final.history if e.kind == "waiting"]
+        assert f"needs {8 * host_mib} MiB host memory, has {host_mib} in all" in reason
+        small = client.submit_job({**spec, "resources": {"memory_mb": 16}})
+        assert client.wait(small.id, timeout=60).state == "succeeded"

@@ -39,6 +39,17 @@ def fits(request: Mapping[str, Any], free: Mapping[str, float]) -> bool:
     return True
 
 
+def gpu_memory_free(
+    gpus: list[dict[str, Any]], usage: common_pb2.ResourceUsage | None
+) -> list[int]:
+    """Each GPU's memory less what the agent's latest heartbeat says is in use (bytes)."""
+    in_use = list(usage.gpu_memory_used_bytes) if usage is not None else []
+    return [
+        int(gpu.get("memory_bytes", 0) or 0) - (in_use[i] if i < len(in_use) else 0)
+        for i, gpu in enumerate(gpus)
+    ]
+
+
 def gpu_memory_misfit(
     request: Mapping[str, Any], gpus: list[dict[str, Any]], usage: common_pb2.ResourceUsage | None
 ) -> str | None:
@@ -48,11 +59,7 @@ def gpu_memory_misfit(
     count = int(request.get("gpus", 0) or 0)
     if wanted <= 0 or count <= 0:
         return None
-    in_use = list(usage.gpu_memory_used_bytes) if usage is not None else []
-    free = [
-        int(gpu.get("memory_bytes", 0) or 0) - (in_use[i] if i < len(in_use) else 0)
-        for i, gpu in enumerate(gpus)
-    ]
+    free = gpu_memory_free(gpus, usage)
     enough = sum(1 for value in free if value >= wanted)
     if enough >= count:
         return None
@@ -101,6 +108,26 @@ def _mib(value: float) -> int:
 
 def _mib_text(value: float) -> str:
     return str(_mib(value))
+
+
+#: How an agent's failure reason starts when the worker ran out of memory (agent/task_runner.py
+#: and agent/memory_report.py write it).
+OUT_OF_MEMORY = "out of memory"
+
+
+def memory_headroom(
+    request: Mapping[str, Any],
+    total: Mapping[str, Any],
+    gpus: list[dict[str, Any]],
+    usage: common_pb2.ResourceUsage | None,
+) -> tuple[int, int]:
+    """(the most GPU memory free on one GPU when the task uses GPUs, host memory free), from
+    the agent's latest heartbeat, else its totals: the order in which to prefer agents for a
+    task that ran out of memory."""
+    gpu_free = max(gpu_memory_free(gpus, usage), default=0)
+    host_used = usage.memory_used_bytes if usage is not None else 0
+    host_free = int(total.get("memory_bytes", 0) or 0) - host_used
+    return (gpu_free if int(request.get("gpus", 0) or 0) > 0 else 0, host_free)
 
 
 def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
@@ -230,8 +257,19 @@ class Scheduler:
             if not candidates:
                 self._note_wait(task, misfits, names)
                 continue
-            # Spread work: the agent with the least in use gets the task.
-            agent_id = min(candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid))
+            if task.error.startswith(OUT_OF_MEMORY):
+                # Its last attempt ran out of memory: the agent with the most memory free.
+                agent_id = max(
+                    candidates,
+                    key=lambda aid: memory_headroom(
+                        task.resources, totals[aid], gpus[aid], usages[aid]
+                    ),
+                )
+            else:
+                # Spread work: the agent with the least in use gets the task.
+                agent_id = min(
+                    candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid)
+                )
             claimed = self.store.assign_task(task.id, agent_id, self.lease_ttl)
             if claimed is None:
                 continue

@@ -93,6 +93,9 @@ class FinetuneResult:
     skipped_images: int = 0
     model_type: str = "cnn"
     strategy: str = "full"
+    # Images per forward pass at the end (memory.py); the per-rank batch when it never split.
+    micro_batch: int = 0
+    memory_adaptations: list[str] = field(default_factory=list)  # this attempt's changes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -391,6 +394,8 @@ def _train(
         skipped_images=len(data.skipped),
         model_type=config.model_type,
         strategy=config.strategy,
+        micro_batch=micro.size,
+        memory_adaptations=list(micro.changes),
     )
     if is_main:
         atomic_write_text(

@@ -112,6 +112,8 @@ class MicroBatching:
         self._reported = batch_size  # what the metric last said (the full batch: no metric)
         self._steps_at_size = 0
         self._grow_after = grow_after
+        #: Each change, as logged: what the result reports as adapted.
+        self.changes: list[str] = []
 
     def train_step(
         self,
@@ -194,7 +196,7 @@ class MicroBatching:
             ) from exc
         self.size = tried // 2
         self._steps_at_size = 0
-        self.reporter.log(
+        self._note(
             f"out of memory at {where} with {tried} images in one pass; running it again as "
             f"micro-batches of {self.size} (batch size {self.batch_size} unchanged, gradients "
             "accumulated)"
@@ -207,7 +209,11 @@ class MicroBatching:
         self._steps_at_size = 0
         # If this fails, _shrink comes back to the old size and waits twice as long next time.
         self._grow_after *= 2
-        self.reporter.log(f"step {step}: trying micro-batches of {self.size} again")
+        self._note(f"step {step}: trying micro-batches of {self.size} again")
+
+    def _note(self, text: str) -> None:
+        self.changes.append(text)
+        self.reporter.log(text)
 
 
 def _parts(total: int, size: int) -> list[slice]:

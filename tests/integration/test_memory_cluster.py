@@ -37,6 +37,7 @@ def test_a_batch_too_large_for_memory_trains_in_micro_batches(
             "(batch size unchanged)"
         ]
         assert final.result["steps"] == 9
+        assert final.result["micro_batch"] == 4
 
 
 def test_a_model_that_fits_no_micro_batch_fails_naming_batch_image_and_memory(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from matrec.agent.training.finetune import run_finetune
+from matrec.agent.training.finetune import FinetuneResult, run_finetune
 from matrec.agent.training.memory import (
     METRIC,
     OOM_TEST_ENV,
@@ -31,13 +31,17 @@ def weights(artifact_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+class Reporter(RecordingReporter):
+    result: FinetuneResult | None = None
+
+
 def finetune(
     dataset: Path,
     artifact_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     limit: int | None,
     **cfg: object,
-) -> RecordingReporter:
+) -> Reporter:
     if limit is None:
         monkeypatch.delenv(OOM_TEST_ENV, raising=False)
     else:
@@ -67,6 +71,11 @@ def test_head_only_in_micro_batches_ends_with_the_unsplit_weights(
     assert [(s, v[METRIC]) for s, v in split.metrics_calls if METRIC in v] == [(1, 4.0)]
     assert sum("micro-batches of 8" in line for line in split.logs) == 1
     assert sum("micro-batches of 4" in line for line in split.logs) == 1
+    assert split.result is not None and split.result.micro_batch == 4
+    assert [line.split(";")[0] for line in split.result.memory_adaptations] == [
+        "out of memory at step 1 with 16 images in one pass",
+        "out of memory at step 1 with 8 images in one pass",
+    ]
     assert_every_step_once(split)
     whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "split")
     # The frozen backbone (eval mode) makes the accumulated step the unsplit one up to float

@@ -233,3 +233,27 @@ def test_gpu_memory_in_use_by_another_process_counts(store: Store, tmp_path: Pat
         assert placed_on(store, job) == "agent-b"
 
     asyncio.run(scenario())
+
+
+def test_a_task_that_ran_out_of_memory_goes_where_most_memory_is_free(
+    store: Store, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        sessions, scheduler = memory_cluster(store, ("a", "b"))
+        for name, used in (("a", 1), ("b", 7)):
+            session = sessions.get(f"agent-{name}")
+            assert session is not None
+            session.usage = common_pb2.ResourceUsage(memory_used_bytes=used * GIB)
+        busy = submit(store, tmp_path)
+        assert scheduler.schedule_once() == 1 and placed_on(store, busy) == "agent-a"
+        job = submit(store, tmp_path)
+        assert scheduler.schedule_once() == 1 and placed_on(store, job) == "agent-b"  # spread
+        task_id = store.get_job(job).tasks[0].id  # type: ignore[union-attr]
+        store.mark_running(task_id, 1, "agent-b")
+        error = "out of memory (worker exit code 3)\nmatrec worker: out of memory: ..."
+        store.finish_task(task_id, 1, "agent-b", TaskOutcome.FAILED, error=error)
+        # Spreading would pick the idle agent-b; 6 GiB free on agent-a against 1 GiB wins.
+        assert scheduler.schedule_once() == 1
+        assert placed_on(store, job) == "agent-a"
+
+    asyncio.run(scenario())

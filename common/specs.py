@@ -177,6 +177,13 @@ class FinetuneConfig(BaseModel):
         description="Distributed backend: auto (Horovod when it is installed, else "
         "torch.distributed), horovod, or torch.",
     )
+    micro_batch: int | str | None = Field(
+        default=None,
+        description="Images per forward pass, each rank: a step runs its batch as micro-batches "
+        "of this size with gradient accumulation (same step). 'auto': find the largest that "
+        "fits before the first step. Unset: the whole batch, split only on running out of "
+        "memory (docs/memory.md).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -220,6 +227,28 @@ class FinetuneConfig(BaseModel):
                 raise ValueError(
                     f"batch_size {batch_size} does not split over {ranks} ranks "
                     f"({value} hosts x {per_host}); make it a multiple of {ranks}"
+                )
+        return value
+
+    @field_validator("micro_batch")
+    @classmethod
+    def _micro_batch_within_the_batch(
+        cls, value: int | str | None, info: ValidationInfo
+    ) -> int | str | None:
+        if value is None or value == "auto":
+            return value
+        if not isinstance(value, int):
+            raise ValueError(f"expected a whole number of images or 'auto' (got {value!r})")
+        batch_size, per_host = info.data.get("batch_size"), info.data.get("workers_per_host")
+        hosts = info.data.get("hosts")
+        if value < 1:
+            raise ValueError(f"must be 1 or more images, or 'auto' (got {value})")
+        if isinstance(batch_size, int) and isinstance(per_host, int) and isinstance(hosts, int):
+            per_rank = batch_size // (per_host * hosts)
+            if value > per_rank:
+                raise ValueError(
+                    f"{value} is more than the {per_rank} images each rank trains on per step "
+                    "(batch_size / ranks); use at most that, or 'auto'"
                 )
         return value
 

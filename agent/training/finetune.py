@@ -223,17 +223,32 @@ def _train(
         )
     )
     forward = _forward_fn(model, descriptors, device)
+    per_rank = config.batch_size // collective.size
+    fixed = config.micro_batch if isinstance(config.micro_batch, int) else 0
     micro = MicroBatching(
-        config.batch_size // collective.size,
+        per_rank,
         config.image_size,
         device,
         reporter,
-        progress.micro_batch,
+        progress.micro_batch or fixed,
+        grow=not fixed,
     )
     evaluate = micro.evaluating(forward)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return training_loss(logits, labels, config.label_smoothing)
+
+    if config.micro_batch == "auto" and progress.micro_batch == 0:
+        # Keeps the RNG as it was, so that a probed run trains as an unprobed one would.
+        rng = torch.get_rng_state()
+        images, labels, indices = next(
+            iter(
+                DataLoader(data.train, batch_sampler=[list(range(min(per_rank, data.train_size)))])
+            )
+        )
+        apply_strategy(model, config, progress.epoch)
+        micro.probe(model, forward, loss_fn, images, labels.to(device), indices)
+        torch.set_rng_state(rng)
 
     def save_checkpoint() -> None:
         if not is_main:

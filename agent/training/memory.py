@@ -36,6 +36,8 @@ OOM_TEST_ENV = "MATREC_TEST_OOM_ABOVE"
 #: Steps at a reduced micro-batch before a larger one is tried again.
 GROW_AFTER_STEPS = 200
 METRIC = MICRO_BATCH_METRIC
+#: The probe leaves this share of a GPU's memory as the most a micro-batch may peak at.
+PROBE_MARGIN = 0.85
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -103,6 +105,7 @@ class MicroBatching:
         reporter: Reporter,
         size: int = 0,
         grow_after: int = GROW_AFTER_STEPS,
+        grow: bool = True,
     ) -> None:
         self.batch_size = batch_size
         self.image_size = image_size
@@ -112,6 +115,7 @@ class MicroBatching:
         self._reported = batch_size  # what the metric last said (the full batch: no metric)
         self._steps_at_size = 0
         self._grow_after = grow_after
+        self._grow = grow  # False: the user fixed the micro-batch; never try a larger one
         #: Each change, as logged: what the result reports as adapted.
         self.changes: list[str] = []
 
@@ -134,10 +138,7 @@ class MicroBatching:
             try:
                 result = self._accumulate(forward, loss_fn, images, labels, indices)
             except torch.OutOfMemoryError as exc:
-                model.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for buffer, saved in zip(model.buffers(), buffers, strict=True):
-                        buffer.copy_(saved)
+                _undo(model, buffers)
                 self._shrink(len(labels), f"step {step}", exc)
                 continue
             self._steps_at_size += 1
@@ -145,6 +146,47 @@ class MicroBatching:
                 self.reporter.metrics(step, {METRIC: float(self.size)})
                 self._reported = self.size
             return result
+
+    def probe(
+        self,
+        model: nn.Module,
+        forward: Forward,
+        loss_fn: LossFn,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> int:
+        """Before the first step: the largest micro-batch that fits, halving from the whole
+        batch, by forward and backward passes over `images` that change nothing (gradients and
+        buffers are put back). On a GPU, a size that peaks above PROBE_MARGIN of the device's
+        memory is halved too, leaving room for what later steps allocate."""
+        buffers = [b.detach().clone() for b in model.buffers()]
+        use_cuda = self.device.type == "cuda"
+        while True:
+            if use_cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                self._accumulate(forward, loss_fn, images, labels, indices)
+            except torch.OutOfMemoryError as exc:
+                _undo(model, buffers)
+                self._shrink(len(labels), "the memory probe", exc)
+                continue
+            _undo(model, buffers)
+            if use_cuda and self.size > 1:
+                _, total = torch.cuda.mem_get_info(self.device)
+                peak = torch.cuda.max_memory_allocated(self.device)
+                if peak > PROBE_MARGIN * total:
+                    self.size //= 2
+                    self._note(
+                        f"memory probe: micro-batches of {self.size * 2} peak at {_mib(peak)} "
+                        f"of {_mib(total)} MiB; using {self.size} for headroom"
+                    )
+                    continue
+            self._note(
+                f"memory probe: micro-batches of {self.size} images fit (batch size "
+                f"{self.batch_size}); {memory_description(self.device)}"
+            )
+            return self.size
 
     def evaluating(self, forward: Forward) -> Forward:
         """`forward` for evaluation (no gradients): each batch split into micro-batches."""
@@ -203,7 +245,7 @@ class MicroBatching:
         )
 
     def _maybe_grow(self, batch: int, step: int) -> None:
-        if self.size >= batch or self._steps_at_size < self._grow_after:
+        if not self._grow or self.size >= batch or self._steps_at_size < self._grow_after:
             return
         self.size = min(batch, self.size * 2)
         self._steps_at_size = 0
@@ -214,6 +256,14 @@ class MicroBatching:
     def _note(self, text: str) -> None:
         self.changes.append(text)
         self.reporter.log(text)
+
+
+def _undo(model: nn.Module, buffers: list[torch.Tensor]) -> None:
+    """Forget a failed or trial pass: no gradients, the buffers as they were before it."""
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, saved in zip(model.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
 
 
 def _parts(total: int, size: int) -> list[slice]:

@@ -99,6 +99,29 @@ def test_full_in_micro_batches_is_close_to_the_unsplit_run(
     assert max_difference(whole, parts, buffers=False) < 0.03
 
 
+@pytest.mark.parametrize(("micro_batch", "limit"), [("auto", 5), (4, None)])
+def test_a_probed_or_fixed_micro_batch_is_used_from_the_first_step(
+    small_dataset: DemoDatasetInfo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    micro_batch: int | str,
+    limit: int | None,
+) -> None:
+    run = finetune(
+        small_dataset.path, tmp_path, monkeypatch, limit, strategy="head_only",
+        micro_batch=micro_batch,
+    )  # fmt: skip
+    assert [(s, v[METRIC]) for s, v in run.metrics_calls if METRIC in v] == [(1, 4.0)]
+    assert not [line for line in run.logs if "out of memory at step" in line]
+    probed = [line for line in run.logs if line.startswith("memory probe:")]
+    if micro_batch == "auto":
+        assert len(probed) == 1
+        assert probed[0].startswith("memory probe: micro-batches of 4 images fit (batch size 16)")
+    else:
+        assert probed == []
+    assert_every_step_once(run)
+
+
 def test_smallest_micro_batch_not_fitting_fails_naming_batch_image_and_memory(
     small_dataset: DemoDatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

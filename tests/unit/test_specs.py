@@ -27,6 +27,13 @@ from matrec.common.specs import SpecError, parse_job_spec
             "less than or equal to 1048576",
         ),
         ({"resources": {"gpu_memory_mb": 8192}}, "resources.gpu_memory_mb", "resources.gpus >= 1"),
+        ({"config": {"micro_batch": 0}}, "config.micro_batch", "1 or more images, or 'auto'"),
+        ({"config": {"micro_batch": "big"}}, "config.micro_batch", "or 'auto' (got 'big')"),
+        (
+            {"config": {"batch_size": 16, "workers_per_host": 2, "micro_batch": 16}},
+            "config.micro_batch",
+            "more than the 8 images each rank trains on per step",
+        ),
         (
             {"resources": {"memory_bytes": 1, "memory_mb": 1}},
             "resources.memory_mb",

@@ -134,18 +134,15 @@ class MicroBatching:
         `step` is the 1-based optimizer step this is, for the log and the metric."""
         self._maybe_grow(len(labels), step)
         buffers = [b.detach().clone() for b in model.buffers()]
-        while True:
-            try:
-                result = self._accumulate(forward, loss_fn, images, labels, indices)
-            except torch.OutOfMemoryError as exc:
-                _undo(model, buffers)
-                self._shrink(len(labels), f"step {step}", exc)
-                continue
-            self._steps_at_size += 1
-            if self.size != self._reported:
-                self.reporter.metrics(step, {METRIC: float(self.size)})
-                self._reported = self.size
-            return result
+        batch = (images, labels, indices)
+        result = self._accumulate_until_it_fits(
+            model, buffers, forward, loss_fn, batch, f"step {step}"
+        )
+        self._steps_at_size += 1
+        if self.size != self._reported:
+            self.reporter.metrics(step, {METRIC: float(self.size)})
+            self._reported = self.size
+        return result
 
     def probe(
         self,
@@ -165,12 +162,10 @@ class MicroBatching:
         while True:
             if use_cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
-            try:
-                self._accumulate(forward, loss_fn, images, labels, indices)
-            except torch.OutOfMemoryError as exc:
-                _undo(model, buffers)
-                self._shrink(len(labels), "the memory probe", exc)
-                continue
+            batch = (images, labels, indices)
+            self._accumulate_until_it_fits(
+                model, buffers, forward, loss_fn, batch, "the memory probe"
+            )
             _undo(model, buffers)
             if use_cuda and self.size > 1:
                 _, total = torch.cuda.mem_get_info(self.device)
@@ -204,6 +199,24 @@ class MicroBatching:
                     self._shrink(len(images), "evaluation", exc)
 
         return split_forward
+
+    def _accumulate_until_it_fits(
+        self,
+        model: nn.Module,
+        buffers: list[torch.Tensor],
+        forward: Forward,
+        loss_fn: LossFn,
+        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        where: str,
+    ) -> tuple[torch.Tensor, float]:
+        """_accumulate, halving the micro-batch after each out-of-memory error (which undoes
+        the failed pass's gradients and buffer updates)."""
+        while True:
+            try:
+                return self._accumulate(forward, loss_fn, *batch)
+            except torch.OutOfMemoryError as exc:
+                _undo(model, buffers)
+                self._shrink(len(batch[1]), where, exc)
 
     def _accumulate(
         self,

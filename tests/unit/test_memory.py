@@ -46,8 +46,9 @@ def finetune(
         monkeypatch.delenv(OOM_TEST_ENV, raising=False)
     else:
         monkeypatch.setenv(OOM_TEST_ENV, str(limit))
-    reporter = RecordingReporter()
-    run_finetune(make_config(dataset, epochs=1, log_every_steps=1, **cfg), artifact_dir, reporter)
+    reporter = Reporter()
+    config = make_config(dataset, epochs=1, log_every_steps=1, **cfg)
+    reporter.result = run_finetune(config, artifact_dir, reporter)
     return reporter
 
 
@@ -120,6 +121,7 @@ def test_a_probed_or_fixed_micro_batch_is_used_from_the_first_step(
     else:
         assert probed == []
     assert_every_step_once(run)
+    assert run.result is not None and run.result.micro_batch == 4
 
 
 def test_smallest_micro_batch_not_fitting_fails_naming_batch_image_and_memory(

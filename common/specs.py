@@ -230,15 +230,21 @@ class FinetuneConfig(BaseModel):
                 )
         return value
 
+    @field_validator("micro_batch", mode="before")
+    @classmethod
+    def _micro_batch_is_a_count_or_auto(cls, value: Any) -> Any:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is None or value == "auto" or whole:
+            return value
+        raise ValueError(f"expected a whole number of images or 'auto' (got {value!r})")
+
     @field_validator("micro_batch")
     @classmethod
     def _micro_batch_within_the_batch(
         cls, value: int | str | None, info: ValidationInfo
     ) -> int | str | None:
-        if value is None or value == "auto":
-            return value
         if not isinstance(value, int):
-            raise ValueError(f"expected a whole number of images or 'auto' (got {value!r})")
+            return value
         batch_size, per_host = info.data.get("batch_size"), info.data.get("workers_per_host")
         hosts = info.data.get("hosts")
         if value < 1:

@@ -29,6 +29,7 @@ from matrec.common.specs import SpecError, parse_job_spec
         ({"resources": {"gpu_memory_mb": 8192}}, "resources.gpu_memory_mb", "resources.gpus >= 1"),
         ({"config": {"micro_batch": 0}}, "config.micro_batch", "1 or more images, or 'auto'"),
         ({"config": {"micro_batch": "big"}}, "config.micro_batch", "or 'auto' (got 'big')"),
+        ({"config": {"micro_batch": 2.5}}, "config.micro_batch", "or 'auto' (got 2.5)"),
         (
             {"config": {"batch_size": 16, "workers_per_host": 2, "micro_batch": 16}},
             "config.micro_batch",

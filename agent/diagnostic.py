@@ -5,6 +5,7 @@ step and can be told to fail. Use it to check a cluster end to end in seconds
 from __future__ import annotations
 
 import platform
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -33,8 +34,20 @@ def run_diagnostic(
         reporter.metrics(step, values)
     if config.fail:
         raise RuntimeError("the diagnostic task was asked to fail (config.fail)")
+    if config.allocate_mb:
+        _allocate(config.allocate_mb, config.memory_limit_mb)
     return {
         "steps": config.steps,
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
     }
+
+
+def _allocate(size_mb: int, limit_mb: int) -> None:
+    """Fill `size_mb` MiB, under an address-space bound of `limit_mb` MiB when one is given."""
+    if limit_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = limit_mb << 20 if hard == resource.RLIM_INFINITY else min(limit_mb << 20, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    block = bytearray(size_mb << 20)  # zero-filled, so every page is touched
+    del block

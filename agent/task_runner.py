@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from matrec.agent.memory_report import killed_by_oom_killer, oom_kills
 from matrec.agent.path_policy import ALLOWED_PATHS_ENV
 from matrec.agent.script_user import SCRIPT_USER_ENV
 from matrec.agent.worker_protocol import (
     EXIT_INVALID_TASK,
     EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
     PARENT_PID_ENV,
     CheckpointEvent,
@@ -78,6 +80,7 @@ class TaskRun:
         self._log_seq = 0
         self._log_lines: list[common_pb2.LogLine] = []
         self._tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self._oom_kills_at_start: int | None = None
         self._result: dict[str, Any] | None = None
 
     @property
@@ -164,6 +167,7 @@ class TaskRun:
         # A script task's program drops to this account (agent/script_user.py).
         env[SCRIPT_USER_ENV] = self.env.script_user
         read_fd, write_fd = os.pipe()
+        self._oom_kills_at_start = oom_kills()
         try:
             self.process = await asyncio.create_subprocess_exec(
                 self.env.python,
@@ -210,8 +214,17 @@ class TaskRun:
             # is killed), the next attempt resumes from the last checkpoint.
             return agents_pb2.TASK_OUTCOME_PREEMPTED, f"handed back (worker exit code {code})"
         tail = "\n".join(self._tail).strip()
-        if code < 0:
+        oom_killed = (
+            killed_by_oom_killer(self._oom_kills_at_start, oom_kills())
+            if code == -signal.SIGKILL
+            else None
+        )
+        if oom_killed is not None:
+            reason = oom_killed
+        elif code < 0:
             reason = f"worker killed by signal {signal.Signals(-code).name}"
+        elif code == EXIT_OUT_OF_MEMORY:
+            reason = "out of memory (worker exit code 3)"
         elif code == EXIT_OK:
             reason = "worker exited without reporting a result"
         else:

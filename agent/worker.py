@@ -20,11 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO, TypeAlias
 
+from matrec.agent.memory_report import exhaustion_report
 from matrec.agent.path_policy import PathPolicy
 from matrec.agent.worker_protocol import (
     EXIT_FAILED,
     EXIT_INVALID_TASK,
     EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
     PARENT_PID_ENV,
     CheckpointEvent,
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         # Found before any work was done; another attempt would find the same.
         print(f"matrec worker: invalid input: {exc}", file=sys.stderr)
         return EXIT_INVALID_TASK
+    except MemoryError as exc:
+        message = " ".join(str(exc).split()) or "an allocation failed"
+        print(f"matrec worker: out of memory: {message}; {exhaustion_report()}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except Exception:
         traceback.print_exc(file=sys.stderr)
         return EXIT_FAILED

@@ -14,6 +14,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILED = 1  # any other failure; the traceback is on stderr
 EXIT_INVALID_TASK = 2  # the task file or its config is invalid; retrying will not help
+EXIT_OUT_OF_MEMORY = 3  # ran out of host or device memory; stderr has the numbers
 EXIT_PREEMPTED = 75  # stopped by SIGTERM after writing a checkpoint; resumable (EX_TEMPFAIL)
 
 #: The agent puts its pid here; the worker arms a death signal against it.

@@ -177,6 +177,13 @@ class FinetuneConfig(BaseModel):
         description="Distributed backend: auto (Horovod when it is installed, else "
         "torch.distributed), horovod, or torch.",
     )
+    micro_batch: int | str | None = Field(
+        default=None,
+        description="Images per forward pass, each rank: a step runs its batch as micro-batches "
+        "of this size with gradient accumulation (same step). 'auto': find the largest that "
+        "fits before the first step. Unset: the whole batch, split only on running out of "
+        "memory (docs/memory.md).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -223,6 +230,34 @@ class FinetuneConfig(BaseModel):
                 )
         return value
 
+    @field_validator("micro_batch", mode="before")
+    @classmethod
+    def _micro_batch_is_a_count_or_auto(cls, value: Any) -> Any:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is None or value == "auto" or whole:
+            return value
+        raise ValueError(f"expected a whole number of images or 'auto' (got {value!r})")
+
+    @field_validator("micro_batch")
+    @classmethod
+    def _micro_batch_within_the_batch(
+        cls, value: int | str | None, info: ValidationInfo
+    ) -> int | str | None:
+        if not isinstance(value, int):
+            return value
+        batch_size, per_host = info.data.get("batch_size"), info.data.get("workers_per_host")
+        hosts = info.data.get("hosts")
+        if value < 1:
+            raise ValueError(f"must be 1 or more images, or 'auto' (got {value})")
+        if isinstance(batch_size, int) and isinstance(per_host, int) and isinstance(hosts, int):
+            per_rank = batch_size // (per_host * hosts)
+            if value > per_rank:
+                raise ValueError(
+                    f"{value} is more than the {per_rank} images each rank trains on per step "
+                    "(batch_size / ranks); use at most that, or 'auto'"
+                )
+        return value
+
     @field_validator("augmentation")
     @classmethod
     def _no_repeated_ops(
@@ -253,6 +288,20 @@ class DiagnosticConfig(BaseModel):
     duration_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
     steps: int = Field(default=1, ge=1, le=100_000)
     fail: bool = False
+    allocate_mb: int = Field(
+        default=0,
+        ge=0,
+        le=1_048_576,
+        description="Allocate and fill this much host memory after the last step: shows how "
+        "the cluster reports a task that runs out of memory.",
+    )
+    memory_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        le=1_048_576,
+        description="Bound the worker's address space to this many MiB (setrlimit RLIMIT_AS) "
+        "before allocate_mb; 0: no bound.",
+    )
     score: float | None = Field(
         default=None,
         description="Also report a synthetic learning curve, diagnostic/score, rising linearly "
@@ -348,13 +397,65 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
     "diagnostic": {"diagnostic/score": True},
 }
 
+#: The metric a fine-tune reports when out-of-memory recovery changes the images per forward
+#: pass (agent/training/memory.py); the coordinator turns each point into a job event.
+MICRO_BATCH_METRIC = "memory/micro_batch"
+
+
+#: Bounds past which a memory request is a typo, not a machine: 16 TiB of host memory, 1 TiB
+#: on one GPU.
+MAX_MEMORY_MB = 16 << 20
+MAX_GPU_MEMORY_MB = 1 << 20
+
 
 class ResourceRequest(BaseModel):
+    """What each task needs from an agent. Host memory as memory_mb (or memory_bytes, the wire
+    form), GPU memory per GPU as gpu_memory_mb (or gpu_memory_bytes); `placement()` is what the
+    scheduler reserves and checks."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus: int = Field(default=0, ge=0, le=64)
     cpus: float = Field(default=1.0, ge=0.0, le=4096)
-    memory_bytes: int = Field(default=0, ge=0)
+    memory_bytes: int = Field(default=0, ge=0, le=MAX_MEMORY_MB << 20)
+    memory_mb: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_MEMORY_MB,
+        description="Host memory the task needs, MiB; it is placed only where that much is free.",
+    )
+    gpu_memory_bytes: int = Field(default=0, ge=0, le=MAX_GPU_MEMORY_MB << 20)
+    gpu_memory_mb: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_GPU_MEMORY_MB,
+        description="Memory each of the task's GPUs must have free, MiB (needs gpus >= 1).",
+    )
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _one_host_memory(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("memory_bytes"):
+            raise ValueError("give memory_mb or memory_bytes, not both")
+        return value
+
+    @field_validator("gpu_memory_mb")
+    @classmethod
+    def _gpu_memory_needs_gpus(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("gpu_memory_bytes"):
+            raise ValueError("give gpu_memory_mb or gpu_memory_bytes, not both")
+        if (value or info.data.get("gpu_memory_bytes")) and info.data.get("gpus") == 0:
+            raise ValueError("GPU memory is per GPU: ask for resources.gpus >= 1 as well")
+        return value
+
+    def placement(self) -> dict[str, Any]:
+        """The request in bytes, as the scheduler and the wire carry it."""
+        return {
+            "gpus": self.gpus,
+            "cpus": self.cpus,
+            "memory_bytes": self.memory_bytes or self.memory_mb << 20,
+            "gpu_memory_bytes": self.gpu_memory_bytes or self.gpu_memory_mb << 20,
+        }
 
 
 class JobSpecModel(BaseModel):

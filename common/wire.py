@@ -35,6 +35,7 @@ def job_spec_to_dict(spec: jobs_pb2.JobSpec) -> dict[str, Any]:
             "gpus": spec.resources.gpus,
             "cpus": spec.resources.cpus,
             "memory_bytes": spec.resources.memory_bytes,
+            "gpu_memory_bytes": spec.resources.gpu_memory_bytes,
         }
     return raw
 
@@ -44,11 +45,7 @@ def job_spec_to_proto(spec: JobSpecModel, config: dict[str, Any]) -> jobs_pb2.Jo
     message = jobs_pb2.JobSpec(
         name=spec.name,
         kind=spec.kind,
-        resources=common_pb2.Resources(
-            gpus=spec.resources.gpus,
-            cpus=spec.resources.cpus,
-            memory_bytes=spec.resources.memory_bytes,
-        ),
+        resources=common_pb2.Resources(**spec.resources.placement()),
         max_attempts=spec.max_attempts,
         labels=spec.labels,
     )

@@ -272,6 +272,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         )
         for job_id, job_rows in rows.items():
             self.store.add_metrics(job_id, job_rows)
+            self.store.add_memory_events(job_id, job_rows)
             self.telemetry.count_metric_points(len(job_rows))
             self.notifier.notify(job_id)
 

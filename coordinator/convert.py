@@ -49,6 +49,7 @@ def resources(value: Mapping[str, Any]) -> common_pb2.Resources:
         gpus=int(value.get("gpus", 0)),
         cpus=float(value.get("cpus", 0.0)),
         memory_bytes=int(value.get("memory_bytes", 0)),
+        gpu_memory_bytes=int(value.get("gpu_memory_bytes", 0) or 0),
     )
 
 

@@ -147,11 +147,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 )
         stored_spec = spec.model_dump()
         stored_spec["config"] = config.model_dump()
+        stored_spec["resources"] = spec.resources.placement()
         job = self.store.create_job(
             name=spec.name or f"{spec.kind}",
             kind=spec.kind,
             spec=stored_spec,
-            resources=spec.resources.model_dump(),
+            resources=spec.resources.placement(),
             max_attempts=spec.max_attempts,
             artifact_root=self.policy.artifact_root,
             num_tasks=task_count(config),

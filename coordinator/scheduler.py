@@ -19,7 +19,7 @@ from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import FINAL_JOB_STATES, TaskState
 from matrec.coordinator.store import JobRecord, Store, TaskChange, TaskRecord
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import agents_pb2
+from matrec.v1 import agents_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,97 @@ def fits(request: Mapping[str, Any], free: Mapping[str, float]) -> bool:
         if wanted > free.get(key, 0.0) + 1e-9:
             return False
     return True
+
+
+def gpu_memory_free(
+    gpus: list[dict[str, Any]], usage: common_pb2.ResourceUsage | None
+) -> list[int]:
+    """Each GPU's memory less what the agent's latest heartbeat says is in use (bytes)."""
+    in_use = list(usage.gpu_memory_used_bytes) if usage is not None else []
+    return [
+        int(gpu.get("memory_bytes", 0) or 0) - (in_use[i] if i < len(in_use) else 0)
+        for i, gpu in enumerate(gpus)
+    ]
+
+
+def gpu_memory_misfit(
+    request: Mapping[str, Any], gpus: list[dict[str, Any]], usage: common_pb2.ResourceUsage | None
+) -> str | None:
+    """Why an agent's GPUs cannot give the task `gpus` GPUs with `gpu_memory_bytes` free each
+    (total memory, less what its latest heartbeat says is in use); None when they can."""
+    wanted = int(request.get("gpu_memory_bytes", 0) or 0)
+    count = int(request.get("gpus", 0) or 0)
+    if wanted <= 0 or count <= 0:
+        return None
+    free = gpu_memory_free(gpus, usage)
+    enough = sum(1 for value in free if value >= wanted)
+    if enough >= count:
+        return None
+    return (
+        f"needs {count} GPU(s) with {_mib(wanted)} MiB free, has {enough} "
+        f"(most free on one GPU: {_mib(max(free, default=0))} MiB)"
+    )
+
+
+def misfit(
+    request: Mapping[str, Any],
+    total: Mapping[str, Any],
+    free: Mapping[str, float],
+    gpus: list[dict[str, Any]],
+    usage: common_pb2.ResourceUsage | None,
+) -> str | None:
+    """Why a task does not fit on an agent now, None when it does. A request larger than the
+    agent's total says so (it will never fit there), so the reason does not change with load."""
+    if not fits(request, free):
+        wanted = {key: float(request.get(key, 0) or 0) for key in RESOURCE_KEYS}
+        short = [key for key in RESOURCE_KEYS if not fits({key: wanted[key]}, free)]
+        return ", ".join(
+            _shortfall(key, wanted[key], float(total.get(key, 0) or 0), free.get(key, 0.0))
+            for key in short
+        )
+    return gpu_memory_misfit(request, gpus, usage)
+
+
+def _shortfall(key: str, wanted: float, total: float, free: float) -> str:
+    if key == "memory_bytes":
+        need, total_text, free_text = (
+            f"{_mib(wanted)} MiB host memory",
+            _mib_text(total),
+            _mib_text(free),
+        )
+    else:
+        need, total_text, free_text = f"{wanted:g} {key}", f"{total:g}", f"{free:g}"
+    if wanted > total:
+        return f"needs {need}, has {total_text} in all"
+    return f"needs {need}, {free_text} unreserved now"
+
+
+def _mib(value: float) -> int:
+    return int(value) >> 20
+
+
+def _mib_text(value: float) -> str:
+    return str(_mib(value))
+
+
+#: How an agent's failure reason starts when the worker ran out of memory (agent/task_runner.py
+#: and agent/memory_report.py write it).
+OUT_OF_MEMORY = "out of memory"
+
+
+def memory_headroom(
+    request: Mapping[str, Any],
+    total: Mapping[str, Any],
+    gpus: list[dict[str, Any]],
+    usage: common_pb2.ResourceUsage | None,
+) -> tuple[int, int]:
+    """(the most GPU memory free on one GPU when the task uses GPUs, host memory free), from
+    the agent's latest heartbeat, else its totals: the order in which to prefer agents for a
+    task that ran out of memory."""
+    gpu_free = max(gpu_memory_free(gpus, usage), default=0)
+    host_used = usage.memory_used_bytes if usage is not None else 0
+    host_free = int(total.get("memory_bytes", 0) or 0) - host_used
+    return (gpu_free if int(request.get("gpus", 0) or 0) > 0 else 0, host_free)
 
 
 def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
@@ -139,6 +230,8 @@ class Scheduler:
         queued = self.store.queued_tasks()
         if not queued:
             return 0
+        queued_jobs = {task.job_id for task in queued}
+        self._waiting = {job: why for job, why in self._waiting.items() if job in queued_jobs}
         active = self.store.active_tasks()
         used = used_by_agent(active)
         running = Counter(t.agent_id for t in active)
@@ -151,6 +244,9 @@ class Scheduler:
         usage = TokenUsage()
         if limits:
             usage = TokenUsage.of(active, self.store.job_owner_tokens(t.job_id for t in active))
+        gpus = {a.id: a.gpus for a in agents}
+        names = {a.id: a.name for a in agents}
+        usages = {s.agent_id: s.usage for s in sessions}
         jobs: dict[str, JobRecord | None] = {}
         assigned = 0
         gangs: defaultdict[str, list[TaskRecord]] = defaultdict(list)
@@ -164,15 +260,33 @@ class Scheduler:
             if owner is not None and not self._within_limits(owner, [task], limits, usage):
                 continue
             hosts = self._hosts_for(owner, totals, script_totals)
-            candidates = [
-                aid
+            misfits = {
+                aid: misfit(
+                    task.resources,
+                    total,
+                    free_resources(total, used[aid]),
+                    gpus.get(aid, []),
+                    usages.get(aid),
+                )
                 for aid, total in hosts.items()
-                if fits(task.resources, free_resources(total, used[aid]))
-            ]
+            }
+            candidates = [aid for aid, why in misfits.items() if why is None]
             if not candidates:
+                self._note_wait(task, misfits, names)
                 continue
-            # Spread work: the agent with the least in use gets the task.
-            agent_id = min(candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid))
+            if task.error.startswith(OUT_OF_MEMORY):
+                # Its last attempt ran out of memory: the agent with the most memory free.
+                agent_id = max(
+                    candidates,
+                    key=lambda aid: memory_headroom(
+                        task.resources, totals[aid], gpus[aid], usages[aid]
+                    ),
+                )
+            else:
+                # Spread work: the agent with the least in use gets the task.
+                agent_id = min(
+                    candidates, key=lambda aid: (sum(used[aid].values()), running[aid], aid)
+                )
             claimed = self.store.assign_task(task.id, agent_id, self.lease_ttl)
             if claimed is None:
                 continue
@@ -238,11 +352,22 @@ class Scheduler:
         self._note_waiting(job.id, f"waiting: {refusal} (matrec-ctl tokens limit)")
         return False
 
-    def _note_waiting(self, job_id: str, reason: str) -> None:
+    def _note_wait(
+        self, task: TaskRecord, misfits: Mapping[str, str | None], names: Mapping[str, str]
+    ) -> None:
+        """A `waiting` event saying why no agent takes the task, when the reason changes."""
+        if not misfits:
+            return  # no agent at all, or _hosts_for said why
+        reasons = "; ".join(f"agent {names[aid]}: {why}" for aid, why in sorted(misfits.items()))
+        self._note_waiting(
+            task.job_id, f"no agent can take it now ({reasons})", task.id, task.attempt
+        )
+
+    def _note_waiting(self, job_id: str, reason: str, task_id: str = "", attempt: int = 0) -> None:
         if self._waiting.get(job_id) == reason:
             return
         self._waiting[job_id] = reason
-        self.store.add_job_event(job_id, "waiting", reason)
+        self.store.add_job_event(job_id, "waiting", reason, task_id, attempt)
         self.notifier.notify(job_id)
 
     def _send_assignment(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from matrec.common.specs import MICRO_BATCH_METRIC
 from matrec.coordinator import schema
 from matrec.coordinator.database import create_engine_for, insert_ignore_for, migrate
 
@@ -699,10 +700,6 @@ class Store:
 
     # ---- history, metrics, logs ---------------------------------------------------------------
 
-    def add_job_event(self, job_id: str, kind: str, message: str) -> None:
-        with self.engine.begin() as conn:
-            add_event(conn, job_id, kind, message)
-
     def history(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
         e = schema.job_events
         with self.engine.connect() as conn:
@@ -715,6 +712,40 @@ class Store:
         """Store a batch; points already stored under the same (task, attempt, step, key) are
         ignored, so a replayed batch never duplicates."""
         self._insert_new(schema.training_progress, job_id, rows)
+
+    def add_job_event(
+        self, job_id: str, kind: str, message: str, task_id: str = "", attempt: int = 0
+    ) -> None:
+        with self.engine.begin() as conn:
+            add_event(conn, job_id, kind, message, task_id, attempt)
+
+    def add_memory_events(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """A `memory` event for each micro-batch change among these metric points (the task
+        recovered from running out of memory, or tried a larger micro-batch again); a replayed
+        point adds none."""
+        points = [row for row in rows if row["key"] == MICRO_BATCH_METRIC]
+        if not points:
+            return
+        e = schema.job_events
+        with self.engine.begin() as conn:
+            for row in points:
+                message = (
+                    f"step {row['step']}: training in micro-batches of {int(row['value'])} "
+                    "images per pass to fit in memory (batch size unchanged)"
+                )
+                seen = conn.execute(
+                    sa.select(e.c.seq)
+                    .where(
+                        e.c.job_id == job_id,
+                        e.c.task_id == row["task_id"],
+                        e.c.attempt == row["attempt"],
+                        e.c.kind == "memory",
+                        e.c.message == message,
+                    )
+                    .limit(1)
+                ).first()
+                if seen is None:
+                    add_event(conn, job_id, "memory", message, row["task_id"], row["attempt"])
 
     def add_logs(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """Store log lines; (task, attempt, seq) already stored are ignored."""

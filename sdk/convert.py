@@ -62,7 +62,12 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def resources_from_proto(msg: common_pb2.Resources) -> Resources:
-    return Resources(gpus=msg.gpus, cpus=msg.cpus, memory_bytes=msg.memory_bytes)
+    return Resources(
+        gpus=msg.gpus,
+        cpus=msg.cpus,
+        memory_bytes=msg.memory_bytes,
+        gpu_memory_bytes=msg.gpu_memory_bytes,
+    )
 
 
 def task_from_proto(msg: jobs_pb2.Task) -> Task:

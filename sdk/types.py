@@ -24,6 +24,7 @@ class Resources:
     gpus: int = 0
     cpus: float = 0.0
     memory_bytes: int = 0
+    gpu_memory_bytes: int = 0  # per GPU; a job's request only
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ steps as one process with the same global batch (up to float rounding, and to Ba
 that train, which see the rank's slice). Every rank evaluates the whole validation set, so all
 take the same early-stopping decisions; rank 0 alone reports, checkpoints and saves the model.
 
+A step or evaluation pass that runs out of memory is repeated as micro-batches (memory.py).
+
 Imported lazily, by worker processes only: it imports torch at module level.
 """
 
@@ -41,6 +43,7 @@ from matrec.agent.training.collective import LOCAL_RANK_ENV, Collective, collect
 from matrec.agent.training.data import Data, epoch_batches, load_data
 from matrec.agent.training.descriptors import describe_files, descriptor_dim
 from matrec.agent.training.evaluation import Forward, evaluation_report, predict
+from matrec.agent.training.memory import MicroBatching, check_simulated_limit, simulated_limit
 from matrec.agent.training.models import (
     build_hybrid,
     build_model,
@@ -91,6 +94,9 @@ class FinetuneResult:
     skipped_images: int = 0
     model_type: str = "cnn"
     strategy: str = "full"
+    # Images per forward pass at the end (memory.py); the per-rank batch when it never split.
+    micro_batch: int = 0
+    memory_adaptations: list[str] = field(default_factory=list)  # this attempt's changes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +119,7 @@ class _Progress:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)  # epoch-end metrics
+    micro_batch: int = 0  # the micro-batch memory allowed (memory.py); 0: the whole batch
 
 
 def run_finetune(
@@ -217,11 +224,38 @@ def _train(
         )
     )
     forward = _forward_fn(model, descriptors, device)
+    per_rank = config.batch_size // collective.size
+    fixed = config.micro_batch if isinstance(config.micro_batch, int) else 0
+    micro = MicroBatching(
+        per_rank,
+        config.image_size,
+        device,
+        reporter,
+        progress.micro_batch or fixed,
+        grow=not fixed,
+    )
+    evaluate = micro.evaluating(forward)
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return training_loss(logits, labels, config.label_smoothing)
+
+    if config.micro_batch == "auto" and progress.micro_batch == 0:
+        # Keeps the RNG as it was, so that a probed run trains as an unprobed one would.
+        rng = torch.get_rng_state()
+        images, labels, indices = next(
+            iter(
+                DataLoader(data.train, batch_sampler=[list(range(min(per_rank, data.train_size)))])
+            )
+        )
+        apply_strategy(model, config, progress.epoch)
+        micro.probe(model, forward, loss_fn, images, labels.to(device), indices)
+        torch.set_rng_state(rng)
 
     def save_checkpoint() -> None:
         if not is_main:
             return
         progress.seconds = earlier_seconds + (time.monotonic() - started)
+        progress.micro_batch = micro.size
         atomic_torch_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -271,10 +305,11 @@ def _train(
         )
         for images, labels, indices in loader:
             labels = labels.to(device, non_blocking=True)
-            logits = forward(images, indices)
-            loss = training_loss(logits, labels, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            logits, loss_value = micro.train_step(
+                model, forward, loss_fn, images, labels, indices, progress.step + 1
+            )
             stop = optimizer_step(
-                loss,
                 model,
                 optimizer,
                 scheduler,
@@ -282,7 +317,6 @@ def _train(
                 sync=lambda params: collective.average_gradients(params, should_stop()),
             )
 
-            loss_value = loss.item()
             progress.step += 1
             progress.batch_in_epoch += 1
             trace.record(progress.step, indices.tolist())
@@ -316,7 +350,7 @@ def _train(
                 raise TrainingPreempted(checkpoint_path, progress.epoch, progress.step)
 
         model.eval()
-        val = predict(forward, val_loader)
+        val = predict(evaluate, val_loader)
         report = evaluation_report(val, data.classes, config.top_k)
         loss_sum, correct, seen = collective.sum(
             [progress.epoch_loss_sum, progress.epoch_correct, progress.epoch_seen]
@@ -351,7 +385,7 @@ def _train(
     # Re-evaluated rather than read from the history, so that a finished run asked to run
     # again checks the saved model against the dataset as it is now.
     model.eval()
-    final = predict(forward, val_loader)
+    final = predict(evaluate, val_loader)
     model_path = artifact_dir / "model.pt"
     if is_main:
         atomic_torch_save(
@@ -378,6 +412,8 @@ def _train(
         skipped_images=len(data.skipped),
         model_type=config.model_type,
         strategy=config.strategy,
+        micro_batch=micro.size,
+        memory_adaptations=list(micro.changes),
     )
     if is_main:
         atomic_write_text(
@@ -424,8 +460,10 @@ def _forward_fn(
     model: nn.Module, descriptors: torch.Tensor | None, device: torch.device
 ) -> Forward:
     use_cuda = device.type == "cuda"
+    oom_limit = simulated_limit()
 
     def forward(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        check_simulated_limit(len(images), oom_limit)
         images = images.to(device, non_blocking=True)
         if use_cuda:
             images = images.contiguous(memory_format=torch.channels_last)

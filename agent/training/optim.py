@@ -58,18 +58,16 @@ def training_loss(
 
 
 def optimizer_step(
-    loss: torch.Tensor,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip_norm: float | None,
     sync: Callable[[list[nn.Parameter]], bool] | None = None,
 ) -> bool:
-    """Backward, `sync` the gradients (a distributed run averages them over its ranks), clip
-    their global norm when asked, step, and advance the schedule. Returns what `sync` returned
-    (whether the ranks agreed to stop), False without one."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    """Step with the gradients the step's backward passes left in .grad: `sync` them (a
+    distributed run averages them over its ranks), clip their global norm when asked, step, and
+    advance the schedule. Returns what `sync` returned (whether the ranks agreed to stop), False
+    without one."""
     params = [p for p in model.parameters() if p.grad is not None]
     agreed = sync(params) if sync is not None else False
     if grad_clip_norm is not None:

@@ -14,6 +14,7 @@ from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import JobState, TaskOutcome
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
+from matrec.v1 import common_pb2
 
 
 def test_fits_checks_every_resource() -> None:
@@ -161,5 +162,123 @@ def test_a_gang_is_placed_all_at_once_and_stopped_all_at_once(store: Store, tmp_
         assert stop.cancel.requeue is False, "a member of an ended job must not be requeued"
         assert "failed" in stop.cancel.reason
         assert session_0.outbox.empty(), "told twice"
+
+    asyncio.run(scenario())
+
+
+GIB = 1 << 30
+
+
+def memory_cluster(store: Store, names: tuple[str, ...]) -> tuple[AgentSessions, Scheduler]:
+    """Connected agents, each with 4 CPUs, 8 GiB of host memory and one 16 GiB GPU."""
+    sessions = AgentSessions()
+    for name in names:
+        store.upsert_agent(
+            f"agent-{name}", name=name, hostname="h", version="t",
+            resources={"cpus": 4.0, "gpus": 1, "memory_bytes": 8 * GIB},
+            gpus=[{"index": 0, "name": "g", "memory_bytes": 16 * GIB, "uuid": f"u-{name}"}],
+        )  # fmt: skip
+        sessions.open(f"agent-{name}")
+    telemetry = CoordinatorTelemetry()
+    availability = DatabaseAvailability(object(), (), telemetry)
+    return sessions, Scheduler(
+        store, sessions, JobNotifier(), telemetry, availability, lease_ttl=30
+    )
+
+
+def placed_on(store: Store, job_id: str) -> str | None:
+    (task,) = store.get_job(job_id).tasks  # type: ignore[union-attr]
+    return task.agent_id
+
+
+def waiting(store: Store, job_id: str) -> list[str]:
+    return [e.message for e in store.history(job_id) if e.kind == "waiting"]
+
+
+def test_memory_requests_place_tasks_where_they_fit_and_say_why_others_wait(
+    store: Store, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        _, scheduler = memory_cluster(store, ("a", "b"))
+        too_big = submit(store, tmp_path, memory_bytes=64 * GIB)
+        big_gpu = submit(store, tmp_path, gpus=1, gpu_memory_bytes=24 * GIB)
+        first = submit(store, tmp_path, memory_bytes=6 * GIB)
+        second = submit(store, tmp_path, memory_bytes=6 * GIB)
+
+        assert scheduler.schedule_once() == 2
+        # Room for both by CPUs on either agent; by memory, one each.
+        assert {placed_on(store, first), placed_on(store, second)} == {"agent-a", "agent-b"}
+        assert placed_on(store, too_big) is None and placed_on(store, big_gpu) is None
+        assert waiting(store, too_big) == [
+            "no agent can take it now (agent a: needs 65536 MiB host memory, has 8192 in all; "
+            "agent b: needs 65536 MiB host memory, has 8192 in all)"
+        ]
+        assert waiting(store, big_gpu) == [
+            "no agent can take it now (agent a: needs 1 GPU(s) with 24576 MiB free, has 0 "
+            "(most free on one GPU: 16384 MiB); agent b: needs 1 GPU(s) with 24576 MiB free, "
+            "has 0 (most free on one GPU: 16384 MiB))"
+        ]
+        # Another pass with the same reasons records nothing new.
+        assert scheduler.schedule_once() == 0
+        assert len(waiting(store, too_big)) == 1 and len(waiting(store, big_gpu)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_memory_requests_that_do_not_fit_together_run_one_after_the_other(
+    store: Store, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        _, scheduler = memory_cluster(store, ("a",))
+        first = submit(store, tmp_path, memory_bytes=5 * GIB)
+        second = submit(store, tmp_path, memory_bytes=5 * GIB)
+        assert scheduler.schedule_once() == 1
+        assert placed_on(store, first) == "agent-a" and placed_on(store, second) is None
+        assert waiting(store, second) == [
+            "no agent can take it now (agent a: needs 5120 MiB host memory, 3072 unreserved now)"
+        ]
+        task_id = store.get_job(first).tasks[0].id  # type: ignore[union-attr]
+        store.mark_running(task_id, 1, "agent-a")
+        store.finish_task(task_id, 1, "agent-a", TaskOutcome.SUCCEEDED)
+        assert scheduler.schedule_once() == 1
+        assert placed_on(store, second) == "agent-a"
+
+    asyncio.run(scenario())
+
+
+def test_gpu_memory_in_use_by_another_process_counts(store: Store, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sessions, scheduler = memory_cluster(store, ("a", "b"))
+        busy = sessions.get("agent-a")
+        assert busy is not None
+        # agent-a's heartbeat: 12 GiB of its GPU taken by something matrec did not place.
+        busy.usage = common_pb2.ResourceUsage(gpu_memory_used_bytes=[12 * GIB])
+        job = submit(store, tmp_path, gpus=1, gpu_memory_bytes=8 * GIB)
+        assert scheduler.schedule_once() == 1
+        assert placed_on(store, job) == "agent-b"
+
+    asyncio.run(scenario())
+
+
+def test_a_task_that_ran_out_of_memory_goes_where_most_memory_is_free(
+    store: Store, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        sessions, scheduler = memory_cluster(store, ("a", "b"))
+        for name, used in (("a", 1), ("b", 7)):
+            session = sessions.get(f"agent-{name}")
+            assert session is not None
+            session.usage = common_pb2.ResourceUsage(memory_used_bytes=used * GIB)
+        busy = submit(store, tmp_path)
+        assert scheduler.schedule_once() == 1 and placed_on(store, busy) == "agent-a"
+        job = submit(store, tmp_path)
+        assert scheduler.schedule_once() == 1 and placed_on(store, job) == "agent-b"  # spread
+        task_id = store.get_job(job).tasks[0].id  # type: ignore[union-attr]
+        store.mark_running(task_id, 1, "agent-b")
+        error = "out of memory (worker exit code 3)\nmatrec worker: out of memory: ..."
+        store.finish_task(task_id, 1, "agent-b", TaskOutcome.FAILED, error=error)
+        # Spreading would pick the idle agent-b; 6 GiB free on agent-a against 1 GiB wins.
+        assert scheduler.schedule_once() == 1
+        assert placed_on(store, job) == "agent-a"
 
     asyncio.run(scenario())

@@ -19,6 +19,27 @@ from matrec.common.specs import SpecError, parse_job_spec
         ({"kind": "distill"}, "kind", "known kinds: finetune, diagnostic"),
         ({"max_attempts": 0}, "max_attempts", "greater than or equal to 1"),
         ({"kind": "diagnostic", "config": {"steps": 0}}, "config.steps", "greater than"),
+        ({"resources": {"memory_mb": -1}}, "resources.memory_mb", "greater than or equal to 0"),
+        ({"resources": {"memory_mb": 1 << 30}}, "resources.memory_mb", "less than or equal"),
+        (
+            {"resources": {"gpus": 1, "gpu_memory_mb": 10**9}},
+            "resources.gpu_memory_mb",
+            "less than or equal to 1048576",
+        ),
+        ({"resources": {"gpu_memory_mb": 8192}}, "resources.gpu_memory_mb", "resources.gpus >= 1"),
+        ({"config": {"micro_batch": 0}}, "config.micro_batch", "1 or more images, or 'auto'"),
+        ({"config": {"micro_batch": "big"}}, "config.micro_batch", "or 'auto' (got 'big')"),
+        ({"config": {"micro_batch": 2.5}}, "config.micro_batch", "or 'auto' (got 2.5)"),
+        (
+            {"config": {"batch_size": 16, "workers_per_host": 2, "micro_batch": 16}},
+            "config.micro_batch",
+            "more than the 8 images each rank trains on per step",
+        ),
+        (
+            {"resources": {"memory_bytes": 1, "memory_mb": 1}},
+            "resources.memory_mb",
+            "not both",
+        ),
     ],
 )
 def test_errors_name_the_field(raw: dict[str, Any], field: str, fragment: str) -> None:
@@ -69,3 +90,18 @@ def test_non_finite_numbers_on_the_wire_are_spec_errors() -> None:
     with pytest.raises(SpecError) as raised:
         study_spec_to_dict(study)
     assert raised.value.field == "search_space"
+
+
+def test_memory_requests_in_mib_are_placed_in_bytes() -> None:
+    spec, _ = parse_job_spec(
+        {
+            "config": {"dataset_path": "/data"},
+            "resources": {"gpus": 2, "memory_mb": 4096, "gpu_memory_mb": 10240},
+        }
+    )
+    assert spec.resources.placement() == {
+        "gpus": 2,
+        "cpus": 1.0,
+        "memory_bytes": 4096 * 1024 * 1024,
+        "gpu_memory_bytes": 10240 * 1024 * 1024,
+    }

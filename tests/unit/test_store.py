@@ -205,6 +205,27 @@ def test_metric_batches_are_deduplicated(store: Store, tmp_path: Path) -> None:
     assert [p.step for p in points if p.attempt == 1] == [1, 2, 3, 4, 5]
 
 
+def test_micro_batch_points_become_memory_events_once(store: Store, tmp_path: Path) -> None:
+    job_id = make_job(store, tmp_path)
+    task = store.queued_tasks()[0]
+    now = datetime.now(UTC)
+    batch = [
+        {"task_id": task.id, "attempt": 1, "step": 1, "key": "train/loss", "value": 2.0,
+         "time": now},
+        {"task_id": task.id, "attempt": 1, "step": 1, "key": "memory/micro_batch", "value": 4.0,
+         "time": now},
+    ]  # fmt: skip
+    store.add_memory_events(job_id, batch)
+    store.add_memory_events(job_id, batch)  # a replay after a reconnect
+    store.add_memory_events(job_id, [{**batch[1], "attempt": 2}])
+    memory = [e for e in store.history(job_id) if e.kind == "memory"]
+    assert [(e.attempt, e.message) for e in memory] == [
+        (a, "step 1: training in micro-batches of 4 images per pass to fit in memory "
+         "(batch size unchanged)")
+        for a in (1, 2)
+    ]  # fmt: skip
+
+
 def test_effective_metrics_prefer_the_latest_attempt() -> None:
     now = datetime.now(UTC)
 

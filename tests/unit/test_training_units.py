@@ -160,8 +160,8 @@ def test_gradient_clipping_bounds_the_step() -> None:
     optimizer = build_optimizer([{"params": list(model.parameters()), "lr": 1.0}], cfg)
     scheduler = build_scheduler(optimizer, cfg, 1)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = 100 * model(torch.ones(1, 4)).sum()  # gradient norm far above 0.5
-    optimizer_step(loss, model, optimizer, scheduler, grad_clip_norm=0.5)
+    (100 * model(torch.ones(1, 4)).sum()).backward()  # gradient norm far above 0.5
+    optimizer_step(model, optimizer, scheduler, grad_clip_norm=0.5)
     moved = torch.cat(
         [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
     )

@@ -16,6 +16,7 @@ from matrec.agent.worker_protocol import (
     EXIT_FAILED,
     EXIT_INVALID_TASK,
     EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
     CheckpointEvent,
     LogEvent,
@@ -38,12 +39,14 @@ class WorkerRun:
     stderr: str
 
 
-def write_task(tmp_path: Path, config: dict[str, object], name: str = "task.json") -> Path:
+def write_task(
+    tmp_path: Path, config: dict[str, object], name: str = "task.json", kind: str = "finetune"
+) -> Path:
     task = WorkerTask(
         task_id="t1",
         attempt=1,
         job_id="j1",
-        kind="finetune",
+        kind=kind,
         config=config,
         artifact_dir=str(tmp_path / "artifacts"),
     )
@@ -185,6 +188,26 @@ def test_a_failing_task_exits_1_with_a_traceback(tmp_path: Path) -> None:
     run = run_worker(write_task(tmp_path, small_config(tmp_path / "missing")))
     assert run.returncode == EXIT_FAILED
     assert "Traceback" in run.stderr and "is not a directory" in run.stderr
+
+
+@pytest.mark.parametrize(("allocate_mb", "code"), [(64, EXIT_OK), (2048, EXIT_OUT_OF_MEMORY)])
+def test_a_worker_past_its_memory_bound_exits_3_with_the_numbers(
+    tmp_path: Path, allocate_mb: int, code: int
+) -> None:
+    config = {
+        "steps": 1,
+        "duration_seconds": 0,
+        "allocate_mb": allocate_mb,
+        "memory_limit_mb": 1024,
+    }
+    run = run_worker(write_task(tmp_path, config, kind="diagnostic"))
+    assert run.returncode == code, run.stderr
+    if code == EXIT_OK:
+        return
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith("matrec worker: out of memory: an allocation failed; peak resident ")
+    assert "address-space bound (RLIMIT_AS) 1024 MiB" in line
+    assert "MiB total" in line and "MiB available" in line
 
 
 @pytest.mark.parametrize(

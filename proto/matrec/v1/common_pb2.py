@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matrec/v1/common.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"~\n\x06Metric\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x0bMetricBatch\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.matrec.v1.Metric\"p\n\x07LogLine\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x05 \x01(\t\"-\n\x08LogBatch\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.matrec.v1.LogLine\"w\n\rResourceUsage\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x17\n\x0fgpu_utilization\x18\x03 \x03(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x04 \x03(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xba\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matrec/v1/common.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x18\n\x10gpu_memory_bytes\x18\x04 \x01(\x03\"~\n\x06Metric\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x0bMetricBatch\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.matrec.v1.Metric\"p\n\x07LogLine\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x05 \x01(\t\"-\n\x08LogBatch\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.matrec.v1.LogLine\"w\n\rResourceUsage\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x17\n\x0fgpu_utilization\x18\x03 \x03(\x01\x12\x1d\n\x15gpu_memory_used_bytes\x18\x04 \x03(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xba\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matrec.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=595
-  _globals['_JOBSTATE']._serialized_end=749
-  _globals['_TASKSTATE']._serialized_start=752
-  _globals['_TASKSTATE']._serialized_end=938
+  _globals['_JOBSTATE']._serialized_start=621
+  _globals['_JOBSTATE']._serialized_end=775
+  _globals['_TASKSTATE']._serialized_start=778
+  _globals['_TASKSTATE']._serialized_end=964
   _globals['_RESOURCES']._serialized_start=70
-  _globals['_RESOURCES']._serialized_end=131
-  _globals['_METRIC']._serialized_start=133
-  _globals['_METRIC']._serialized_end=259
-  _globals['_METRICBATCH']._serialized_start=261
-  _globals['_METRICBATCH']._serialized_end=310
-  _globals['_LOGLINE']._serialized_start=312
-  _globals['_LOGLINE']._serialized_end=424
-  _globals['_LOGBATCH']._serialized_start=426
-  _globals['_LOGBATCH']._serialized_end=471
-  _globals['_RESOURCEUSAGE']._serialized_start=473
-  _globals['_RESOURCEUSAGE']._serialized_end=592
+  _globals['_RESOURCES']._serialized_end=157
+  _globals['_METRIC']._serialized_start=159
+  _globals['_METRIC']._serialized_end=285
+  _globals['_METRICBATCH']._serialized_start=287
+  _globals['_METRICBATCH']._serialized_end=336
+  _globals['_LOGLINE']._serialized_start=338
+  _globals['_LOGLINE']._serialized_end=450
+  _globals['_LOGBATCH']._serialized_start=452
+  _globals['_LOGBATCH']._serialized_end=497
+  _globals['_RESOURCEUSAGE']._serialized_start=499
+  _globals['_RESOURCEUSAGE']._serialized_end=618
 # @@protoc_insertion_point(module_scope)

@@ -43,14 +43,16 @@ TASK_STATE_FAILED: TaskState
 TASK_STATE_CANCELLED: TaskState
 
 class Resources(_message.Message):
-    __slots__ = ("gpus", "cpus", "memory_bytes")
+    __slots__ = ("gpus", "cpus", "memory_bytes", "gpu_memory_bytes")
     GPUS_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     gpus: int
     cpus: float
     memory_bytes: int
-    def __init__(self, gpus: _Optional[int] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    gpu_memory_bytes: int
+    def __init__(self, gpus: _Optional[int] = ..., cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpu_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
     __slots__ = ("task_id", "attempt", "step", "key", "value", "time")

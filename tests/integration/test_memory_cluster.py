@@ -1,0 +1,95 @@
+"""Out-of-memory recovery through a real coordinator and agent: the agent's workers run out of
+memory (the engine's test hook, MATREC_TEST_OOM_ABOVE) above 5 images per forward pass, so a
+job with batch 16 must train in micro-batches of 4, and a job where even 1 image is too many
+must fail saying so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from matrec.sdk.demo_dataset import DemoDatasetInfo
+from matrec.sdk.local_cluster import LocalCluster
+from support.cluster_jobs import assert_complete_series, finetune_spec, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_batch_too_large_for_memory_trains_in_micro_batches(
+    small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    env = {"MATREC_TEST_OOM_ABOVE": "5"}
+    with (
+        LocalCluster(tmp_path / "cluster", agents=1, env=env) as cluster,
+        cluster.client() as client,
+    ):
+        job = client.submit_job(finetune_spec(small_dataset, 1))
+        final = client.wait(job.id, timeout=300)
+        assert final.state == "succeeded", final.error
+        assert final.tasks[0].attempt == 1  # recovered inside the attempt, no retry
+        assert_complete_series(client, final, small_dataset, 1)  # no step skipped or repeated
+        micro = [(m.step, m.value) for m in client.job_metrics(job.id)
+                 if m.key == "memory/micro_batch"]  # fmt: skip
+        assert micro == [(1, 4.0)]
+        memory = [e.message for e in final.history if e.kind == "memory"]
+        assert memory == [
+            "step 1: training in micro-batches of 4 images per pass to fit in memory "
+            "(batch size unchanged)"
+        ]
+        assert final.result["steps"] == 9
+        assert final.result["micro_batch"] == 4
+
+
+def test_a_model_that_fits_no_micro_batch_fails_naming_batch_image_and_memory(
+    small_dataset: DemoDatasetInfo, tmp_path: Path
+) -> None:
+    env = {"MATREC_TEST_OOM_ABOVE": "0"}
+    with (
+        LocalCluster(tmp_path / "cluster", agents=1, env=env) as cluster,
+        cluster.client() as client,
+    ):
+        spec = {**finetune_spec(small_dataset, 1), "max_attempts": 1}
+        final = client.wait(client.submit_job(spec).id, timeout=300)
+        assert final.state == "failed"
+        assert "micro-batches of 1 image" in final.error, final.error
+        assert "batch size 16, image size 32x32 px, host memory:" in final.error
+        # A worker that allocates past its address-space bound is reported as out of memory,
+        # with the figures, and retried under the job's max_attempts.
+        config = {"steps": 1, "duration_seconds": 0, "allocate_mb": 2048, "memory_limit_mb": 1024}
+        spec = {"kind": "diagnostic", "config": config, "max_attempts": 2}
+        final = client.wait(client.submit_job(spec).id, timeout=120)
+        assert final.state == "failed"
+        assert final.tasks[0].attempt == 2
+        assert final.error.startswith("out of memory (worker exit code 3)"), final.error
+        assert "address-space bound (RLIMIT_AS) 1024 MiB" in final.error
+        failed = [(e.attempt, e.message) for e in final.history if e.kind == "failed"]
+        assert [attempt for attempt, _ in failed] == [1, 2]
+        assert failed[0][1].startswith("out of memory (worker exit code 3)")
+        assert failed[0][1].endswith("; requeued")
+
+
+def test_a_job_asking_more_memory_than_any_agent_has_waits_saying_why(tmp_path: Path) -> None:
+    with (
+        LocalCluster(tmp_path / "cluster", agents=1) as cluster,
+        cluster.client() as client,
+    ):
+        (agent,) = client.list_agents()
+        host_mib = agent.total.memory_bytes >> 20
+        spec = {
+            "kind": "diagnostic",
+            "config": {"steps": 1, "duration_seconds": 0},
+            "resources": {"memory_mb": 8 * host_mib},
+        }
+        job = client.submit_job(spec)
+        wait_until(
+            lambda: any(e.kind == "waiting" for e in client.get_job(job.id).history),
+            30,
+            "the waiting event",
+        )
+        final = client.get_job(job.id)
+        assert final.state == "queued"
+        assert final.spec.resources.memory_bytes == (8 * host_mib) << 20
+        (reason,) = [e.message for e in final.history if e.kind == "waiting"]
+        assert f"needs {8 * host_mib} MiB host memory, has {host_mib} in all" in reason
+        small = client.submit_job({**spec, "resources": {"memory_mb": 16}})
+        assert client.wait(small.id, timeout=60).state == "succeeded"

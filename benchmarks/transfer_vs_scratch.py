@@ -2,6 +2,7 @@
 
     python benchmarks/transfer_vs_scratch.py [--seeds 0] [--shots 10] [--json OUT]
     python benchmarks/transfer_vs_scratch.py --arm imagenet [--seeds 0,1,2,3,4] [--json OUT]
+    python benchmarks/transfer_vs_scratch.py --merge OUT1 OUT2 ...   # one table of --json files
 
 1. Builds the demo dataset (6 classes of real texture patches, 64 px) and splits its classes into
    a *source* group (--source, default brick, grass, gravel) and a *target* group (the others).
@@ -263,6 +264,14 @@ def epochs_to_reach(runs: list[Run], arm: str, reference: str) -> str:
     return "\n".join(lines)
 
 
+def print_results(runs: list[Run], seeds: list[int]) -> None:
+    """The table and, where the runs have a from-scratch arm, the epochs to reach it."""
+    print_table(runs, seeds)
+    if any(run.arm == "from scratch, full" and run.experiment != "a" for run in runs):
+        print(epochs_to_reach(runs, "imagenet, full fine-tune", "from scratch, full"))
+        print(epochs_to_reach(runs, "imagenet, head_only", "from scratch, full"))
+
+
 def print_table(runs: list[Run], seeds: list[int]) -> None:
     print()
     header = f"| experiment | arm | {' | '.join(f'seed {s}' for s in seeds)} |"
@@ -308,7 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep datasets and models here")
     parser.add_argument("--json", type=Path, help="also write every run as JSON here")
     parser.add_argument("--verbose", action="store_true", help="print epochs and engine logs")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="print one table of these --json files (e.g. seeds run in parallel) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = [Run(**run) for path in args.merge for run in json.loads(path.read_text())["runs"]]
+        print_results(merged, sorted({run.seed for run in merged}))
+        return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.source_classes = tuple(c.strip() for c in args.source.split(",") if c.strip())
     args.target_classes = tuple(c for c in ALL_CLASSES if c not in args.source_classes)
@@ -342,10 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     total = time.perf_counter() - started
-    print_table(runs, seeds)
+    print_results(runs, seeds)
     if args.arm == "imagenet":
-        print(epochs_to_reach(runs, "imagenet, full fine-tune", "from scratch, full"))
-        print(epochs_to_reach(runs, "imagenet, head_only", "from scratch, full"))
         data = f"targets: both class splits and all six ({args.shots}/class train"
         model = IMAGENET_MODEL
     else:

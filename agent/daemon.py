@@ -164,6 +164,13 @@ class AgentDaemon:
         if response.agent_id != self.agent_id:
             self.agent_id = response.agent_id
             self._id_file.write_text(self.agent_id)
+        log.info(
+            "registered as %s: %g CPUs, %d GPU(s), ImageNet weights (matrec[imagenet]) %s",
+            self.agent_id,
+            h.cpus,
+            len(h.gpus),
+            "installed" if h.imagenet_weights else "not installed",
+        )
         self.heartbeat_interval = max(0.1, response.heartbeat_interval.ToMilliseconds() / 1000)
 
     async def _session(self, stub: agents_pb2_grpc.AgentServiceStub, backoff: Backoff) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from matrec.agent.resources import imagenet_weights_file
 from matrec.agent.training.reporting import Reporter
 from matrec.agent.worker_protocol import TaskStopped
 from matrec.common.specs import DiagnosticConfig
@@ -40,6 +41,7 @@ def run_diagnostic(
         "steps": config.steps,
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
+        "imagenet_weights": imagenet_weights_file() is not None,
     }
 
 

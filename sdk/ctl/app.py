@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -57,6 +56,8 @@ FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_optio
 
 def _version(value: bool) -> None:
     if value:
+        from importlib import metadata  # only here: importing it costs 25 ms of every start
+
         typer.echo(f"matrec-ctl {metadata.version('matrec')}")
         raise typer.Exit()
 

@@ -55,6 +55,7 @@ Descriptor = Literal["lbp", "gabor", "color"]
 DEFAULT_DESCRIPTORS: tuple[Descriptor, ...] = ("lbp", "gabor", "color")
 
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_BATCH_SIZE = 65_536
 MAX_MAX_ATTEMPTS = 100
 
 
@@ -112,7 +113,11 @@ class FinetuneConfig(BaseModel):
         "ImageNet weights matrec[imagenet] installs, offline. Exclusive with pretrained_path.",
     )
     epochs: int = Field(default=5, ge=1, le=10_000)
-    batch_size: int = Field(default=32, ge=1, le=65_536)
+    batch_size: int | str = Field(
+        default=32,
+        description="Images per optimizer step (all ranks together). 'auto': the largest that "
+        "fits in memory, found by a probe before the first step (docs/memory.md).",
+    )
     learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     image_size: int = Field(default=224, ge=16, le=4096)
@@ -209,6 +214,19 @@ class FinetuneConfig(BaseModel):
             )
         return value
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_is_a_count_or_auto(cls, value: Any) -> Any:
+        # As lax as the plain int field was: 32.0 and "32" are 32.
+        whole_float = isinstance(value, float) and value.is_integer()
+        if whole_float or (isinstance(value, str) and value.strip().isdigit()):
+            value = int(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            if isinstance(value, int) and not 1 <= value <= MAX_BATCH_SIZE:
+                raise ValueError(f"must be 1 to {MAX_BATCH_SIZE} images, or 'auto' (got {value})")
+            return value
+        raise ValueError(f"expected a whole number of images or 'auto' (got {value!r})")
+
     @field_validator("workers_per_host")
     @classmethod
     def _batch_splits_evenly(cls, value: int, info: ValidationInfo) -> int:
@@ -252,6 +270,12 @@ class FinetuneConfig(BaseModel):
         hosts = info.data.get("hosts")
         if value < 1:
             raise ValueError(f"must be 1 or more images, or 'auto' (got {value})")
+        if batch_size == "auto":
+            raise ValueError(
+                f"a fixed micro-batch ({value}) needs a fixed batch_size, and batch_size is "
+                "'auto' (the largest batch that fits, run in one pass); leave micro_batch "
+                "unset, or give batch_size a number"
+            )
         if isinstance(batch_size, int) and isinstance(per_host, int) and isinstance(hosts, int):
             per_rank = batch_size // (per_host * hosts)
             if value > per_rank:
@@ -403,6 +427,8 @@ OBJECTIVES: dict[str, dict[str, bool]] = {
 #: The metric a fine-tune reports when out-of-memory recovery changes the images per forward
 #: pass (agent/training/memory.py); the coordinator turns each point into a job event.
 MICRO_BATCH_METRIC = "memory/micro_batch"
+#: The metric (at step 0) a fine-tune with batch_size auto reports: the batch its probe chose.
+BATCH_SIZE_METRIC = "memory/batch_size"
 
 
 #: Bounds past which a memory request is a typo, not a machine: 16 TiB of host memory, 1 TiB

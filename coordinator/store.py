@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from matrec.common.specs import MICRO_BATCH_METRIC
+from matrec.common.specs import BATCH_SIZE_METRIC, MICRO_BATCH_METRIC
 from matrec.coordinator import schema
 from matrec.coordinator.database import create_engine_for, insert_ignore_for, migrate
 
@@ -721,16 +721,19 @@ class Store:
 
     def add_memory_events(self, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """A `memory` event for each micro-batch change among these metric points (the task
-        recovered from running out of memory, or tried a larger micro-batch again); a replayed
-        point adds none."""
-        points = [row for row in rows if row["key"] == MICRO_BATCH_METRIC]
+        recovered from running out of memory, or tried a larger micro-batch again) and for the
+        batch size batch_size auto chose; a replayed point adds none."""
+        points = [row for row in rows if row["key"] in (MICRO_BATCH_METRIC, BATCH_SIZE_METRIC)]
         if not points:
             return
         e = schema.job_events
         with self.engine.begin() as conn:
             for row in points:
                 message = (
-                    f"step {row['step']}: training in micro-batches of {int(row['value'])} "
+                    f"batch_size auto: {int(row['value'])} images per step, the largest the "
+                    "memory probe found to fit"
+                    if row["key"] == BATCH_SIZE_METRIC
+                    else f"step {row['step']}: training in micro-batches of {int(row['value'])} "
                     "images per pass to fit in memory (batch size unchanged)"
                 )
                 seen = conn.execute(

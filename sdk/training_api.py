@@ -358,7 +358,7 @@ class EnhancedTrainingAPI:
         if use_distributed and "workers_per_host" not in finetune:
             ranks, more = plan_ranks(
                 self.config.num_workers,
-                int(config.get("batch_size", 32)),
+                config.get("batch_size", 32),
                 capacity,
                 on_gpu,
                 local_auto_backend=self.embedded and config.get("backend", "auto") == "auto",

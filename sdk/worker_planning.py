@@ -32,11 +32,12 @@ class Capacity:
 
 
 def plan_workers(
-    num_workers: int, batch_size: int, capacity: int, unit: str
+    num_workers: int, batch_size: int | str, capacity: int, unit: str
 ) -> tuple[int, list[str]]:
     """Ranks for a distributed fine-tune asked for `num_workers` on hosts offering at most
     `capacity` `unit` ("CPU" or "GPU") each: at most that many, and a divisor of batch_size
-    (each rank trains on an equal slice). The notes say why fewer were taken."""
+    (each rank trains on an equal slice; any number divides batch_size 'auto', which the ranks
+    choose as a multiple of themselves). The notes say why fewer were taken."""
     if num_workers <= 1:
         return 1, ["distributed: num_workers is 1, so training runs as one process"]
     notes: list[str] = []
@@ -48,6 +49,8 @@ def plan_workers(
             f"{capacity} {unit}{'s' if capacity != 1 else ''}: {ranks} "
             f"rank{'s' if ranks != 1 else ''}"
         )
+    if not isinstance(batch_size, int):
+        return ranks, notes
     fitting = max(k for k in range(1, ranks + 1) if batch_size % k == 0)
     if fitting < ranks:
         notes.append(
@@ -59,7 +62,7 @@ def plan_workers(
 
 def plan_ranks(
     num_workers: int,
-    batch_size: int,
+    batch_size: int | str,
     capacity: Capacity,
     on_gpu: bool,
     *,

@@ -43,7 +43,15 @@ from matrec.agent.training.collective import LOCAL_RANK_ENV, Collective, collect
 from matrec.agent.training.data import Data, epoch_batches, load_data
 from matrec.agent.training.descriptors import describe_files, descriptor_dim
 from matrec.agent.training.evaluation import Forward, evaluation_report, predict
-from matrec.agent.training.memory import MicroBatching, check_simulated_limit, simulated_limit
+from matrec.agent.training.memory import (
+    AUTO_BATCH_MAX,
+    AUTO_BATCH_MIN_STEPS,
+    MicroBatching,
+    check_simulated_limit,
+    probe_batch_size,
+    probe_sizes,
+    simulated_limit,
+)
 from matrec.agent.training.models import (
     build_hybrid,
     build_model,
@@ -60,7 +68,7 @@ from matrec.agent.training.reporting import NullReporter, Reporter
 from matrec.agent.training.sample_trace import SampleTrace
 from matrec.agent.training.strategies import apply_strategy, describe_plan, param_groups
 from matrec.agent.worker_protocol import TaskStopped
-from matrec.common.specs import FinetuneConfig
+from matrec.common.specs import BATCH_SIZE_METRIC, FinetuneConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -96,6 +104,7 @@ class FinetuneResult:
     strategy: str = "full"
     # Images per forward pass at the end (memory.py); the per-rank batch when it never split.
     micro_batch: int = 0
+    batch_size: int = 0  # images per step, all ranks: config's, or what batch_size auto chose
     memory_adaptations: list[str] = field(default_factory=list)  # this attempt's changes
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +129,7 @@ class _Progress:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)  # epoch-end metrics
     micro_batch: int = 0  # the micro-batch memory allowed (memory.py); 0: the whole batch
+    batch_size: int = 0  # images per step; 0 in checkpoints written before batch_size auto
 
 
 def run_finetune(
@@ -183,18 +193,41 @@ def _train(
         model = model.to(memory_format=torch.channels_last)
     if descriptors is not None:
         descriptors = descriptors.to(device)
-    steps_per_epoch = max(1, data.train_size // config.batch_size)
+    progress = _Progress()
+    source = resume_from if resume_from is not None else checkpoint_path
+    checkpoint: dict[str, Any] | None = None
+    if resume_from is not None or checkpoint_path.exists():
+        checkpoint = load_checkpoint(Path(source), config, data.classes, data.train_size)
+        progress = _Progress(**checkpoint["progress"])
+    forward = _forward_fn(model, descriptors, device)
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return training_loss(logits, labels, config.label_smoothing)
+
+    if progress.batch_size:  # a checkpoint's, which may have been chosen by batch_size auto
+        batch_size = progress.batch_size
+    elif isinstance(config.batch_size, int):
+        batch_size = config.batch_size
+    else:
+        batch_size = _probe_batch_size(
+            config, data, model, forward, loss_fn, collective, device, reporter
+        )
+        reporter.metrics(0, {BATCH_SIZE_METRIC: float(batch_size)})
+    if batch_size % collective.size:
+        raise ValueError(
+            f"{source}: the batch size it was trained with, {batch_size} (batch_size auto), "
+            f"does not split over {collective.size} ranks; run with a number of ranks that "
+            "divides it, or start over in a new artifact directory"
+        )
+    progress.batch_size = batch_size
+    steps_per_epoch = max(1, data.train_size // batch_size)
     optimizer = build_optimizer(param_groups(model, config), config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
-    progress = _Progress()
-    source = resume_from if resume_from is not None else checkpoint_path
-    if resume_from is not None or checkpoint_path.exists():
-        checkpoint = load_checkpoint(Path(source), config, data.classes, data.train_size)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         scheduler.load_state_dict(checkpoint["scheduler_state"])
-        progress = _Progress(**checkpoint["progress"])
         if not is_main:  # rank 0's checkpoint holds the partial sums of all ranks
             progress.run_loss_sum = progress.epoch_loss_sum = 0.0
             progress.epoch_correct = progress.epoch_seen = 0
@@ -218,13 +251,12 @@ def _train(
         f"device {device}, {steps_per_epoch} steps per epoch, {config.epochs} epochs"
         + (
             f", {collective.size} ranks ({collective.backend}), "
-            f"{config.batch_size // collective.size} images per rank and step"
+            f"{batch_size // collective.size} images per rank and step"
             if collective.size > 1
             else ""
         )
     )
-    forward = _forward_fn(model, descriptors, device)
-    per_rank = config.batch_size // collective.size
+    per_rank = batch_size // collective.size
     fixed = config.micro_batch if isinstance(config.micro_batch, int) else 0
     micro = MicroBatching(
         per_rank,
@@ -236,17 +268,11 @@ def _train(
     )
     evaluate = micro.evaluating(forward)
 
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return training_loss(logits, labels, config.label_smoothing)
-
-    if config.micro_batch == "auto" and progress.micro_batch == 0:
+    # With batch_size auto the probe has already found a batch that fits in one pass.
+    if config.micro_batch == "auto" and progress.micro_batch == 0 and config.batch_size != "auto":
         # Keeps the RNG as it was, so that a probed run trains as an unprobed one would.
         rng = torch.get_rng_state()
-        images, labels, indices = next(
-            iter(
-                DataLoader(data.train, batch_sampler=[list(range(min(per_rank, data.train_size)))])
-            )
-        )
+        images, labels, indices = _first_images(data, min(per_rank, data.train_size))
         apply_strategy(model, config, progress.epoch)
         micro.probe(model, forward, loss_fn, images, labels.to(device), indices)
         torch.set_rng_state(rng)
@@ -279,7 +305,7 @@ def _train(
 
     val_loader = DataLoader(
         data.val,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         shuffle=False,
         num_workers=config.num_workers,
         pin_memory=use_cuda,
@@ -292,7 +318,7 @@ def _train(
         if trainable != planned:
             reporter.log(describe_plan(model, config, epoch))
             planned = trainable
-        batches = epoch_batches(data.train_size, config.batch_size, config.seed + epoch)
+        batches = epoch_batches(data.train_size, batch_size, config.seed + epoch)
         # This rank's slice of every global batch.
         shards = [batch[collective.rank :: collective.size] for batch in batches]
         loader = DataLoader(
@@ -413,6 +439,7 @@ def _train(
         model_type=config.model_type,
         strategy=config.strategy,
         micro_batch=micro.size,
+        batch_size=batch_size,
         memory_adaptations=list(micro.changes),
     )
     if is_main:
@@ -426,6 +453,50 @@ def _train(
         + (" (stopped early)" if result.stopped_early else "")
     )
     return result
+
+
+def _first_images(data: Data, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `count` training images, labels and indices, as one batch."""
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = next(
+        iter(DataLoader(data.train, batch_sampler=[list(range(count))]))
+    )
+    return batch
+
+
+def _probe_batch_size(
+    config: FinetuneConfig,
+    data: Data,
+    model: nn.Module,
+    forward: Forward,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    collective: Collective,
+    device: torch.device,
+    reporter: Reporter,
+) -> int:
+    """batch_size auto: the largest batch every rank fits (memory.probe_batch_size), as a
+    multiple of the ranks, at most AUTO_BATCH_MAX images and a quarter of the training set."""
+    most = max(1, min(AUTO_BATCH_MAX, data.train_size // AUTO_BATCH_MIN_STEPS) // collective.size)
+    # The probe's passes must not change what training does: the RNG (augmentations, dropout)
+    # is put back after them, as the model's buffers and gradients are inside the probe.
+    rng = torch.get_rng_state()
+    apply_strategy(model, config, 0)
+    fits = probe_batch_size(
+        model,
+        forward,
+        loss_fn,
+        lambda count: _first_images(data, count),
+        most,
+        config.image_size,
+        device,
+        reporter,
+        host_share=config.workers_per_host if device.type == "cpu" else 1,
+    )
+    torch.set_rng_state(rng)
+    # The largest size every rank fits: ranks fitting each size, summed.
+    sizes = probe_sizes(most)
+    counts = collective.sum([float(size <= fits) for size in sizes])
+    per_rank = max(s for s, n in zip(sizes, counts, strict=True) if n == collective.size)
+    return per_rank * collective.size
 
 
 def _build_model(

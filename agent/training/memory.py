@@ -13,6 +13,10 @@ is tried again (memory another process held may have been freed), and each faile
 that wait. Every change is logged and reported as the metric `memory/micro_batch` at the first
 step that ran with it. Evaluation passes are split the same way.
 
+`batch_size: auto` (probe_batch_size) finds, before the first step, the largest batch that
+fits: passes over 1, 2, 4, ... images until one runs out of memory (or would leave too little
+headroom, or reaches the cap), undoing each.
+
 For tests, `MATREC_TEST_OOM_ABOVE=N` makes every forward pass of more than N images raise the
 real OutOfMemoryError; everything else here is the production path.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import resource
 from collections.abc import Callable
 
 import psutil
@@ -36,10 +41,16 @@ OOM_TEST_ENV = "MATREC_TEST_OOM_ABOVE"
 #: Steps at a reduced micro-batch before a larger one is tried again.
 GROW_AFTER_STEPS = 200
 METRIC = MICRO_BATCH_METRIC
+#: batch_size auto: at most this many images per step (all ranks together) ...
+AUTO_BATCH_MAX = 512
+#: ... and at most the training set divided by this (so that an epoch has that many steps).
+AUTO_BATCH_MIN_STEPS = 4
 #: The probe leaves this share of a GPU's memory as the most a micro-batch may peak at.
 PROBE_MARGIN = 0.85
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: The first `n` training images as (images, labels, indices): what the batch-size probe uses.
+Sample = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class OutOfMemory(MemoryError):
@@ -269,6 +280,94 @@ class MicroBatching:
     def _note(self, text: str) -> None:
         self.changes.append(text)
         self.reporter.log(text)
+
+
+def probe_sizes(most: int) -> list[int]:
+    """The per-rank batch sizes the batch-size probe tries, in order: 2, 4, 8, ... and `most`
+    (1 only when `most` is 1: BatchNorm layers that train cannot normalise a single image)."""
+    sizes = [min(2, most)]
+    while sizes[-1] * 2 < most:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] < most:
+        sizes.append(most)
+    return sizes
+
+
+def probe_batch_size(
+    model: nn.Module,
+    forward: Forward,
+    loss_fn: LossFn,
+    sample: Sample,
+    most: int,
+    image_size: int,
+    device: torch.device,
+    reporter: Reporter,
+    host_share: int = 1,
+) -> int:
+    """`batch_size: auto`: the largest of probe_sizes(most) images this process can train on
+    per step. Each size runs one forward and backward pass that changes nothing (gradients and
+    buffers are put back); the search stops at the first size that runs out of memory, and
+    before a size that would not leave headroom: on a GPU, a size whose peak exceeds
+    PROBE_MARGIN of the device's memory does not count as fitting; on a CPU, the next size is
+    not tried when the memory the last one added, scaled to the next size, exceeds PROBE_MARGIN
+    of the host's available memory divided among `host_share` ranks on the host (running out of
+    host memory is not an error a process can recover from). Raises OutOfMemory when not even
+    one image fits."""
+    buffers = [b.detach().clone() for b in model.buffers()]
+    use_cuda = device.type == "cuda"
+    room = PROBE_MARGIN * psutil.virtual_memory().available / max(1, host_share)
+    resident = psutil.Process().memory_info().rss
+    fits = 0
+    why = f"the cap of {most} images"
+    for size in probe_sizes(most):
+        if use_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        images, labels, indices = sample(size)
+        try:
+            part = slice(0, size)
+            loss_fn(forward(images[part], indices[part]), labels[part]).backward()
+        except torch.OutOfMemoryError as exc:
+            _undo(model, buffers)
+            free_memory(device)
+            if fits == 0:
+                raise OutOfMemory(
+                    f"out of memory in the batch-size probe (batch_size auto) with {size} "
+                    f"images, the fewest it tries: "
+                    f"image size {image_size}x{image_size} px, {memory_description(device)}. "
+                    f"Use a smaller image_size or model, or an agent with more memory "
+                    f"({' '.join(str(exc).split())[:300]})"
+                ) from exc
+            why = f"{size} images ran out of memory"
+            break
+        finally:
+            del images, labels, indices
+        _undo(model, buffers)
+        if use_cuda:
+            _, total = torch.cuda.mem_get_info(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            if peak > PROBE_MARGIN * total and fits:
+                why = f"{size} images peak at {_mib(peak)} of {_mib(total)} MiB"
+                break
+            fits = size
+        else:
+            fits = size
+            added = max(0, _peak_resident() - resident)
+            if size < most and added * min(most, size * 2) / size > room:
+                why = (
+                    f"{size} images added {_mib(added)} MiB; the next size would need more "
+                    f"than the {_mib(int(room))} MiB of host memory it may take"
+                )
+                break
+    free_memory(device)
+    reporter.log(
+        f"batch-size probe: {fits} images per step fit ({why}); {memory_description(device)}"
+    )
+    return fits
+
+
+def _peak_resident() -> int:
+    """This process's peak resident memory, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _undo(model: nn.Module, buffers: list[torch.Tensor]) -> None:

@@ -55,10 +55,14 @@ def dataset(tmp_path: Path) -> Path:
     return write_minimal_image_folder(tmp_path / "data")
 
 
-def spec(config: dict[str, Any], kind: str = "finetune") -> jobs_pb2.JobSpec:
+def spec(
+    config: dict[str, Any], kind: str = "finetune", resources: dict[str, Any] | None = None
+) -> jobs_pb2.JobSpec:
     struct = struct_pb2.Struct()
     struct.update(config)
-    return jobs_pb2.JobSpec(kind=kind, config=struct)
+    return jobs_pb2.JobSpec(
+        kind=kind, config=struct, resources=common_pb2.Resources(**(resources or {}))
+    )
 
 
 def test_health_reports_serving(channel: grpc.Channel) -> None:
@@ -82,23 +86,36 @@ def test_reflection_lists_and_describes_services(channel: grpc.Channel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "kind", "field"),
+    ("config", "kind", "field", "resources"),
     [
-        ({"model": "resnet999"}, "finetune", "config.model"),
-        ({"dataset_path": "/no/such/dataset"}, "finetune", "config.dataset_path"),
-        ({"epochs": -1}, "finetune", "config.epochs"),
-        ({"learning_rat": 0.1}, "finetune", "config.learning_rat"),
-        ({}, "distill", "kind"),
+        ({"model": "resnet999"}, "finetune", "config.model", None),
+        ({"dataset_path": "/no/such/dataset"}, "finetune", "config.dataset_path", None),
+        ({"epochs": -1}, "finetune", "config.epochs", None),
+        ({"learning_rat": 0.1}, "finetune", "config.learning_rat", None),
+        ({}, "distill", "kind", None),
+        # Memory requests and batch_size auto (issue 22).
+        ({"batch_size": "auto", "micro_batch": 4}, "finetune", "config.micro_batch", None),
+        ({}, "finetune", "resources.memory_bytes", {"memory_bytes": -1}),
+        ({}, "finetune", "resources.memory_bytes", {"memory_bytes": 1 << 60}),
+        ({}, "finetune", "resources.gpu_memory_bytes", {"gpus": 1, "gpu_memory_bytes": -1}),
+        ({}, "finetune", "resources.gpu_memory_bytes", {"gpus": 1, "gpu_memory_bytes": 1 << 50}),
     ],
 )
 def test_server_rejects_bad_specs_naming_the_field(
-    channel: grpc.Channel, dataset: Path, config: dict[str, Any], kind: str, field: str
+    channel: grpc.Channel,
+    dataset: Path,
+    config: dict[str, Any],
+    kind: str,
+    field: str,
+    resources: dict[str, Any] | None,
 ) -> None:
     stub = jobs_pb2_grpc.JobServiceStub(channel)
     before = len(stub.ListJobs(jobs_pb2.ListJobsRequest(), timeout=5).jobs)
     with pytest.raises(grpc.RpcError) as caught:
         stub.SubmitJob(
-            jobs_pb2.SubmitJobRequest(spec=spec({"dataset_path": str(dataset), **config}, kind)),
+            jobs_pb2.SubmitJobRequest(
+                spec=spec({"dataset_path": str(dataset), **config}, kind, resources)
+            ),
             timeout=5,
         )
     error = caught.value

@@ -38,6 +38,14 @@ def test_a_batch_too_large_for_memory_trains_in_micro_batches(
         ]
         assert final.result["steps"] == 9
         assert final.result["micro_batch"] == 4
+        # batch_size auto: the probe finds 4 (8 runs out of memory) and the job says so.
+        spec = finetune_spec(small_dataset, 1, batch_size="auto", strategy="head_only")
+        final = client.wait(client.submit_job(spec).id, timeout=300)
+        assert final.state == "succeeded", final.error
+        assert (final.result["batch_size"], final.result["steps"]) == (4, 144 // 4)
+        memory = [e.message for e in final.history if e.kind == "memory"]
+        assert memory == ["batch_size auto: 4 images per step, the largest the memory probe "
+                          "found to fit"]  # fmt: skip
 
 
 def test_a_model_that_fits_no_micro_batch_fails_naming_batch_image_and_memory(

@@ -17,8 +17,10 @@ from matrec.agent.training.memory import (
     MicroBatching,
     OutOfMemory,
     check_simulated_limit,
+    probe_sizes,
 )
 from matrec.agent.training.optim import training_loss
+from matrec.common.specs import BATCH_SIZE_METRIC
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from torch import nn
 from unit.test_finetune import STEPS_PER_EPOCH, RecordingReporter, make_config
@@ -198,3 +200,58 @@ def test_accumulated_gradients_equal_the_whole_batch_and_evaluation_splits_too()
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return training_loss(logits, labels, 0.0)
+
+
+def test_batch_size_auto_takes_the_largest_batch_that_fits_and_changes_nothing_else(
+    small_dataset: DemoDatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auto = finetune(
+        small_dataset.path, tmp_path / "auto", monkeypatch, 20, strategy="head_only",
+        batch_size="auto",
+    )  # fmt: skip
+    # 144 training images: the cap is 36 (a quarter); 2, 4, 8, 16 fit, 32 does not.
+    assert [(s, v) for s, v in auto.metrics_calls if BATCH_SIZE_METRIC in v] == [
+        (0, {BATCH_SIZE_METRIC: 16.0})
+    ]
+    probed = [line for line in auto.logs if line.startswith("batch-size probe:")]
+    assert len(probed) == 1
+    assert probed[0].startswith("batch-size probe: 16 images per step fit (32 images ran out")
+    assert not [line for line in auto.logs if "out of memory at step" in line]
+    assert not [v for _, v in auto.metrics_calls if METRIC in v]
+    assert_every_step_once(auto)  # 144 // 16 = 9 steps
+    assert auto.result is not None and auto.result.batch_size == 16
+    # The probe's passes leave no trace: the run ends where batch_size 16 ends.
+    fixed = finetune(
+        small_dataset.path, tmp_path / "fixed", monkeypatch, None, strategy="head_only",
+        batch_size=16,
+    )  # fmt: skip
+    assert fixed.result is not None and fixed.result.batch_size == 16
+    assert max_difference(weights(tmp_path / "auto"), weights(tmp_path / "fixed"), False) == 0.0
+    # A resumed attempt keeps the batch its checkpoint was trained with, without probing.
+    again = finetune(
+        small_dataset.path, tmp_path / "auto", monkeypatch, None, strategy="head_only",
+        batch_size="auto",
+    )  # fmt: skip
+    assert again.result is not None and again.result.batch_size == 16
+    assert not [v for _, v in again.metrics_calls if BATCH_SIZE_METRIC in v]
+
+
+def test_batch_size_auto_stops_at_its_cap_and_fails_when_nothing_fits(
+    small_dataset: DemoDatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert probe_sizes(36) == [2, 4, 8, 16, 32, 36]
+    assert probe_sizes(1) == [1]
+    capped = finetune(
+        small_dataset.path, tmp_path / "capped", monkeypatch, None, strategy="head_only",
+        batch_size="auto",
+    )  # fmt: skip
+    assert capped.result is not None and capped.result.batch_size == 36
+    assert capped.result.steps == 144 // 36
+    with pytest.raises(OutOfMemory) as caught:
+        finetune(
+            small_dataset.path, tmp_path / "none", monkeypatch, 1, strategy="head_only",
+            batch_size="auto",
+        )  # fmt: skip
+    message = str(caught.value)
+    assert "batch-size probe (batch_size auto) with 2 images" in message
+    assert "image size 32x32 px" in message and "MiB available" in message

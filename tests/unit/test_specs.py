@@ -35,6 +35,20 @@ from matrec.common.specs import SpecError, parse_job_spec
             "config.micro_batch",
             "more than the 8 images each rank trains on per step",
         ),
+        ({"config": {"batch_size": "big"}}, "config.batch_size", "or 'auto' (got 'big')"),
+        ({"config": {"batch_size": -8}}, "config.batch_size", "1 to 65536 images, or 'auto'"),
+        ({"config": {"batch_size": 10**7}}, "config.batch_size", "1 to 65536 images"),
+        (
+            {"config": {"batch_size": "auto", "micro_batch": 4}},
+            "config.micro_batch",
+            "a fixed micro-batch (4) needs a fixed batch_size, and batch_size is 'auto'",
+        ),
+        ({"resources": {"memory_bytes": -1}}, "resources.memory_bytes", "greater than or equal"),
+        (
+            {"resources": {"gpus": 1, "gpu_memory_mb": -5}},
+            "resources.gpu_memory_mb",
+            "greater than or equal to 0",
+        ),
         (
             {"resources": {"memory_bytes": 1, "memory_mb": 1}},
             "resources.memory_mb",
@@ -51,6 +65,16 @@ def test_errors_name_the_field(raw: dict[str, Any], field: str, fragment: str) -
     assert caught.value.field == field
     assert fragment in caught.value.message
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_batch_size_auto_is_accepted_with_any_ranks_and_numbers_stay_lax() -> None:
+    _, config = parse_job_spec(
+        {"config": {"dataset_path": "/d", "batch_size": "auto", "workers_per_host": 3}}
+    )
+    assert config.model_dump()["batch_size"] == "auto"
+    for given in (24, 24.0, "24"):
+        _, config = parse_job_spec({"config": {"dataset_path": "/d", "batch_size": given}})
+        assert config.model_dump()["batch_size"] == 24
 
 
 def test_a_valid_spec_gets_its_defaults() -> None:

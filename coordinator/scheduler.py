@@ -305,9 +305,18 @@ class Scheduler:
                 continue
             hosts = self._hosts_for(job, totals, script_totals)
             free = {aid: free_resources(total, used[aid]) for aid, total in hosts.items()}
+            # Each member needs what any member needs, GPU memory included: only agents that
+            # fit one member are candidates.
+            misfits = {
+                aid: misfit(members[0].resources, total, free[aid], gpus.get(aid, []),
+                            usages.get(aid))
+                for aid, total in hosts.items()
+            }  # fmt: skip
+            fitting = {aid: free[aid] for aid, why in misfits.items() if why is None}
             load = {aid: sum(used[aid].values()) + running[aid] for aid in hosts}
-            placement = place_gang(members, free, fits, load)
+            placement = place_gang(members, fitting, fits, load)
             if placement is None:
+                self._note_gang_wait(job, members, misfits, names)
                 continue
             gang_id = new_id("gang")
             if job.owner_token_id is not None:
@@ -361,6 +370,27 @@ class Scheduler:
         reasons = "; ".join(f"agent {names[aid]}: {why}" for aid, why in sorted(misfits.items()))
         self._note_waiting(
             task.job_id, f"no agent can take it now ({reasons})", task.id, task.attempt
+        )
+
+    def _note_gang_wait(
+        self,
+        job: JobRecord,
+        members: list[TaskRecord],
+        misfits: Mapping[str, str | None],
+        names: Mapping[str, str],
+    ) -> None:
+        """A `waiting` event saying why a gang cannot start: how many agents can take a member
+        now, and what is short on the others; when the reason changes."""
+        if not misfits:
+            return
+        fitting = sum(1 for why in misfits.values() if why is None)
+        short = "; ".join(
+            f"agent {names[aid]}: {why}" for aid, why in sorted(misfits.items()) if why is not None
+        )
+        self._note_waiting(
+            job.id,
+            f"waiting for {len(members)} agents at once (hosts {len(members)}); {fitting} can "
+            f"take a member now" + (f" ({short})" if short else ""),
         )
 
     def _note_waiting(self, job_id: str, reason: str, task_id: str = "", attempt: int = 0) -> None:

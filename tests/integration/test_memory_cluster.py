@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from integration.test_cli_e2e import ctl
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
 from support.cluster_jobs import assert_complete_series, finetune_spec, wait_until
@@ -99,5 +100,53 @@ def test_a_job_asking_more_memory_than_any_agent_has_waits_saying_why(tmp_path: 
         assert final.spec.resources.memory_bytes == (8 * host_mib) << 20
         (reason,) = [e.message for e in final.history if e.kind == "waiting"]
         assert f"needs {8 * host_mib} MiB host memory, has {host_mib} in all" in reason
+        # GPU memory on a host without GPUs: also queued, saying so; `show` prints both reasons.
+        gpu = client.submit_job({**spec, "resources": {"gpus": 1, "gpu_memory_mb": 1024}})
+        wait_until(
+            lambda: any(e.kind == "waiting" for e in client.get_job(gpu.id).history),
+            30,
+            "the GPU job's waiting event",
+        )
+        assert client.get_job(gpu.id).state == "queued"
+        for job_id, why in ((job.id, "MiB host memory, has"), (gpu.id, "needs 1 gpus, has 0")):
+            shown = ctl(cluster.address, "show", job_id)
+            assert shown.returncode == 0, shown.stderr
+            text = " ".join(shown.stdout.replace("│", " ").split())  # unwrap Rich's panel
+            assert "no agent can take it now" in text and why in text, shown.stdout
         small = client.submit_job({**spec, "resources": {"memory_mb": 16}})
         assert client.wait(small.id, timeout=60).state == "succeeded"
+
+
+def test_jobs_whose_memory_does_not_fit_together_go_to_two_agents_or_take_turns(
+    tmp_path: Path,
+) -> None:
+    with (
+        LocalCluster(tmp_path / "cluster", agents=2) as cluster,
+        cluster.client() as client,
+    ):
+        host_mib = client.list_agents()[0].total.memory_bytes >> 20
+        # Each asks for 60 % of a host's memory: two fit on two agents, not on one.
+        spec = {
+            "kind": "diagnostic",
+            "config": {"steps": 1, "duration_seconds": 3},
+            "resources": {"memory_mb": host_mib * 6 // 10},
+        }
+        jobs = [client.submit_job(spec).id for _ in range(2)]
+        finals = [client.wait(job_id, timeout=60) for job_id in jobs]
+        assert [f.state for f in finals] == ["succeeded", "succeeded"]
+        assert finals[0].tasks[0].agent_id != finals[1].tasks[0].agent_id
+        # With one agent left the second waits, saying why, and runs after the first.
+        cluster.stop_agent(1)
+        wait_until(
+            lambda: [a.state for a in client.list_agents()].count("connected") == 1,
+            30,
+            "one agent connected",
+        )
+        first, second = (client.submit_job(spec).id for _ in range(2))
+        done = [client.wait(job_id, timeout=60) for job_id in (first, second)]
+        assert [d.state for d in done] == ["succeeded", "succeeded"]
+        assert done[0].tasks[0].agent_id == done[1].tasks[0].agent_id
+        assert done[0].finished_at is not None and done[1].started_at is not None
+        assert done[1].started_at >= done[0].finished_at
+        (reason,) = [e.message for e in done[1].history if e.kind == "waiting"]
+        assert "MiB host memory" in reason and "unreserved now" in reason

@@ -282,3 +282,37 @@ def test_a_task_that_ran_out_of_memory_goes_where_most_memory_is_free(
         assert placed_on(store, job) == "agent-a"
 
     asyncio.run(scenario())
+
+
+def test_a_gang_goes_only_to_agents_with_the_gpu_memory_and_says_why_it_waits(
+    store: Store, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        sessions, scheduler = memory_cluster(store, ("a", "b", "c"))
+        busy = sessions.get("agent-a")
+        assert busy is not None
+        # agent-a's GPU: 8 of its 16 GiB held by a process matrec did not place.
+        busy.usage = common_pb2.ResourceUsage(gpu_memory_used_bytes=[8 * GIB])
+
+        def gang() -> str:
+            return store.create_job(
+                name="gang", kind="finetune",
+                spec={"config": {"dataset_path": "/d", "hosts": 2}},
+                resources={"cpus": 1.0, "gpus": 1, "gpu_memory_bytes": 12 * GIB},
+                max_attempts=3, artifact_root=tmp_path, num_tasks=2,
+            ).id  # fmt: skip
+
+        first = gang()
+        # By load alone agent-a comes first; by GPU memory only b and c can take a member.
+        assert scheduler.schedule_once() == 2
+        assert {t.agent_id for t in store.active_tasks()} == {"agent-b", "agent-c"}
+        second = gang()
+        assert scheduler.schedule_once() == 0
+        assert waiting(store, second) == [
+            "waiting for 2 agents at once (hosts 2); 0 can take a member now (agent a: needs "
+            "1 GPU(s) with 12288 MiB free, has 0 (most free on one GPU: 8192 MiB); agent b: "
+            "needs 1 gpus, 0 unreserved now; agent c: needs 1 gpus, 0 unreserved now)"
+        ]
+        assert waiting(store, first) == []
+
+    asyncio.run(scenario())

@@ -40,24 +40,51 @@ def oom_kills(
 ) -> int | None:
     """How many processes the kernel's out-of-memory killer has killed in this process's memory
     cgroup (v2: memory.events, v1: memory.oom_control); None where that cannot be read."""
+    for folder, version in _memory_cgroups(cgroup_file, root):
+        events = "memory.events" if version == 2 else "memory.oom_control"
+        count = _oom_kill_count(folder / events)
+        if count is not None:
+            return count
+    return None
+
+
+def memory_cgroup_limit(
+    cgroup_file: Path = Path("/proc/self/cgroup"), root: Path = _CGROUP_ROOT
+) -> int | None:
+    """This process's memory cgroup limit in bytes (v2: memory.max, v1: memory.limit_in_bytes);
+    None when there is none or it cannot be read."""
+    for folder, version in _memory_cgroups(cgroup_file, root):
+        name = "memory.max" if version == 2 else "memory.limit_in_bytes"
+        try:
+            text = (folder / name).read_text()
+        except OSError:
+            continue
+        value = text.strip()
+        # v2 writes "max"; v1 an unlimited group as a number near 2**63.
+        return int(value) if value.isdigit() and int(value) < _UNLIMITED else None
+    return None
+
+
+_UNLIMITED = 1 << 62
+
+
+def _memory_cgroups(cgroup_file: Path, root: Path) -> list[tuple[Path, int]]:
+    """The folders of this process's memory cgroup, with the cgroup version of each, as
+    /proc/self/cgroup names them."""
     try:
         lines = cgroup_file.read_text().splitlines()
     except OSError:
-        return None
+        return []
+    found: list[tuple[Path, int]] = []
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         relative = path.lstrip("/")
         if hierarchy == "0" and controllers == "":
-            candidate = root / relative / "memory.events"
+            found.append((root / relative, 2))
         elif "memory" in controllers.split(","):
-            candidate = root / "memory" / relative / "memory.oom_control"
-        else:
-            continue
-        count = _oom_kill_count(candidate)
-        if count is not None:
-            return count
-    return None
+            found.append((root / "memory" / relative, 1))
+    return found
 
 
 def _oom_kill_count(path: Path) -> int | None:
@@ -72,12 +99,17 @@ def _oom_kill_count(path: Path) -> int | None:
     return None
 
 
-def killed_by_oom_killer(before: int | None, after: int | None) -> str | None:
+def killed_by_oom_killer(
+    before: int | None, after: int | None, limit: int | None = None
+) -> str | None:
     """The failure reason for a worker that died of SIGKILL, when the cgroup's count says the
-    out-of-memory killer struck while it ran; None otherwise."""
+    out-of-memory killer struck while it ran; None otherwise. `limit`: the cgroup's memory
+    limit in bytes, when it has one."""
     if before is None or after is None or after <= before:
         return None
+    bound = f"memory cgroup limit {limit >> 20} MiB" if limit else "no memory cgroup limit"
     return (
         "out of memory: the worker was killed by the kernel's out-of-memory killer (SIGKILL; "
-        f"{after - before} kill(s) in the agent's memory cgroup while it ran); {host_memory()}"
+        f"{after - before} kill(s) in the agent's memory cgroup while it ran); {bound}, "
+        f"{host_memory()}"
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from matrec.agent.memory_report import killed_by_oom_killer, oom_kills
+from matrec.agent.memory_report import killed_by_oom_killer, memory_cgroup_limit, oom_kills
 from matrec.agent.path_policy import ALLOWED_PATHS_ENV
 from matrec.agent.script_user import SCRIPT_USER_ENV
 from matrec.agent.worker_protocol import (
@@ -215,7 +215,7 @@ class TaskRun:
             return agents_pb2.TASK_OUTCOME_PREEMPTED, f"handed back (worker exit code {code})"
         tail = "\n".join(self._tail).strip()
         oom_killed = (
-            killed_by_oom_killer(self._oom_kills_at_start, oom_kills())
+            killed_by_oom_killer(self._oom_kills_at_start, oom_kills(), memory_cgroup_limit())
             if code == -signal.SIGKILL
             else None
         )

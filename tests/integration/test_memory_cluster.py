@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 from integration.test_cli_e2e import ctl
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
+from support.cgroups import memory_cgroup
 from support.cluster_jobs import assert_complete_series, finetune_spec, wait_until
 
 pytestmark = pytest.mark.slow
@@ -150,3 +152,36 @@ def test_jobs_whose_memory_does_not_fit_together_go_to_two_agents_or_take_turns(
         assert done[1].started_at >= done[0].finished_at
         (reason,) = [e.message for e in done[1].history if e.kind == "waiting"]
         assert "MiB host memory" in reason and "unreserved now" in reason
+
+
+def test_a_worker_the_kernel_kills_for_memory_is_reported_as_out_of_memory_and_retried(
+    tmp_path: Path,
+) -> None:
+    """A real kill by the kernel's out-of-memory killer: the agent (and so its workers) runs
+    in a memory cgroup limited to what it uses plus 256 MiB, and the task allocates 1 GiB."""
+    with (
+        LocalCluster(tmp_path / "cluster", agents=1) as cluster,
+        cluster.client() as client,
+    ):
+        agent = psutil.Process(cluster.agent_pid(0))
+        processes = [agent, *agent.children(recursive=True)]
+        in_use = sum(p.memory_info().rss for p in processes)
+        limit = in_use + (256 << 20)
+        with memory_cgroup(limit) as cgroup:
+            for process in processes:
+                cgroup.add(process.pid)
+            config = {"steps": 1, "duration_seconds": 0, "allocate_mb": 1024}
+            spec = {"kind": "diagnostic", "config": config, "max_attempts": 2}
+            final = client.wait(client.submit_job(spec).id, timeout=120)
+            assert cgroup.oom_kills() == 2  # the kernel's own count: one kill per attempt
+            assert agent.is_running()  # the worker was the one killed
+        assert final.state == "failed"
+        assert final.tasks[0].attempt == 2
+        assert final.error.startswith(
+            "out of memory: the worker was killed by the kernel's out-of-memory killer"
+        ), final.error
+        assert f"memory cgroup limit {limit >> 20} MiB" in final.error
+        failed = [(e.attempt, e.message) for e in final.history if e.kind == "failed"]
+        assert [attempt for attempt, _ in failed] == [1, 2]
+        assert failed[0][1].startswith("out of memory: the worker was killed by the kernel's")
+        assert failed[0][1].endswith("; requeued")

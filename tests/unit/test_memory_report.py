@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from matrec.agent.memory_report import killed_by_oom_killer, oom_kills
+from matrec.agent.memory_report import killed_by_oom_killer, memory_cgroup_limit, oom_kills
 
 
 def write(path: Path, text: str) -> None:
@@ -50,3 +50,19 @@ def test_a_new_oom_kill_is_reported_with_the_host_memory() -> None:
     assert reason is not None
     assert reason.startswith("out of memory: the worker was killed by the kernel's out-of-memory")
     assert "1 kill(s)" in reason and "MiB available" in reason
+    assert "no memory cgroup limit" in reason
+    limited = killed_by_oom_killer(3, 4, 256 << 20)
+    assert limited is not None and "memory cgroup limit 256 MiB" in limited
+
+
+def test_the_memory_cgroup_limit_is_read_as_v1_and_v2_write_it(tmp_path: Path) -> None:
+    write(tmp_path / "v2", "0::/agent.service\n")
+    write(tmp_path / "cg/agent.service/memory.max", "268435456\n")
+    assert memory_cgroup_limit(tmp_path / "v2", tmp_path / "cg") == 256 << 20
+    write(tmp_path / "cg/agent.service/memory.max", "max\n")
+    assert memory_cgroup_limit(tmp_path / "v2", tmp_path / "cg") is None
+    write(tmp_path / "v1", "4:memory:/process_api/abc\n0::/\n")
+    write(tmp_path / "cg/memory/process_api/abc/memory.limit_in_bytes", "104857600\n")
+    assert memory_cgroup_limit(tmp_path / "v1", tmp_path / "cg") == 100 << 20
+    write(tmp_path / "cg/memory/process_api/abc/memory.limit_in_bytes", "9223372036854771712\n")
+    assert memory_cgroup_limit(tmp_path / "v1", tmp_path / "cg") is None

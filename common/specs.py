@@ -56,6 +56,7 @@ DEFAULT_DESCRIPTORS: tuple[Descriptor, ...] = ("lbp", "gabor", "color")
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_BATCH_SIZE = 65_536
+MAX_LOADER_WORKERS = 64
 MAX_MAX_ATTEMPTS = 100
 
 
@@ -152,7 +153,19 @@ class FinetuneConfig(BaseModel):
     )
     top_k: int = Field(default=3, ge=1, description="Evaluation: top-k accuracy's k.")
     seed: int = Field(default=0, ge=0)
-    num_workers: int = Field(default=0, ge=0, le=64, description="DataLoader worker processes.")
+    num_workers: int | str = Field(
+        default=0,
+        description="DataLoader worker processes (0 to 64), or 'auto': as many as the host's "
+        "CPUs and available memory allow (docs/memory.md). 0, the default, loads in the "
+        "training process, which keeps a resumed run exactly the uninterrupted one.",
+    )
+    prefetch_factor: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Batches each loader worker prepares ahead; unset: 2, or fewer with "
+        "num_workers 'auto' when memory is short. Needs num_workers other than 0.",
+    )
     log_every_steps: int = Field(default=10, ge=1, description="Report train loss every N steps.")
     visualization_level: Literal["minimal", "standard", "detailed"] = Field(
         default="standard",
@@ -217,10 +230,7 @@ class FinetuneConfig(BaseModel):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size_is_a_count_or_auto(cls, value: Any) -> Any:
-        # As lax as the plain int field was: 32.0 and "32" are 32.
-        whole_float = isinstance(value, float) and value.is_integer()
-        if whole_float or (isinstance(value, str) and value.strip().isdigit()):
-            value = int(value)
+        value = _lax_whole(value)
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
             if isinstance(value, int) and not 1 <= value <= MAX_BATCH_SIZE:
                 raise ValueError(f"must be 1 to {MAX_BATCH_SIZE} images, or 'auto' (got {value})")
@@ -285,6 +295,27 @@ class FinetuneConfig(BaseModel):
                 )
         return value
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _num_workers_is_a_count_or_auto(cls, value: Any) -> Any:
+        value = _lax_whole(value)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (whole and 0 <= value <= MAX_LOADER_WORKERS):
+            return value
+        raise ValueError(
+            f"expected 0 to {MAX_LOADER_WORKERS} worker processes or 'auto' (got {value!r})"
+        )
+
+    @field_validator("prefetch_factor")
+    @classmethod
+    def _prefetch_needs_workers(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("num_workers") == 0:
+            raise ValueError(
+                "prefetching needs loader workers: set num_workers to 1 or more or 'auto', "
+                "or leave prefetch_factor unset"
+            )
+        return value
+
     @field_validator("augmentation")
     @classmethod
     def _no_repeated_ops(
@@ -304,6 +335,14 @@ class FinetuneConfig(BaseModel):
         if not value and info.data.get("model_type") == "hybrid":
             raise ValueError("a hybrid model needs at least one descriptor (lbp, gabor, color)")
         return value
+
+
+def _lax_whole(value: Any) -> Any:
+    """As lax as a plain int field is, for fields that also take 'auto': 32.0 and "32" are 32."""
+    whole_float = isinstance(value, float) and value.is_integer()
+    if whole_float or (isinstance(value, str) and value.strip().isdigit()):
+        return int(value)
+    return value
 
 
 class DiagnosticConfig(BaseModel):

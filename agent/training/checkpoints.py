@@ -21,6 +21,7 @@ RESUME_TOLERANT_FIELDS = frozenset(
         "pretrained_path",
         "pretrained_weights",
         "num_workers",
+        "prefetch_factor",
         "log_every_steps",
         "visualization_level",
         "device",

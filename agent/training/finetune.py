@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from matrec.agent.training.augmentation import eval_transform, train_transform
 from matrec.agent.training.checkpoints import (
@@ -43,6 +44,7 @@ from matrec.agent.training.collective import LOCAL_RANK_ENV, Collective, collect
 from matrec.agent.training.data import Data, epoch_batches, load_data
 from matrec.agent.training.descriptors import describe_files, descriptor_dim
 from matrec.agent.training.evaluation import Forward, evaluation_report, predict
+from matrec.agent.training.loading import plan_loading
 from matrec.agent.training.memory import (
     AUTO_BATCH_MAX,
     AUTO_BATCH_MIN_STEPS,
@@ -303,11 +305,22 @@ def _train(
         )
         reporter.checkpoint(checkpoint_path, progress.epoch, progress.step)
 
+    loading = plan_loading(
+        config.num_workers,
+        config.prefetch_factor,
+        cpus=len(os.sched_getaffinity(0)),
+        available_bytes=psutil.virtual_memory().available,
+        ranks_on_host=config.workers_per_host,
+        batch_size=per_rank,
+        image_size=config.image_size,
+    )
+    reporter.log(f"data loading: {loading.why}")
     val_loader = DataLoader(
         data.val,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=config.num_workers,
+        num_workers=loading.workers,
+        prefetch_factor=loading.prefetch,
         pin_memory=use_cuda,
     )
     planned: int | None = None
@@ -324,7 +337,8 @@ def _train(
         loader = DataLoader(
             data.train,
             batch_sampler=shards[progress.batch_in_epoch :],
-            num_workers=config.num_workers,
+            num_workers=loading.workers,
+            prefetch_factor=loading.prefetch,
             pin_memory=use_cuda,
             # Only seeds the loader's worker processes; keeps the global RNG untouched.
             generator=torch.Generator().manual_seed(config.seed + epoch),

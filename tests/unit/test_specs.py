@@ -43,6 +43,9 @@ from matrec.common.specs import SpecError, parse_job_spec
             "config.micro_batch",
             "a fixed micro-batch (4) needs a fixed batch_size, and batch_size is 'auto'",
         ),
+        ({"config": {"num_workers": -1}}, "config.num_workers", "0 to 64 worker processes"),
+        ({"config": {"num_workers": "lots"}}, "config.num_workers", "or 'auto' (got 'lots')"),
+        ({"config": {"prefetch_factor": 4}}, "config.prefetch_factor", "needs loader workers"),
         ({"resources": {"memory_bytes": -1}}, "resources.memory_bytes", "greater than or equal"),
         (
             {"resources": {"gpus": 1, "gpu_memory_mb": -5}},

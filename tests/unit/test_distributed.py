@@ -172,6 +172,23 @@ def test_two_ranks_take_the_same_steps_as_one_process(
         ), key
 
 
+def test_batch_size_auto_is_chosen_by_every_rank_together(
+    small_dataset: DemoDatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each rank probes up to 18 images (a quarter of 144, halved over 2 ranks): 2 and 4 fit,
+    # 8 runs out of memory, so the ranks take 4 each: a global batch of 8.
+    monkeypatch.setenv("MATREC_TEST_OOM_ABOVE", "5")
+    result = run(
+        tmp_path,
+        config(small_dataset, workers_per_host=2, backend="torch", batch_size="auto"),
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert metrics(result.events, "memory/batch_size") == [8.0]
+    assert len(metrics(result.events, "train/loss")) == 144 // 8
+    (done,) = [e for e in result.events if isinstance(e, ResultEvent)]
+    assert done.result["batch_size"] == 8
+
+
 def test_batch_must_split_evenly(small_dataset: DemoDatasetInfo) -> None:
     from matrec.common.specs import SpecError, parse_job_spec
 

@@ -348,6 +348,13 @@ def test_plan_workers(
         assert text in note
 
 
+def test_plan_workers_with_batch_size_auto_takes_every_worker_that_fits() -> None:
+    # Any number of ranks divides batch_size auto: they choose a multiple of themselves.
+    assert plan_workers(3, "auto", 8, "CPU") == (3, [])
+    planned, notes = plan_workers(6, "auto", 4, "CPU")
+    assert planned == 4 and len(notes) == 1 and "offers 4 CPUs" in notes[0]
+
+
 def test_the_seed_module_names_are_aliases() -> None:
     from matrec.sdk import active_learning, hpo, transfer
     from matrec.sdk.hyperparameter_optimization import HPOResult, optimize_hyperparameters

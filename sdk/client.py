@@ -48,6 +48,7 @@ from matrec.sdk.errors import (
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
+from matrec.sdk.job_pages import JobPage, JobPageQuery, job_page_query_to_proto
 from matrec.sdk.types import (
     Agent,
     ApiToken,
@@ -68,6 +69,8 @@ from matrec.v1 import (
     active_learning_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    dashboard_pb2,
+    dashboard_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     studies_pb2,
@@ -174,6 +177,7 @@ class Client:
         self._studies = studies_pb2_grpc.StudyServiceStub(self._channel)
         self._tokens = auth_pb2_grpc.TokenServiceStub(self._channel)
         self._learning = active_learning_pb2_grpc.ActiveLearningServiceStub(self._channel)
+        self._dashboard = dashboard_pb2_grpc.DashboardServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -241,6 +245,20 @@ class Client:
         )
         response = self._call(self._stub.ListJobs, request)
         return [job_from_proto(job) for job in response.jobs]
+
+    def query_jobs(self, query: JobPageQuery | None = None) -> JobPage:
+        """One page of jobs filtered and sorted by the coordinator, and how many match in all
+        (see `JobPageQuery`). Raises InvalidSpecError naming a bad field."""
+        response = self._call(
+            self._dashboard.QueryJobs, job_page_query_to_proto(query or JobPageQuery())
+        )
+        return JobPage([job_from_proto(job) for job in response.jobs], response.total)
+
+    def whoami(self) -> tuple[str, str]:
+        """The caller's name and role as the coordinator sees its token (`admin` with
+        authentication off). Raises MatrecError (unauthenticated) for a bad token."""
+        response = self._call(self._dashboard.WhoAmI, dashboard_pb2.WhoAmIRequest())
+        return response.name, response.role
 
     def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Cancel queued and running tasks. Raises JobStateError if the job already finished."""

@@ -39,6 +39,7 @@ from matrec.sdk.web.security import (
     SecurityHeaders,
     csrf_problem,
     csrf_token,
+    form_fields,
 )
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -251,8 +252,7 @@ class Dashboard:
         problem = await csrf_problem(request)
         if problem:
             return HTMLResponse(pages.login_page(csrf_token(request), problem), status_code=403)
-        form = await request.form()
-        token = str(form.get("token", "")).strip()
+        token = (await form_fields(request)).get("token", "").strip()
         try:
             await run_in_threadpool(self.clients.get(token).whoami)
         except MatrecError as exc:

@@ -94,7 +94,8 @@ def login_page(csrf: str, message: str = "") -> str:
         '<label>matrec token <input type="password" name="token" autocomplete="off" '
         "required autofocus></label>"
         '<button type="submit">Sign in</button></form>'
-        "<p>Ask an admin for a token (<code>matrec-ctl token create NAME --role viewer</code>).</p>"
+        "<p>Ask an admin for a token "
+        "(<code>matrec-ctl tokens create NAME --role viewer</code>).</p>"
     )
     return layout("Sign in", body)
 
@@ -190,10 +191,11 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], table_id: s
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def final_numbers(result: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The scalar entries of a job's result, as shown in its page's "Final numbers"."""
+def final_numbers(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The scalar entries of a job's result, as shown in its page's "Final numbers": (key, the
+    value as a person reads it, the exact value as JSON)."""
     return [
-        (key, format_value(value))
+        (key, format_value(value), json.dumps(value))
         for key, value in sorted(result.items())
         if isinstance(value, int | float | str) and not isinstance(value, bool)
     ]
@@ -245,8 +247,9 @@ def run_page(
             '<button type="submit" id="cancel">Cancel run</button></form>'
         )
     numbers = "".join(
-        f'<tr><th>{esc(key)}</th><td data-key="{attr(key)}">{esc(value)}</td></tr>'
-        for key, value in final_numbers(job.result)
+        f'<tr><th>{esc(key)}</th><td data-key="{attr(key)}" data-value="{attr(exact)}">'
+        f"{esc(shown)}</td></tr>"
+        for key, shown, exact in final_numbers(job.result)
     )
     tasks = _table(
         ("task", "state", "attempt", "agent", "error"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +20,7 @@ TOKEN_COOKIE = "matrec_token"
 CSRF_COOKIE = "matrec_csrf"
 CSRF_FIELD = "csrf"
 NEW_CSRF_STATE = "matrec_new_csrf"
+MAX_FORM_BYTES = 64 * 1024
 #: Nothing from anywhere but the dashboard itself; no inline script or style, no framing.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -29,7 +30,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: with no-referrer Chromium sends `Origin: null` on POSTs.
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 )
@@ -100,14 +102,29 @@ def _same_origin(request: Request) -> bool:
     return parts.scheme == request.url.scheme and parts.netloc == host
 
 
+async def form_fields(request: Request) -> dict[str, str]:
+    """The fields of a URL-encoded form (the only kind the dashboard's pages send), first value
+    of each; a body over `MAX_FORM_BYTES` or of another type gives no fields."""
+    if "state" in request.scope and "matrec_form" in request.scope["state"]:
+        return dict(request.scope["state"]["matrec_form"])
+    fields: dict[str, str] = {}
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind == "application/x-www-form-urlencoded":
+        body = await request.body()
+        if len(body) <= MAX_FORM_BYTES:
+            for key, values in parse_qs(body.decode("utf-8", "replace")).items():
+                fields[key] = values[0]
+    request.scope.setdefault("state", {})["matrec_form"] = fields
+    return dict(fields)
+
+
 async def csrf_problem(request: Request) -> str | None:
     """Why a state-changing request must be refused, or None when it passes: it must come from
     this dashboard's own origin and carry the CSRF token of its cookie in its form."""
     if not _same_origin(request):
         return "cross-site request refused (its Origin is not this dashboard)"
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    form = await request.form()
-    sent = form.get(CSRF_FIELD, "")
-    if not cookie or not isinstance(sent, str) or not hmac.compare_digest(cookie, sent):
+    sent = (await form_fields(request)).get(CSRF_FIELD, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         return "missing or wrong CSRF token; reload the page and try again"
     return None

@@ -108,13 +108,14 @@
     if (tasks) fillRows(tasks, job.tasks);
     const final = document.querySelector("#final tbody");
     final.replaceChildren();
-    for (const [key, value] of job.final) {
+    for (const [key, shown, exact] of job.final) {
       const tr = document.createElement("tr");
       const th = document.createElement("th");
       th.textContent = key;
       const td = document.createElement("td");
       td.dataset.key = key;
-      td.textContent = value;
+      td.dataset.value = exact;
+      td.textContent = shown;
       tr.append(th, td);
       final.appendChild(tr);
     }

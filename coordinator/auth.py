@@ -81,6 +81,7 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.TokenService/ListAuditEntries": "admin",
     "/matrec.v1.DashboardService/QueryJobs": "viewer",
     "/matrec.v1.DashboardService/WhoAmI": "viewer",
+    "/matrec.v1.DashboardService/GetStudySummary": "viewer",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

@@ -3,7 +3,10 @@ paginated job list; who the caller is), public for the SDK too."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import sqlalchemy as sa
@@ -11,12 +14,21 @@ from google.protobuf import timestamp_pb2
 from matrec.common.specs import SpecError
 from matrec.coordinator import convert
 from matrec.coordinator.auth import caller, current_identity
+from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_query import JobQuery, query_jobs
 from matrec.coordinator.rpc_errors import abort_invalid
+from matrec.coordinator.study_summary import (
+    DEFAULT_MAX_POINTS,
+    SORTS,
+    TrialTableQuery,
+    load_study,
+    summarize,
+)
 from matrec.v1 import dashboard_pb2, dashboard_pb2_grpc
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
+MAX_POINTS_MAX = 5000
 SORT_FROM_PB = {
     dashboard_pb2.JOB_SORT_KEY_UNSPECIFIED: "created_at",
     dashboard_pb2.JOB_SORT_KEY_CREATED_AT: "created_at",
@@ -36,8 +48,9 @@ def _time(request: dashboard_pb2.QueryJobsRequest, name: str) -> datetime | None
 
 
 class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
-    def __init__(self, engine: sa.Engine, *, auth_enabled: bool) -> None:
+    def __init__(self, engine: sa.Engine, studies: StudyStore, *, auth_enabled: bool) -> None:
         self.engine = engine
+        self.studies = studies
         self.auth_enabled = auth_enabled
 
     async def QueryJobs(
@@ -78,4 +91,52 @@ class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
         role = identity.role if identity is not None else "admin"
         return dashboard_pb2.WhoAmIResponse(
             name=caller(context).name, role=role, auth_enabled=self.auth_enabled
+        )
+
+    async def GetStudySummary(
+        self, request: dashboard_pb2.GetStudySummaryRequest, context: grpc.aio.ServicerContext
+    ) -> dashboard_pb2.GetStudySummaryResponse:
+        if not request.study_id:
+            await abort_invalid(context, SpecError("study_id", "required"))
+        if not 0 <= request.max_points <= MAX_POINTS_MAX:
+            await abort_invalid(context, SpecError("max_points", f"must be 0..{MAX_POINTS_MAX}"))
+        if request.sort and request.sort not in SORTS:
+            await abort_invalid(context, SpecError("sort", f"must be one of {', '.join(SORTS)}"))
+        if request.offset < 0:
+            await abort_invalid(context, SpecError("offset", "must be >= 0"))
+        if not 0 <= request.page_size <= PAGE_SIZE_MAX:
+            await abort_invalid(context, SpecError("page_size", f"must be 0..{PAGE_SIZE_MAX}"))
+        query = TrialTableQuery(
+            states=tuple(request.trial_states),
+            param=request.param,
+            param_min=request.param_min if request.HasField("param_min") else None,
+            param_max=request.param_max if request.HasField("param_max") else None,
+            sort=request.sort or "number",
+            descending=request.descending,
+            offset=request.offset,
+            page_size=request.page_size or PAGE_SIZE_DEFAULT,
+        )
+        summary = await asyncio.to_thread(
+            self._summary, request.study_id, query, request.max_points or DEFAULT_MAX_POINTS
+        )
+        if summary is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"study {request.study_id!r} not found; `matrec-ctl hpo list` lists the studies",
+            )
+        return dashboard_pb2.GetStudySummaryResponse(summary_json=json.dumps(summary))
+
+    def _summary(
+        self, study_id: str, query: TrialTableQuery, max_points: int
+    ) -> dict[str, Any] | None:
+        loaded = load_study(self.engine, study_id)
+        if loaded is None:
+            return None
+        study, trials = loaded
+        return summarize(
+            study,
+            trials,
+            lambda job_ids: self.studies.objective_curves(job_ids, study.spec.objective),
+            query,
+            max_points,
         )

@@ -170,7 +170,7 @@ class Coordinator:
             al_manager, scheduler, notifier, check_interval=s.trigger_check_interval
         )
         dashboard_pb2_grpc.add_DashboardServiceServicer_to_server(
-            DashboardService(store.engine, auth_enabled=s.auth), server
+            DashboardService(store.engine, studies, auth_enabled=s.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

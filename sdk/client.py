@@ -5,6 +5,7 @@ tokens) and ActiveLearningService (projects, batches, feedback, triggers), over 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -496,6 +497,32 @@ class Client:
             self._studies.ListStudies, studies_pb2.ListStudiesRequest(limit=limit)
         )
         return [study_from_proto(s) for s in response.studies]
+
+    def study_summary(
+        self,
+        study_id: str,
+        *,
+        max_points: int = 0,
+        trial_states: Sequence[str] = (),
+        param: str = "",
+        param_min: float | None = None,
+        param_max: float | None = None,
+        sort: str = "number",
+        descending: bool = False,
+        offset: int = 0,
+        page_size: int = 0,
+    ) -> dict[str, Any]:
+        """The study aggregated for charts (each series at most `max_points` points, default
+        1000) and one page of its trial table (filtered by state and one parameter's range,
+        sorted by "number" or "value"); the document `matrec.coordinator.study_summary`
+        describes. Raises StudyNotFoundError."""
+        request = dashboard_pb2.GetStudySummaryRequest(
+            study_id=study_id, max_points=max_points, trial_states=list(trial_states),
+            param=param, sort=sort, descending=descending, offset=offset, page_size=page_size,
+            param_min=param_min, param_max=param_max,
+        )  # fmt: skip
+        response = self._call(self._dashboard.GetStudySummary, request, StudyNotFoundError)
+        return dict(json.loads(response.summary_json))
 
     def cancel_study(self, study_id: str, reason: str = "") -> Study:
         """Stop the study: no new trials, running ones cancelled. JobStateError once final."""

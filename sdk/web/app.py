@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time as time_module
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
     HTMLResponse,
+    JSONResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
@@ -60,6 +62,7 @@ from starlette.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_SIZE_MAX = 500
 CLIENT_CACHE_SIZE = 32
+STUDY_POLL_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,47 @@ def first_snapshot(client: Client) -> ClusterSnapshot:
         snapshots.close()
 
 
+def study_summary_options(request: Request) -> dict[str, Any]:
+    """The trial table's filters, order and page from the URL (GetStudySummary's arguments).
+    Raises ValueError naming the parameter that is wrong."""
+    params = request.query_params
+    options: dict[str, Any] = {
+        "trial_states": [params["state"]] if params.get("state") else [],
+        "param": params.get("param", ""),
+        "sort": params.get("sort") or "number",
+        "descending": params.get("order") == "desc",
+    }
+    for name, key in (("min", "param_min"), ("max", "param_max")):
+        if params.get(name):
+            try:
+                options[key] = float(params[name])
+            except ValueError:
+                raise ValueError(f"{name}: {params[name]!r} is not a number") from None
+    for name, key in (("offset", "offset"), ("size", "page_size")):
+        if params.get(name):
+            try:
+                options[key] = int(params[name])
+            except ValueError:
+                raise ValueError(f"{name}: {params[name]!r} is not a whole number") from None
+    return options
+
+
+def study_messages(client: Client, study_id: str, options: dict[str, Any]) -> Iterator[str]:
+    """The study's summary again whenever it changed, every STUDY_POLL_SECONDS while it runs
+    (the summary is bounded in size, unlike WatchStudy's whole study of every trial)."""
+    last = ""
+    while True:
+        summary = client.study_summary(study_id, **options)
+        text = json.dumps(summary)
+        if text != last:
+            last = text
+            yield f"event: summary\ndata: {text}\n\n"
+        if summary["study"]["state"] != "running":
+            yield "event: end\ndata: {}\n\n"
+            return
+        time_module.sleep(STUDY_POLL_SECONDS)
+
+
 def cluster_messages(client: Client) -> Iterator[str]:
     for snapshot in client.watch_cluster(interval=1.0):
         yield f"event: snapshot\ndata: {json.dumps(pages.cluster_data(snapshot))}\n\n"
@@ -339,6 +383,31 @@ class Dashboard:
             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
         )
 
+    async def studies(self, request: Request) -> Response:
+        studies = await self.call(request, "list_studies", 50)
+        frame = await self.frame(request)
+        return HTMLResponse(pages.studies_page(studies, **frame))
+
+    async def study(self, request: Request) -> Response:
+        frame = await self.frame(request)
+        study_id = request.path_params["study_id"]
+        return HTMLResponse(pages.study_page(study_id, request.url.query, **frame))
+
+    async def study_summary(self, request: Request) -> Response:
+        try:
+            options = study_summary_options(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        study_id = request.path_params["study_id"]
+        summary = await self.call(request, "study_summary", study_id, **options)
+        return JSONResponse(summary, headers={"cache-control": "no-store"})
+
+    async def study_events(self, request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        options = study_summary_options(request)
+        await self.call(request, "study_summary", study_id, page_size=1)  # sign-in, 404 first
+        return _event_stream(study_messages(self.client(request), study_id, options))
+
     async def cluster(self, request: Request) -> Response:
         snapshot = await run_in_threadpool(first_snapshot, self.client(request))
         frame = await self.frame(request)
@@ -397,6 +466,10 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/runs/{job_id}/cancel", dashboard.cancel, methods=["POST"]),
         Route("/runs/{job_id}/events", dashboard.run_events),
         Route("/runs/{job_id}/artifacts", dashboard.artifact),
+        Route("/studies", dashboard.studies),
+        Route("/studies/{study_id}", dashboard.study),
+        Route("/studies/{study_id}/summary.json", dashboard.study_summary),
+        Route("/studies/{study_id}/events", dashboard.study_events),
         Route("/cluster", dashboard.cluster),
         Route("/cluster/events", dashboard.cluster_events),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -15,7 +15,16 @@ from urllib.parse import urlencode
 from matrec.sdk.ctl.render import format_value
 from matrec.sdk.evaluation import Evaluation
 from matrec.sdk.job_pages import JobPage, JobPageQuery
-from matrec.sdk.types import JOB_STATES, TERMINAL_JOB_STATES, Agent, Artifact, ClusterSnapshot, Job
+from matrec.sdk.types import (
+    JOB_STATES,
+    TERMINAL_JOB_STATES,
+    TRIAL_STATES,
+    Agent,
+    Artifact,
+    ClusterSnapshot,
+    Job,
+    Study,
+)
 from matrec.sdk.web.security import CSRF_FIELD
 
 #: Sortable columns of the runs list: (sort key, header).
@@ -70,7 +79,8 @@ def layout(
         '<link rel="stylesheet" href="/static/style.css">'
         f"{tags}</head><body>"
         '<header><a class="brand" href="/runs">matrec</a>'
-        '<nav><a href="/runs">Runs</a><a href="/cluster">Cluster</a></nav>'
+        '<nav><a href="/runs">Runs</a><a href="/studies">Studies</a>'
+        '<a href="/cluster">Cluster</a></nav>'
         f"{who}</header><main>{body}</main></body></html>"
     )
 
@@ -362,6 +372,64 @@ def cluster_page(snapshot: ClusterSnapshot, **frame: Any) -> str:
         f"<h2>Active jobs</h2>{_table(ACTIVE_JOB_HEADERS, data['jobs'], 'active-jobs')}"
     )
     return layout("Cluster", body, scripts=["cluster.js"], **frame)
+
+
+def studies_page(studies: Sequence[Study], **frame: Any) -> str:
+    rows = "".join(
+        f'<tr><td><a href="/studies/{attr(s.id)}">{esc(s.id)}</a></td><td>{esc(s.name)}</td>'
+        f"<td>{esc(s.state)}</td><td>{esc(len(s.trials))}</td>"
+        f"<td>{esc(format_utc(s.created_at))}</td></tr>"
+        for s in studies
+    )
+    body = (
+        '<h1>Studies</h1><table id="studies"><thead><tr><th>ID</th><th>Name</th><th>State</th>'
+        f"<th>Trials</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+    return layout("Studies", body, **frame)
+
+
+def study_page(study_id: str, query_string: str, **frame: Any) -> str:
+    """The study page's frame: its data (aggregated by the coordinator) comes as JSON from
+    /studies/ID/summary.json and is put into the page by study.js, as text."""
+    body = (
+        f'<h1>Study <span id="study-name"></span></h1>'
+        f'<p class="summary" id="study" data-study-id="{attr(study_id)}" '
+        f'data-query="{attr(query_string)}">'
+        '<span id="study-id"></span> · state <b id="study-state"></b> · '
+        '<span id="study-settings"></span> · <span id="study-counts"></span> · '
+        '<span id="stream-state">loading</span></p>'
+        '<p id="study-best"></p>'
+        '<section><h2>Optimisation history</h2><div id="chart-history"></div></section>'
+        "<section><h2>Intermediate values (best trials; pruned ones dashed)</h2>"
+        '<div id="chart-curves"></div><p>pruned per rung: <span id="pruned-by-rung"></span></p>'
+        "</section>"
+        "<section><h2>Parameter importance (correlation ratio, a quick estimate)</h2>"
+        '<div id="importance"></div></section>'
+        '<section><h2>Parallel coordinates</h2><canvas id="parallel" width="960" '
+        'height="320"></canvas></section>'
+        '<section><h2>Objective against each parameter</h2><div class="charts" '
+        'id="param-charts"></div></section>'
+        '<section><h2>Trials</h2><form method="get" id="trial-filters" class="filters">'
+        '<label>State <select name="state"><option value="">any</option>'
+        + "".join(f'<option value="{s}">{s}</option>' for s in TRIAL_STATES)
+        + "</select></label>"
+        '<label>Parameter <select name="param" id="param-select"><option value="">-</option>'
+        "</select></label>"
+        '<label>from <input name="min" size="8"></label><label>to <input name="max" size="8">'
+        "</label>"
+        '<label>Sort <select name="sort"><option value="number">number</option>'
+        '<option value="value">objective</option></select></label>'
+        '<label>Order <select name="order"><option value="asc">ascending</option>'
+        '<option value="desc">descending</option></select></label>'
+        '<button type="submit">Filter</button></form>'
+        '<p><span id="trial-count"></span> <a id="trials-prev" hidden>&lsaquo; prev</a> '
+        '<a id="trials-next" hidden>next &rsaquo;</a></p>'
+        '<table id="trials"><thead><tr><th>#</th><th>state</th><th>objective</th>'
+        "<th>parameters</th><th>pruned at</th><th>job</th></tr></thead><tbody></tbody></table>"
+        "</section>"
+    )
+    scripts = ["uPlot.iife.min.js", "study.js"]
+    return layout(f"Study {study_id}", body, scripts=scripts, **frame)
 
 
 def error_page(status: int, message: str, **frame: Any) -> str:

@@ -82,6 +82,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "/matrec.v1.TokenService/ListAuditEntries": "admin",
     "/matrec.v1.DashboardService/QueryJobs": "viewer",
     "/matrec.v1.DashboardService/WhoAmI": "viewer",
+    "/matrec.v1.DashboardService/GetStudySummary": "viewer",
 }
 #: Which token roles satisfy each required role (written out, not taken from the code).
 SATISFIED_BY: dict[str, set[str]] = {

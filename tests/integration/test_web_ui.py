@@ -25,10 +25,12 @@ from playwright.sync_api import Browser, sync_playwright
 from support.browser import Tab, dashboard, launch_chromium, screenshots_on_failure
 from support.cluster_jobs import finetune_spec, wait_until
 from support.seed_jobs import SeededJob, seed_jobs
+from support.seed_studies import SeededStudy, seed_study
 
 pytestmark = pytest.mark.slow
 
 SEEDED = 500
+STUDY_TRIALS = 300
 SCRIPT_NAME = "<script>alert(1)</script>"
 STREAM_FINISHED = "document.getElementById('stream-state').textContent == 'finished'"
 
@@ -39,6 +41,7 @@ class Site:
         self.base = base
         self.tokens = tokens
         self.seeded: list[SeededJob] = []
+        self.study = SeededStudy("", [])
 
     def client(self, role: str) -> Client:
         return Client(self.cluster.address, token=self.tokens[role])
@@ -49,6 +52,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web")
     database = f"sqlite:///{root / 'matrec.db'}"
     seeded = seed_jobs(database, SEEDED, root / "cluster" / "artifacts")
+    study = seed_study(database, STUDY_TRIALS, root / "cluster" / "artifacts")
     admin_file = root / "admin.token"
     args = ["--auth", "--admin-token-file", str(admin_file)]
     with LocalCluster(
@@ -69,6 +73,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         with dashboard(cluster.address, "--auth", log=root / "ui.log") as base:
             site = Site(cluster, base, tokens)
             site.seeded = seeded
+            site.study = study
             yield site
 
 
@@ -360,3 +365,52 @@ def test_cluster_page_lists_the_agent(
         with site.client("viewer") as client:
             agent = client.list_agents()[0]
         assert agent.name == names[0]
+
+
+# ---- studies ------------------------------------------------------------------------------
+
+
+def test_study_page_draws_every_chart_and_filters_its_trials(
+    site: Site, browser: Browser, tabs: dict[str, Tab], tmp_path: Path
+) -> None:
+    trials = site.study.trials
+    tab = signed_in(browser, tabs, site, "viewer")
+    page = tab.page
+    with screenshots_on_failure(tmp_path, tabs):
+        page.goto(f"{site.base}/studies")
+        assert page.locator(f"#studies a[href='/studies/{site.study.id}']").count() == 1
+        page.goto(f"{site.base}/studies/{site.study.id}")
+        page.wait_for_selector("body[data-rendered]")
+        assert page.inner_text("#study-state") == "completed"
+        pruned = sum(t.state == "pruned" for t in trials)
+        assert f"pruned {pruned}" in page.inner_text("#study-counts")
+        completed = [t for t in trials if t.state == "completed"]
+        best = max(completed, key=lambda t: t.objective_value or 0.0)
+        assert page.inner_text("#study-best").startswith(f"best: trial #{best.number},")
+        for chart in ("#chart-history", "#chart-curves"):
+            assert page.locator(f"{chart} canvas").count() == 1
+        assert page.locator("#param-charts canvas").count() == 3
+        # The seeded objective depends on the learning rate alone.
+        assert page.inner_text("#importance .bar-row:first-child .bar-name") == "learning_rate"
+        assert page.inner_text("#trial-count") == f"1-50 of {len(trials)}"
+
+        page.select_option("#trial-filters select[name=state]", "completed")
+        page.select_option("#param-select", "learning_rate")
+        page.fill("#trial-filters input[name=min]", "0.001")
+        page.fill("#trial-filters input[name=max]", "0.02")
+        page.select_option("#trial-filters select[name=sort]", "value")
+        page.select_option("#trial-filters select[name=order]", "desc")
+        with page.expect_navigation():
+            page.click("#trial-filters button[type=submit]")
+        page.wait_for_selector("body[data-rendered]")
+        wanted = [
+            t
+            for t in completed
+            if 0.001 <= float(t.params["learning_rate"]) <= 0.02  # type: ignore[arg-type]
+        ]
+        wanted.sort(key=lambda t: t.objective_value or 0.0, reverse=True)
+        shown = page.eval_on_selector_all(
+            "#trials tbody tr", "rows => rows.map(r => parseInt(r.dataset.number, 10))"
+        )
+        assert shown == [t.number for t in wanted[:50]]
+        assert page.inner_text("#trial-count") == f"1-{min(50, len(wanted))} of {len(wanted)}"

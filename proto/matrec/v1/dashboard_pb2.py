@@ -27,7 +27,7 @@ from matrec.v1 import common_pb2 as matrec_dot_v1_dot_common__pb2
 from matrec.v1 import jobs_pb2 as matrec_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19matrec/v1/dashboard.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"\x87\x03\n\x10QueryJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.matrec.v1.JobState\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\x12\x31\n\rcreated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.matrec.v1.QueryJobsRequest.LabelsEntry\x12#\n\x04sort\x18\x07 \x01(\x0e\x32\x15.matrec.v1.JobSortKey\x12\x12\n\ndescending\x18\x08 \x01(\x08\x12\x0e\n\x06offset\x18\t \x01(\x05\x12\x11\n\tpage_size\x18\n \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x11QueryJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.matrec.v1.Job\x12\r\n\x05total\x18\x02 \x01(\x03\"\x0f\n\rWhoAmIRequest\"B\n\x0eWhoAmIResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x61uth_enabled\x18\x03 \x01(\x08*\xca\x01\n\nJobSortKey\x12\x1c\n\x18JOB_SORT_KEY_UNSPECIFIED\x10\x00\x12\x1b\n\x17JOB_SORT_KEY_CREATED_AT\x10\x01\x12\x15\n\x11JOB_SORT_KEY_NAME\x10\x02\x12\x15\n\x11JOB_SORT_KEY_KIND\x10\x03\x12\x16\n\x12JOB_SORT_KEY_STATE\x10\x04\x12\x1c\n\x18JOB_SORT_KEY_FINISHED_AT\x10\x05\x12\x1d\n\x19JOB_SORT_KEY_VAL_ACCURACY\x10\x06\x32\x99\x01\n\x10\x44\x61shboardService\x12\x46\n\tQueryJobs\x12\x1b.matrec.v1.QueryJobsRequest\x1a\x1c.matrec.v1.QueryJobsResponse\x12=\n\x06WhoAmI\x12\x18.matrec.v1.WhoAmIRequest\x1a\x19.matrec.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19matrec/v1/dashboard.proto\x12\tmatrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"\x87\x03\n\x10QueryJobsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.matrec.v1.JobState\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\x12\x31\n\rcreated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.matrec.v1.QueryJobsRequest.LabelsEntry\x12#\n\x04sort\x18\x07 \x01(\x0e\x32\x15.matrec.v1.JobSortKey\x12\x12\n\ndescending\x18\x08 \x01(\x08\x12\x0e\n\x06offset\x18\t \x01(\x05\x12\x11\n\tpage_size\x18\n \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x11QueryJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.matrec.v1.Job\x12\r\n\x05total\x18\x02 \x01(\x03\"\x0f\n\rWhoAmIRequest\"B\n\x0eWhoAmIResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x61uth_enabled\x18\x03 \x01(\x08\"\xf4\x01\n\x16GetStudySummaryRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x12\n\nmax_points\x18\x02 \x01(\x05\x12\x14\n\x0ctrial_states\x18\x03 \x03(\t\x12\r\n\x05param\x18\x04 \x01(\t\x12\x16\n\tparam_min\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tparam_max\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04sort\x18\x07 \x01(\t\x12\x12\n\ndescending\x18\x08 \x01(\x08\x12\x0e\n\x06offset\x18\t \x01(\x05\x12\x11\n\tpage_size\x18\n \x01(\x05\x42\x0c\n\n_param_minB\x0c\n\n_param_max\"/\n\x17GetStudySummaryResponse\x12\x14\n\x0csummary_json\x18\x01 \x01(\t*\xca\x01\n\nJobSortKey\x12\x1c\n\x18JOB_SORT_KEY_UNSPECIFIED\x10\x00\x12\x1b\n\x17JOB_SORT_KEY_CREATED_AT\x10\x01\x12\x15\n\x11JOB_SORT_KEY_NAME\x10\x02\x12\x15\n\x11JOB_SORT_KEY_KIND\x10\x03\x12\x16\n\x12JOB_SORT_KEY_STATE\x10\x04\x12\x1c\n\x18JOB_SORT_KEY_FINISHED_AT\x10\x05\x12\x1d\n\x19JOB_SORT_KEY_VAL_ACCURACY\x10\x06\x32\xf3\x01\n\x10\x44\x61shboardService\x12\x46\n\tQueryJobs\x12\x1b.matrec.v1.QueryJobsRequest\x1a\x1c.matrec.v1.QueryJobsResponse\x12=\n\x06WhoAmI\x12\x18.matrec.v1.WhoAmIRequest\x1a\x19.matrec.v1.WhoAmIResponse\x12X\n\x0fGetStudySummary\x12!.matrec.v1.GetStudySummaryRequest\x1a\".matrec.v1.GetStudySummaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUERYJOBSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_QUERYJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSORTKEY']._serialized_start=665
-  _globals['_JOBSORTKEY']._serialized_end=867
+  _globals['_JOBSORTKEY']._serialized_start=961
+  _globals['_JOBSORTKEY']._serialized_end=1163
   _globals['_QUERYJOBSREQUEST']._serialized_start=120
   _globals['_QUERYJOBSREQUEST']._serialized_end=511
   _globals['_QUERYJOBSREQUEST_LABELSENTRY']._serialized_start=466
@@ -48,6 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIREQUEST']._serialized_end=594
   _globals['_WHOAMIRESPONSE']._serialized_start=596
   _globals['_WHOAMIRESPONSE']._serialized_end=662
-  _globals['_DASHBOARDSERVICE']._serialized_start=870
-  _globals['_DASHBOARDSERVICE']._serialized_end=1023
+  _globals['_GETSTUDYSUMMARYREQUEST']._serialized_start=665
+  _globals['_GETSTUDYSUMMARYREQUEST']._serialized_end=909
+  _globals['_GETSTUDYSUMMARYRESPONSE']._serialized_start=911
+  _globals['_GETSTUDYSUMMARYRESPONSE']._serialized_end=958
+  _globals['_DASHBOARDSERVICE']._serialized_start=1166
+  _globals['_DASHBOARDSERVICE']._serialized_end=1409
 # @@protoc_insertion_point(module_scope)

@@ -81,3 +81,33 @@ class WhoAmIResponse(_message.Message):
     role: str
     auth_enabled: bool
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., auth_enabled: _Optional[bool] = ...) -> None: ...
+
+class GetStudySummaryRequest(_message.Message):
+    __slots__ = ("study_id", "max_points", "trial_states", "param", "param_min", "param_max", "sort", "descending", "offset", "page_size")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_STATES_FIELD_NUMBER: _ClassVar[int]
+    PARAM_FIELD_NUMBER: _ClassVar[int]
+    PARAM_MIN_FIELD_NUMBER: _ClassVar[int]
+    PARAM_MAX_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    DESCENDING_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    max_points: int
+    trial_states: _containers.RepeatedScalarFieldContainer[str]
+    param: str
+    param_min: float
+    param_max: float
+    sort: str
+    descending: bool
+    offset: int
+    page_size: int
+    def __init__(self, study_id: _Optional[str] = ..., max_points: _Optional[int] = ..., trial_states: _Optional[_Iterable[str]] = ..., param: _Optional[str] = ..., param_min: _Optional[float] = ..., param_max: _Optional[float] = ..., sort: _Optional[str] = ..., descending: _Optional[bool] = ..., offset: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class GetStudySummaryResponse(_message.Message):
+    __slots__ = ("summary_json",)
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    summary_json: str
+    def __init__(self, summary_json: _Optional[str] = ...) -> None: ...

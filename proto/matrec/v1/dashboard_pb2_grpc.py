@@ -47,6 +47,11 @@ class DashboardServiceStub:
                 request_serializer=matrec_dot_v1_dot_dashboard__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=matrec_dot_v1_dot_dashboard__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.GetStudySummary = channel.unary_unary(
+                '/matrec.v1.DashboardService/GetStudySummary',
+                request_serializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.FromString,
+                _registered_method=True)
 
 
 class DashboardServiceServicer:
@@ -69,6 +74,14 @@ class DashboardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStudySummary(self, request, context):
+        """A study aggregated and downsampled for charts (its size bounded whatever the number of
+        trials), plus one page of its trial table. NOT_FOUND for an unknown study.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DashboardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +94,11 @@ def add_DashboardServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=matrec_dot_v1_dot_dashboard__pb2.WhoAmIRequest.FromString,
                     response_serializer=matrec_dot_v1_dot_dashboard__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'GetStudySummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStudySummary,
+                    request_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +158,33 @@ class DashboardService:
             '/matrec.v1.DashboardService/WhoAmI',
             matrec_dot_v1_dot_dashboard__pb2.WhoAmIRequest.SerializeToString,
             matrec_dot_v1_dot_dashboard__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStudySummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrec.v1.DashboardService/GetStudySummary',
+            matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.SerializeToString,
+            matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

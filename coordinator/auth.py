@@ -82,6 +82,7 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.DashboardService/QueryJobs": "viewer",
     "/matrec.v1.DashboardService/WhoAmI": "viewer",
     "/matrec.v1.DashboardService/GetStudySummary": "viewer",
+    "/matrec.v1.DashboardService/GetSampleImage": "viewer",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

@@ -13,10 +13,18 @@ import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
 from matrec.common.specs import SpecError
 from matrec.coordinator import convert
+from matrec.coordinator.active_learning.store import ActiveLearningStore
 from matrec.coordinator.auth import caller, current_identity
 from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_query import JobQuery, query_jobs
 from matrec.coordinator.rpc_errors import abort_invalid
+from matrec.coordinator.sample_images import (
+    DEFAULT_SIDE,
+    MAX_SIDE,
+    SampleImageError,
+    sample_image_path,
+    thumbnail_png,
+)
 from matrec.coordinator.study_summary import (
     DEFAULT_MAX_POINTS,
     SORTS,
@@ -48,9 +56,17 @@ def _time(request: dashboard_pb2.QueryJobsRequest, name: str) -> datetime | None
 
 
 class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
-    def __init__(self, engine: sa.Engine, studies: StudyStore, *, auth_enabled: bool) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        studies: StudyStore,
+        learning: ActiveLearningStore,
+        *,
+        auth_enabled: bool,
+    ) -> None:
         self.engine = engine
         self.studies = studies
+        self.learning = learning
         self.auth_enabled = auth_enabled
 
     async def QueryJobs(
@@ -140,3 +156,24 @@ class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
             query,
             max_points,
         )
+
+    async def GetSampleImage(
+        self, request: dashboard_pb2.GetSampleImageRequest, context: grpc.aio.ServicerContext
+    ) -> dashboard_pb2.GetSampleImageResponse:
+        if not 0 <= request.max_side <= MAX_SIDE:
+            await abort_invalid(context, SpecError("max_side", f"must be 0..{MAX_SIDE}"))
+        try:
+            png = await asyncio.to_thread(
+                self._thumbnail, request.batch_id, request.sample_id, request.max_side
+            )
+        except SampleImageError as exc:
+            code = {
+                "not_found": grpc.StatusCode.NOT_FOUND,
+                "outside_pool": grpc.StatusCode.PERMISSION_DENIED,
+            }.get(exc.kind, grpc.StatusCode.FAILED_PRECONDITION)
+            await context.abort(code, str(exc))
+        return dashboard_pb2.GetSampleImageResponse(png=png)
+
+    def _thumbnail(self, batch_id: str, sample_id: str, max_side: int) -> bytes:
+        path = sample_image_path(self.learning, batch_id, sample_id)
+        return thumbnail_png(path, max_side or DEFAULT_SIDE)

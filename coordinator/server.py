@@ -160,9 +160,8 @@ class Coordinator:
         studies_pb2_grpc.add_StudyServiceServicer_to_server(
             StudyService(studies, study_driver, notifier, check_paths=s.check_paths), server
         )
-        al_manager = ProjectManager(
-            store, ActiveLearningStore(store.engine), s.effective_artifact_root
-        )
+        learning_store = ActiveLearningStore(store.engine)
+        al_manager = ProjectManager(store, learning_store, s.effective_artifact_root)
         active_learning_pb2_grpc.add_ActiveLearningServiceServicer_to_server(
             ActiveLearningService(al_manager, scheduler, check_paths=s.check_paths), server
         )
@@ -170,7 +169,7 @@ class Coordinator:
             al_manager, scheduler, notifier, check_interval=s.trigger_check_interval
         )
         dashboard_pb2_grpc.add_DashboardServiceServicer_to_server(
-            DashboardService(store.engine, studies, auth_enabled=s.auth), server
+            DashboardService(store.engine, studies, learning_store, auth_enabled=s.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

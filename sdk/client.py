@@ -654,6 +654,16 @@ class Client:
         response = self._call(self._learning.RecordFeedback, request, ProjectNotFoundError)
         return candidate_from_proto(response.candidate), response.changed
 
+    def sample_image(self, batch_id: str, sample_id: str, max_side: int = 0) -> bytes:
+        """A PNG thumbnail (longest side `max_side`, default 160) of one candidate of a
+        labelling batch, read by the coordinator from the project's pool. Raises
+        ProjectNotFoundError; MatrecError when the image is outside the pool or unreadable."""
+        request = dashboard_pb2.GetSampleImageRequest(
+            batch_id=batch_id, sample_id=sample_id, max_side=max_side
+        )
+        response = self._call(self._dashboard.GetSampleImage, request, ProjectNotFoundError)
+        return bytes(response.png)
+
     def check_triggers(self, project_id: str) -> list[RetrainingTrigger]:
         """Evaluate the project's triggers now; the ones that fired."""
         request = active_learning_pb2.CheckTriggersRequest(project_id=project_id)

@@ -408,6 +408,44 @@ class Dashboard:
         await self.call(request, "study_summary", study_id, page_size=1)  # sign-in, 404 first
         return _event_stream(study_messages(self.client(request), study_id, options))
 
+    async def labelling(self, request: Request) -> Response:
+        batch = await self.call(request, "get_batch", request.path_params["batch_id"])
+        project = await self.call(request, "get_learning_project", batch.project_id)
+        frame = await self.frame(request)
+        return HTMLResponse(pages.labelling_page(batch, project.classes, **frame))
+
+    async def sample_image(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        sample_id = request.path_params["sample_id"]
+        png = await self.call(request, "sample_image", batch_id, sample_id)
+        return Response(png, media_type="image/png", headers={"cache-control": "private"})
+
+    async def label(self, request: Request) -> Response:
+        problem = await csrf_problem(request)
+        if problem:
+            return JSONResponse({"error": problem}, status_code=403)
+        form = await form_fields(request)
+        batch_id = request.path_params["batch_id"]
+        try:
+            candidate, changed = await self.call(
+                request,
+                "record_feedback",
+                batch_id,
+                form.get("sample_id", ""),
+                form.get("label", ""),
+                overwrite=form.get("overwrite") == "1",
+            )
+        except MatrecError as exc:
+            status = {
+                "PERMISSION_DENIED": 403,
+                "FAILED_PRECONDITION": 409,
+                "NOT_FOUND": 404,
+            }.get(exc.code or "", 400)
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse(
+            {"sample_id": candidate.sample_id, "label": candidate.label, "changed": changed}
+        )
+
     async def cluster(self, request: Request) -> Response:
         snapshot = await run_in_threadpool(first_snapshot, self.client(request))
         frame = await self.frame(request)
@@ -470,6 +508,9 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/studies/{study_id}", dashboard.study),
         Route("/studies/{study_id}/summary.json", dashboard.study_summary),
         Route("/studies/{study_id}/events", dashboard.study_events),
+        Route("/labelling/{batch_id}", dashboard.labelling),
+        Route("/labelling/{batch_id}/label", dashboard.label, methods=["POST"]),
+        Route("/labelling/{batch_id}/images/{sample_id:path}", dashboard.sample_image),
         Route("/cluster", dashboard.cluster),
         Route("/cluster/events", dashboard.cluster_events),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -23,6 +23,7 @@ from matrec.sdk.types import (
     Artifact,
     ClusterSnapshot,
     Job,
+    LabellingBatch,
     Study,
 )
 from matrec.sdk.web.security import CSRF_FIELD
@@ -430,6 +431,42 @@ def study_page(study_id: str, query_string: str, **frame: Any) -> str:
     )
     scripts = ["uPlot.iife.min.js", "study.js"]
     return layout(f"Study {study_id}", body, scripts=scripts, **frame)
+
+
+def labelling_page(batch: LabellingBatch, classes: Sequence[str], **frame: Any) -> str:
+    """A batch to label: thumbnails (served through the coordinator), the model's prediction
+    and uncertainty, the label so far; label.js records labels with the keyboard."""
+    buttons = "".join(
+        f'<button type="button" class="class-button" data-label="{attr(name)}">'
+        f"<kbd>{index}</kbd> {esc(name)}</button>"
+        for index, name in enumerate(classes, 1)
+    )
+    items = []
+    for candidate in batch.candidates:
+        image = f"/labelling/{_quote(batch.id)}/images/{_quote(candidate.sample_id)}"
+        scores = ", ".join(f"{k} {format_value(v)}" for k, v in sorted(candidate.scores.items()))
+        items.append(
+            f'<li class="candidate" tabindex="-1" data-sample-id="{attr(candidate.sample_id)}">'
+            f'<img src="{attr(image)}" alt="{attr(candidate.sample_id)}" width="160">'
+            f'<div><p class="sample">{esc(candidate.sample_id)}</p>'
+            f"<p>predicted <b>{esc(candidate.predicted_class or '-')}</b> · score "
+            f'{esc(format_value(candidate.score))}</p><p class="scores">{esc(scores)}</p>'
+            f'<p>label <b class="label">{esc(candidate.label or "")}</b></p></div></li>'
+        )
+    body = (
+        f"<h1>Label batch {esc(batch.id)}</h1>"
+        f'<div id="labelling" data-batch-id="{attr(batch.id)}" '
+        f'data-csrf="{attr(frame.get("csrf", ""))}">'
+        f"<p>project {esc(batch.project_id)} · strategy {esc(batch.strategy)} · "
+        f'<span id="progress">{esc(batch.labelled)} of {esc(batch.size)} labelled</span></p>'
+        '<p class="help">Keys: <kbd>1</kbd>-<kbd>9</kbd> label the selected image '
+        "(with <kbd>Shift</kbd>: replace a different label), <kbd>j</kbd>/<kbd>↓</kbd> next, "
+        "<kbd>k</kbd>/<kbd>↑</kbd> previous, <kbd>u</kbd> undo the last change of a label.</p>"
+        f'<p id="classes">{buttons}</p>'
+        '<p id="label-message" class="message" role="status"></p>'
+        f'<ol id="candidates">{"".join(items)}</ol></div>'
+    )
+    return layout(f"Label {batch.id}", body, scripts=["label.js"], **frame)
 
 
 def error_page(status: int, message: str, **frame: Any) -> str:

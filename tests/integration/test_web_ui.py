@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 SEEDED = 500
 STUDY_TRIALS = 300
 SCRIPT_NAME = "<script>alert(1)</script>"
-STREAM_FINISHED = "document.getElementById('stream-state').textContent == 'finished'"
+STREAM_FINISHED = "() => document.getElementById('stream-state').textContent == 'finished'"
 
 
 class Site:
@@ -348,7 +348,7 @@ def test_cancel_works_for_an_operator_and_is_refused_for_a_viewer(
             wait_until(lambda: client.get_job(job.id).state == "cancelled", 30, "cancelled")
             assert client.get_job(job.id).cancelled_by == "web-operator"
         operator_tab.page.wait_for_function(
-            "document.getElementById('run-state').textContent == 'cancelled'"
+            "() => document.getElementById('run-state').textContent == 'cancelled'"
         )
 
 

@@ -111,3 +111,19 @@ class GetStudySummaryResponse(_message.Message):
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
     summary_json: str
     def __init__(self, summary_json: _Optional[str] = ...) -> None: ...
+
+class GetSampleImageRequest(_message.Message):
+    __slots__ = ("batch_id", "sample_id", "max_side")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    sample_id: str
+    max_side: int
+    def __init__(self, batch_id: _Optional[str] = ..., sample_id: _Optional[str] = ..., max_side: _Optional[int] = ...) -> None: ...
+
+class GetSampleImageResponse(_message.Message):
+    __slots__ = ("png",)
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    png: bytes
+    def __init__(self, png: _Optional[bytes] = ...) -> None: ...

@@ -52,6 +52,11 @@ class DashboardServiceStub:
                 request_serializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.SerializeToString,
                 response_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.FromString,
                 _registered_method=True)
+        self.GetSampleImage = channel.unary_unary(
+                '/matrec.v1.DashboardService/GetSampleImage',
+                request_serializer=matrec_dot_v1_dot_dashboard__pb2.GetSampleImageRequest.SerializeToString,
+                response_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetSampleImageResponse.FromString,
+                _registered_method=True)
 
 
 class DashboardServiceServicer:
@@ -82,6 +87,15 @@ class DashboardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSampleImage(self, request, context):
+        """A thumbnail (PNG) of one candidate of a labelling batch. The image is the candidate's own
+        (the request names no path) and must lie inside the project's pool folder; the
+        coordinator reads it there: FAILED_PRECONDITION when it cannot see the pool (another host).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DashboardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +113,11 @@ def add_DashboardServiceServicer_to_server(servicer, server):
                     servicer.GetStudySummary,
                     request_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.FromString,
                     response_serializer=matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.SerializeToString,
+            ),
+            'GetSampleImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSampleImage,
+                    request_deserializer=matrec_dot_v1_dot_dashboard__pb2.GetSampleImageRequest.FromString,
+                    response_serializer=matrec_dot_v1_dot_dashboard__pb2.GetSampleImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +204,33 @@ class DashboardService:
             '/matrec.v1.DashboardService/GetStudySummary',
             matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryRequest.SerializeToString,
             matrec_dot_v1_dot_dashboard__pb2.GetStudySummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSampleImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrec.v1.DashboardService/GetSampleImage',
+            matrec_dot_v1_dot_dashboard__pb2.GetSampleImageRequest.SerializeToString,
+            matrec_dot_v1_dot_dashboard__pb2.GetSampleImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

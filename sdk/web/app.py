@@ -35,6 +35,7 @@ from matrec.sdk.types import (
 )
 from matrec.sdk.web import pages
 from matrec.sdk.web.security import (
+    REPORT_POLICY,
     TOKEN_COOKIE,
     CsrfCookie,
     SecurityHeaders,
@@ -341,6 +342,19 @@ class Dashboard:
         body = pages.run_page(job, artifacts, message=message, **frame)
         return HTMLResponse(body, status_code=status)
 
+    async def report(self, request: Request) -> Response:
+        """The run's HTML report (`matrec-ctl report --format html`), scripts forbidden."""
+        from matrec.sdk.reports import export_report, fetch_report
+
+        client = self.client(request)
+        job_id = request.path_params["job_id"]
+        await self.call(request, "get_job", job_id)  # sign-in and 404 first
+        report = await run_in_threadpool(fetch_report, client, job_id)
+        html = await run_in_threadpool(export_report, report, "html")
+        return Response(
+            html, media_type="text/html", headers={"content-security-policy": REPORT_POLICY}
+        )
+
     async def cancel(self, request: Request) -> Response:
         problem = await csrf_problem(request)
         if problem:
@@ -502,6 +516,7 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/runs", dashboard.runs),
         Route("/runs/{job_id}", dashboard.run),
         Route("/runs/{job_id}/cancel", dashboard.cancel, methods=["POST"]),
+        Route("/runs/{job_id}/report.html", dashboard.report),
         Route("/runs/{job_id}/events", dashboard.run_events),
         Route("/runs/{job_id}/artifacts", dashboard.artifact),
         Route("/studies", dashboard.studies),

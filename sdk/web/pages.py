@@ -298,7 +298,8 @@ def run_page(
         f'<p class="summary" id="run" data-job-id="{attr(job.id)}">'
         f'{esc(job.id)} · {esc(job.kind)} · state <b id="run-state" '
         f'class="state state-{attr(job.state)}">{esc(job.state)}</b> · owner {esc(job.owner)} · '
-        f"created {esc(format_utc(job.created_at))} {cancel}</p>"
+        f"created {esc(format_utc(job.created_at))} · "
+        f'<a id="report-link" href="/runs/{attr(job.id)}/report.html">report</a> {cancel}</p>'
         f'<p class="error" id="run-error">{esc(job.error)}</p>'
         "<section><h2>Learning curves</h2>"
         '<p class="live">metric points: <span id="point-count">0</span> · updates: '

@@ -6,6 +6,7 @@ coordinator, and an image outside the pool (a symbolic link out of it) is refuse
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,15 +19,20 @@ from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from matrec.sdk.errors import MatrecError
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.sdk.types import LabellingBatch
-from playwright.sync_api import Browser, sync_playwright
-from support.browser import Tab, dashboard, launch_chromium, screenshots_on_failure
+from playwright.sync_api import Browser, expect, sync_playwright
+from support.browser import (
+    Tab,
+    dashboard,
+    launch_chromium,
+    readme_screenshot,
+    screenshots_on_failure,
+)
 from support.cluster_jobs import finetune_spec
 
 pytestmark = pytest.mark.slow
 
 THRESHOLD = 4
 OUTSIDE = "zz-outside.png"
-MESSAGE_STARTS = "w => document.getElementById('label-message').textContent.startsWith(w)"
 
 
 def truth(sample_id: str) -> str:
@@ -139,10 +145,7 @@ def test_a_batch_is_labelled_with_the_keyboard(
                     page.keyboard.press("j" if order.index(_selected(page)) < index else "k")
                 key = str(labelling.classes.index(truth(sample)) + 1)
                 page.keyboard.press(key)
-                page.wait_for_function(
-                    "n => document.getElementById('progress').textContent.startsWith(n + ' of')",
-                    arg=count,
-                )
+                expect(page.locator("#progress")).to_have_text(re.compile(rf"^{count} of "))
             with Client(labelling.cluster.address) as client:
                 stored = {c.sample_id: c.label for c in client.get_batch(batch.id).candidates}
             assert {s: stored[s] for s in labelled} == {s: truth(s) for s in labelled}
@@ -150,17 +153,14 @@ def test_a_batch_is_labelled_with_the_keyboard(
             # The same label again: nothing changes.
             page.click(f".candidate[data-sample-id='{labelled[0]}'] img")
             page.keyboard.press(str(labelling.classes.index(truth(labelled[0])) + 1))
-            page.wait_for_function(
-                "() => document.getElementById('label-message').textContent.startsWith('unchanged')"
-            )
+            expect(page.locator("#label-message")).to_have_text(re.compile("^unchanged"))
             # A different one without Shift: refused, with the coordinator's reason on the page.
             page.click(f".candidate[data-sample-id='{labelled[0]}'] img")
             other = next(c for c in labelling.classes if c != truth(labelled[0]))
             page.keyboard.press(str(labelling.classes.index(other) + 1))
-            page.wait_for_function(
-                "() => document.getElementById('label-message').textContent.startsWith('refused')"
-            )
+            expect(page.locator("#label-message")).to_have_text(re.compile("^refused"))
             assert "overwrite" in page.inner_text("#label-message")
+            readme_screenshot(page, "labelling")
             with Client(labelling.cluster.address) as client:
                 assert client.get_batch(batch.id).labelled == THRESHOLD
                 fired = client.check_triggers(labelling.project_id)

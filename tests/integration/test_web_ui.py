@@ -21,8 +21,14 @@ import pytest
 from matrec.sdk import Client
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from playwright.sync_api import Browser, sync_playwright
-from support.browser import Tab, dashboard, launch_chromium, screenshots_on_failure
+from playwright.sync_api import Browser, expect, sync_playwright
+from support.browser import (
+    Tab,
+    dashboard,
+    launch_chromium,
+    readme_screenshot,
+    screenshots_on_failure,
+)
 from support.cluster_jobs import finetune_spec, wait_until
 from support.seed_jobs import SeededJob, seed_jobs
 from support.seed_studies import SeededStudy, seed_study
@@ -32,7 +38,6 @@ pytestmark = pytest.mark.slow
 SEEDED = 500
 STUDY_TRIALS = 300
 SCRIPT_NAME = "<script>alert(1)</script>"
-STREAM_FINISHED = "() => document.getElementById('stream-state').textContent == 'finished'"
 
 
 class Site:
@@ -209,9 +214,7 @@ def test_a_job_named_like_a_script_renders_as_text(
         tab.page.goto(f"{site.base}/runs/{job.id}")
         assert tab.page.inner_text("#run-name") == SCRIPT_NAME
         assert SCRIPT_NAME in tab.page.inner_text("#spec")
-        tab.page.wait_for_function(
-            "document.getElementById('stream-state').textContent == 'finished'"
-        )
+        expect(tab.page.locator("#stream-state")).to_have_text("finished", timeout=30_000)
         tab.page.goto(f"{site.base}/cluster")
         assert tab.page.locator("script:not([src])").count() == 0
         # screenshots_on_failure also fails the test if an alert() dialog opened.
@@ -232,6 +235,7 @@ def test_runs_list_filters_sorts_and_pages_seeded_jobs(
     with screenshots_on_failure(tmp_path, tabs):
         page.goto(f"{site.base}/runs?name=seed-&size=50")
         assert page.inner_text("#run-count") == f"1-50 of {SEEDED}"
+        readme_screenshot(page, "runs")
         newest = sorted(site.seeded, key=lambda j: j.created_at, reverse=True)
         assert _row_ids(tab) == [j.id for j in newest[:50]]
 
@@ -299,7 +303,7 @@ def test_a_runs_page_shows_the_curves_growing_then_the_final_numbers(
         assert page.inner_text("#run-state") == "succeeded"
         assert len(counts) >= 3, f"the page showed only these point counts while running: {counts}"
         assert page.evaluate("window.loadedOnce") is True, "the page was reloaded"
-        page.wait_for_function(STREAM_FINISHED)
+        expect(page.locator("#stream-state")).to_have_text("finished", timeout=30_000)
 
         with site.client("viewer") as viewer:
             final = viewer.get_job(job.id)
@@ -314,10 +318,21 @@ def test_a_runs_page_shows_the_curves_growing_then_the_final_numbers(
 
         page.reload()  # the evaluation and artifacts are rendered with the page
         assert page.locator("#confusion tbody tr").count() == len(small_dataset.classes)
+        expect(page.locator("#stream-state")).to_have_text("finished", timeout=30_000)
+        readme_screenshot(page, "run")
         link = page.locator("#artifacts a").first
         with page.expect_download() as download:
             link.click()
         assert Path(download.value.path()).stat().st_size > 0
+
+        # The HTML report, served under a policy that allows no script at all.
+        with page.expect_navigation() as opened:
+            page.click("#report-link")
+        report = opened.value
+        assert report is not None and report.status == 200
+        policy = report.headers["content-security-policy"]
+        assert "script-src" not in policy and "default-src 'none'" in policy
+        assert job.id in page.inner_text("body")
 
 
 def test_cancel_works_for_an_operator_and_is_refused_for_a_viewer(
@@ -347,9 +362,7 @@ def test_cancel_works_for_an_operator_and_is_refused_for_a_viewer(
         with site.client("operator") as client:
             wait_until(lambda: client.get_job(job.id).state == "cancelled", 30, "cancelled")
             assert client.get_job(job.id).cancelled_by == "web-operator"
-        operator_tab.page.wait_for_function(
-            "() => document.getElementById('run-state').textContent == 'cancelled'"
-        )
+        expect(operator_tab.page.locator("#run-state")).to_have_text("cancelled", timeout=30_000)
 
 
 def test_cluster_page_lists_the_agent(
@@ -362,6 +375,7 @@ def test_cluster_page_lists_the_agent(
             "#agents tbody tr td:first-child", "cells => cells.map(c => c.textContent)"
         )
         assert names == [site.cluster.agent_name(0)]
+        readme_screenshot(tab.page, "cluster")
         with site.client("viewer") as client:
             agent = client.list_agents()[0]
         assert agent.name == names[0]
@@ -393,6 +407,7 @@ def test_study_page_draws_every_chart_and_filters_its_trials(
         # The seeded objective depends on the learning rate alone.
         assert page.inner_text("#importance .bar-row:first-child .bar-name") == "learning_rate"
         assert page.inner_text("#trial-count") == f"1-50 of {len(trials)}"
+        readme_screenshot(page, "study")
 
         page.select_option("#trial-filters select[name=state]", "completed")
         page.select_option("#param-select", "learning_rate")

@@ -4,7 +4,6 @@ browser download cannot work here), and `matrec-ctl ui` run as a process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,11 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright
 
+from support.network import free_port
 from support.tools import require_tool
 
+#: With MATREC_README_SCREENSHOTS=1 the browser tests save their pages for the README here.
+README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 CTL = [sys.executable, "-c", "from matrec.sdk.ctl.app import main; main()"]
 #: As root, Chromium needs --no-sandbox; without the background-networking flags the closed
 #: network here refuses its connections by the dozen.
@@ -25,12 +27,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -127,3 +123,13 @@ def screenshots_on_failure(folder: Path, tabs: dict[str, Tab]) -> Iterator[None]
                 print(f"no screenshot of {name}: {exc}")
         print(f"screenshots of the failed test: {folder}")
         raise
+
+
+def readme_screenshot(page: Page, name: str) -> None:
+    """Save the page as docs/images/dashboard-NAME.png when MATREC_README_SCREENSHOTS=1 (how
+    the README's pictures are made: `MATREC_README_SCREENSHOTS=1 pytest tests/integration/
+    test_web_ui.py tests/integration/test_web_labelling.py`)."""
+    if os.environ.get("MATREC_README_SCREENSHOTS") == "1":
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.screenshot(path=str(README_IMAGES / f"dashboard-{name}.png"))

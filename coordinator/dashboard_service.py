@@ -17,6 +17,7 @@ from matrec.coordinator.active_learning.store import ActiveLearningStore
 from matrec.coordinator.auth import caller, current_identity
 from matrec.coordinator.hpo.study_store import StudyStore
 from matrec.coordinator.job_query import JobQuery, query_jobs
+from matrec.coordinator.job_service import job_states_or_abort
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.sample_images import (
     DEFAULT_SIDE,
@@ -55,6 +56,13 @@ def _time(request: dashboard_pb2.QueryJobsRequest, name: str) -> datetime | None
     return value.ToDatetime(tzinfo=UTC)
 
 
+async def _check_page(context: grpc.aio.ServicerContext, offset: int, page_size: int) -> None:
+    if offset < 0:
+        await abort_invalid(context, SpecError("offset", "must be >= 0"))
+    if not 0 <= page_size <= PAGE_SIZE_MAX:
+        await abort_invalid(context, SpecError("page_size", f"must be 0..{PAGE_SIZE_MAX}"))
+
+
 class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
     def __init__(
         self,
@@ -72,21 +80,13 @@ class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
     async def QueryJobs(
         self, request: dashboard_pb2.QueryJobsRequest, context: grpc.aio.ServicerContext
     ) -> dashboard_pb2.QueryJobsResponse:
-        states = []
-        for value in request.states:
-            state = convert.JOB_STATE_FROM_PB.get(value)
-            if state is None:
-                await abort_invalid(context, SpecError("states", f"unknown job state {value}"))
-            states.append(state)
+        states = await job_states_or_abort(context, request.states)
         sort = SORT_FROM_PB.get(request.sort)
         if sort is None:
             await abort_invalid(context, SpecError("sort", f"unknown sort key {request.sort}"))
-        if request.offset < 0:
-            await abort_invalid(context, SpecError("offset", "must be >= 0"))
-        if not 0 <= request.page_size <= PAGE_SIZE_MAX:
-            await abort_invalid(context, SpecError("page_size", f"must be 0..{PAGE_SIZE_MAX}"))
+        await _check_page(context, request.offset, request.page_size)
         query = JobQuery(
-            states=[s for s in states if s is not None],
+            states=states,
             kind=request.kind,
             name_contains=request.name_contains,
             created_after=_time(request, "created_after"),
@@ -118,10 +118,7 @@ class DashboardService(dashboard_pb2_grpc.DashboardServiceServicer):
             await abort_invalid(context, SpecError("max_points", f"must be 0..{MAX_POINTS_MAX}"))
         if request.sort and request.sort not in SORTS:
             await abort_invalid(context, SpecError("sort", f"must be one of {', '.join(SORTS)}"))
-        if request.offset < 0:
-            await abort_invalid(context, SpecError("offset", "must be >= 0"))
-        if not 0 <= request.page_size <= PAGE_SIZE_MAX:
-            await abort_invalid(context, SpecError("page_size", f"must be 0..{PAGE_SIZE_MAX}"))
+        await _check_page(context, request.offset, request.page_size)
         query = TrialTableQuery(
             states=tuple(request.trial_states),
             param=request.param,

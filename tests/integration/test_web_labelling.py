@@ -19,11 +19,10 @@ from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from matrec.sdk.errors import MatrecError
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.sdk.types import LabellingBatch
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from support.browser import (
     Tab,
     dashboard,
-    launch_chromium,
     readme_screenshot,
     screenshots_on_failure,
 )
@@ -85,14 +84,6 @@ def labelling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Labelling]:
         classes = client.get_learning_project(project.id).classes
         with dashboard(cluster.address, log=root / "ui.log") as base:
             yield Labelling(cluster, base, project.id, classes, batch)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 def test_thumbnails_come_through_the_coordinator_and_only_from_the_pool(

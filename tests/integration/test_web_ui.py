@@ -21,11 +21,10 @@ import pytest
 from matrec.sdk import Client
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from support.browser import (
     Tab,
     dashboard,
-    launch_chromium,
     readme_screenshot,
     screenshots_on_failure,
 )
@@ -38,6 +37,11 @@ pytestmark = pytest.mark.slow
 SEEDED = 500
 STUDY_TRIALS = 300
 SCRIPT_NAME = "<script>alert(1)</script>"
+
+
+def long_diagnostic(name: str) -> dict[str, Any]:
+    """A job that runs for two minutes unless cancelled."""
+    return {"kind": "diagnostic", "name": name, "config": {"duration_seconds": 120, "steps": 100}}
 
 
 class Site:
@@ -82,14 +86,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             yield site
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def tabs(browser: Browser) -> Iterator[dict[str, Tab]]:
     opened: dict[str, Tab] = {}
@@ -132,10 +128,7 @@ def test_nothing_without_a_token_and_csp_everywhere(site: Site) -> None:
 
 def test_cross_site_posts_are_refused(site: Site) -> None:
     with site.client("operator") as operator:
-        job = operator.submit_job(
-            {"kind": "diagnostic", "name": "csrf-target",
-             "config": {"duration_seconds": 120, "steps": 100}}
-        )  # fmt: skip
+        job = operator.submit_job(long_diagnostic("csrf-target"))
     with httpx.Client(base_url=site.base) as http:
         http.get("/login")
         csrf = http.cookies["matrec_csrf"]
@@ -163,10 +156,7 @@ def test_a_cross_site_form_in_the_browser_cancels_nothing(
     site: Site, browser: Browser, tabs: dict[str, Tab], tmp_path: Path
 ) -> None:
     with site.client("operator") as operator:
-        job = operator.submit_job(
-            {"kind": "diagnostic", "name": "csrf-browser",
-             "config": {"duration_seconds": 120, "steps": 100}}
-        )  # fmt: skip
+        job = operator.submit_job(long_diagnostic("csrf-browser"))
     page_html = (
         f'<form method="post" action="{site.base}/runs/{job.id}/cancel">'
         '<input name="csrf" value="guess"><button id="go">go</button></form>'
@@ -339,10 +329,7 @@ def test_cancel_works_for_an_operator_and_is_refused_for_a_viewer(
     site: Site, browser: Browser, tabs: dict[str, Tab], tmp_path: Path
 ) -> None:
     with site.client("operator") as operator:
-        job = operator.submit_job(
-            {"kind": "diagnostic", "name": "to-cancel",
-             "config": {"duration_seconds": 120, "steps": 100}}
-        )  # fmt: skip
+        job = operator.submit_job(long_diagnostic("to-cancel"))
     viewer = signed_in(browser, tabs, site, "viewer")
     operator_tab = signed_in(browser, tabs, site, "operator")
     with screenshots_on_failure(tmp_path, tabs):

@@ -422,6 +422,19 @@ class Dashboard:
         await self.call(request, "study_summary", study_id, page_size=1)  # sign-in, 404 first
         return _event_stream(study_messages(self.client(request), study_id, options))
 
+    async def projects(self, request: Request) -> Response:
+        projects = await self.call(request, "list_learning_projects")
+        frame = await self.frame(request)
+        return HTMLResponse(pages.projects_page(projects, **frame))
+
+    async def project(self, request: Request) -> Response:
+        project_id = request.path_params["project_id"]
+        project = await self.call(request, "get_learning_project", project_id)
+        batches = await self.call(request, "list_batches", project_id)
+        triggers = await self.call(request, "list_triggers", project_id)
+        frame = await self.frame(request)
+        return HTMLResponse(pages.project_page(project, batches, triggers, **frame))
+
     async def labelling(self, request: Request) -> Response:
         batch = await self.call(request, "get_batch", request.path_params["batch_id"])
         project = await self.call(request, "get_learning_project", batch.project_id)
@@ -523,6 +536,8 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/studies/{study_id}", dashboard.study),
         Route("/studies/{study_id}/summary.json", dashboard.study_summary),
         Route("/studies/{study_id}/events", dashboard.study_events),
+        Route("/projects", dashboard.projects),
+        Route("/projects/{project_id}", dashboard.project),
         Route("/labelling/{batch_id}", dashboard.labelling),
         Route("/labelling/{batch_id}/label", dashboard.label, methods=["POST"]),
         Route("/labelling/{batch_id}/images/{sample_id:path}", dashboard.sample_image),

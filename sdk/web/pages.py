@@ -24,6 +24,8 @@ from matrec.sdk.types import (
     ClusterSnapshot,
     Job,
     LabellingBatch,
+    LearningProject,
+    RetrainingTrigger,
     Study,
 )
 from matrec.sdk.web.security import CSRF_FIELD
@@ -81,7 +83,7 @@ def layout(
         f"{tags}</head><body>"
         '<header><a class="brand" href="/runs">matrec</a>'
         '<nav><a href="/runs">Runs</a><a href="/studies">Studies</a>'
-        '<a href="/cluster">Cluster</a></nav>'
+        '<a href="/projects">Active learning</a><a href="/cluster">Cluster</a></nav>'
         f"{who}</header><main>{body}</main></body></html>"
     )
 
@@ -432,6 +434,79 @@ def study_page(study_id: str, query_string: str, **frame: Any) -> str:
     )
     scripts = ["uPlot.iife.min.js", "study.js"]
     return layout(f"Study {study_id}", body, scripts=scripts, **frame)
+
+
+def projects_page(projects: Sequence[LearningProject], **frame: Any) -> str:
+    rows = (
+        (p.id, p.spec.get("name", ""), p.current_version, p.pending_feedback, p.total_feedback)
+        for p in projects
+    )
+    links = "".join(
+        f'<li><a href="/projects/{attr(p.id)}">{esc(p.id)}</a> {esc(p.spec.get("name", ""))}</li>'
+        for p in projects
+    )
+    table = _table(("project", "name", "version", "pending labels", "labels"), rows, "projects")
+    return layout(
+        "Active learning",
+        f'<h1>Active learning</h1><ul id="project-links">{links}</ul>{table}',
+        **frame,
+    )
+
+
+def project_page(
+    project: LearningProject,
+    batches: Sequence[LabellingBatch],
+    triggers: Sequence[RetrainingTrigger],
+    **frame: Any,
+) -> str:
+    """A project: its model versions with their validation accuracy, the triggers fired and
+    why, its batches (each linked to its labelling page)."""
+    versions = _table(
+        ("version", "job", "val accuracy", "feedback samples", "state", "created"),
+        (
+            (
+                v.version,
+                v.job_id,
+                format_value(v.val_accuracy),
+                v.feedback_samples,
+                v.state,
+                format_utc(v.created_at),
+            )
+            for v in project.versions
+        ),
+        "versions",
+    )
+    fired = _table(
+        ("trigger", "kind", "state", "fired", "why", "job"),
+        (
+            (
+                t.id,
+                t.kind,
+                t.state,
+                format_utc(t.fired_at),
+                json.dumps(t.details, sort_keys=True),
+                t.job_id or "-",
+            )
+            for t in triggers
+        ),
+        "triggers",
+    )
+    batch_rows = "".join(
+        f'<tr><td><a href="/labelling/{attr(b.id)}">{esc(b.id)}</a></td><td>{esc(b.strategy)}'
+        f"</td><td>{esc(b.state)}</td><td>{esc(b.labelled)} of {esc(b.size)}</td>"
+        f"<td>{esc(format_utc(b.created_at))}</td></tr>"
+        for b in batches
+    )
+    body = (
+        f"<h1>Project {esc(project.spec.get('name') or project.id)}</h1>"
+        f"<p>{esc(project.id)} · classes {esc(', '.join(project.classes))} · labels "
+        f"{esc(project.total_feedback)} ({esc(project.pending_feedback)} not yet trained on)</p>"
+        f"<h2>Model versions</h2>{versions}<h2>Triggers</h2>{fired}"
+        '<h2>Batches</h2><table id="batches"><thead><tr><th>batch</th><th>strategy</th>'
+        "<th>state</th><th>labelled</th><th>created</th></tr></thead>"
+        f"<tbody>{batch_rows}</tbody></table>"
+    )
+    return layout(f"Project {project.id}", body, **frame)
 
 
 def labelling_page(batch: LabellingBatch, classes: Sequence[str], **frame: Any) -> str:

@@ -119,7 +119,12 @@ def test_a_batch_is_labelled_with_the_keyboard(
     labelled = [s for s in order if s != OUTSIDE][:THRESHOLD]
     try:
         with screenshots_on_failure(tmp_path, tabs):
-            page.goto(f"{labelling.base}/labelling/{batch.id}")
+            # From the project list to the project, its batch and the labelling page.
+            page.goto(f"{labelling.base}/projects")
+            page.click(f"#project-links a[href='/projects/{labelling.project_id}']")
+            assert page.locator("#versions tbody tr").count() == 1
+            with page.expect_navigation():
+                page.click(f"#batches a[href='/labelling/{batch.id}']")
             sizes = page.eval_on_selector_all(
                 "#candidates img", "images => images.map(i => [i.alt, i.naturalWidth])"
             )
@@ -156,6 +161,11 @@ def test_a_batch_is_labelled_with_the_keyboard(
                 assert client.get_batch(batch.id).labelled == THRESHOLD
                 fired = client.check_triggers(labelling.project_id)
             assert [t.kind for t in fired] == ["feedback_count"]
+            page.goto(f"{labelling.base}/projects/{labelling.project_id}")
+            triggers = page.eval_on_selector_all(
+                "#triggers tbody tr td:nth-child(2)", "cells => cells.map(c => c.textContent)"
+            )
+            assert triggers == ["feedback_count"]
             # The refused label's 409 is the page's answer, not an error of the page.
             tab.errors = [e for e in tab.errors if "409" not in e]
     finally:

@@ -133,26 +133,33 @@ def best_so_far(trials: Sequence[SummaryTrial], maximize: bool) -> dict[str, lis
     return {"number": numbers, "value": values}
 
 
-def _axis_value(value: Any, definition: dict[str, Any]) -> float | None:
-    """A parameter's value as a number on its axis: categorical -> index of the choice, log
-    scales -> log10; None when it cannot be placed."""
+def axis(definition: dict[str, Any]) -> Callable[[Any], float | None]:
+    """How a parameter's values sit on its axis: categorical -> index of the choice, log
+    scales -> log10; None for a value that cannot be placed. Built once per parameter: it runs
+    for every trial."""
     if definition.get("type") == "categorical":
-        choices = list(definition.get("choices", []))
-        return float(choices.index(value)) if value in choices else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if definition.get("log"):
-        return math.log10(value) if value > 0 else None
-    return float(value)
+        index = {repr(choice): float(i) for i, choice in enumerate(definition.get("choices", []))}
+        return lambda value: index.get(repr(value))
+    log = bool(definition.get("log"))
+
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if log:
+            return math.log10(value) if value > 0 else None
+        return float(value)
+
+    return number
 
 
 def importance(trials: Sequence[SummaryTrial], name: str, definition: dict[str, Any]) -> float:
     """The correlation ratio of the objective on the parameter's bins (categories, or
     IMPORTANCE_BINS quantile bins): between-bin variance over total variance, 0..1."""
+    place = axis(definition)
     pairs = [
         (x, float(t.objective_value or 0.0))
         for t in trials
-        if (x := _axis_value(t.params.get(name), definition)) is not None
+        if (x := place(t.params.get(name))) is not None
     ]
     if len(pairs) < 2:
         return 0.0
@@ -255,11 +262,11 @@ def summarize(
             pruned_by_rung[str(trial.pruned_rung)] += 1
     params = []
     axes = []
+    axes_of = {name: axis(definition) for name, definition in space.items()}
     for name, definition in space.items():
+        place = axes_of[name]
         points = [
-            (x, t.objective_value)
-            for t in sample
-            if (x := _axis_value(t.params.get(name), definition)) is not None
+            (x, t.objective_value) for t in sample if (x := place(t.params.get(name))) is not None
         ]
         points.sort()
         params.append(
@@ -278,14 +285,13 @@ def summarize(
                 "name": name,
                 "type": definition.get("type"),
                 "log": bool(definition.get("log")),
-                "low": _axis_value(definition.get("min"), definition),
-                "high": _axis_value(definition.get("max"), definition),
+                "low": place(definition.get("min")),
+                "high": place(definition.get("max")),
                 "choices": definition.get("choices", []),
             }
         )
     parallel_rows = [
-        [_axis_value(t.params.get(name), space[name]) for name in space] + [t.objective_value]
-        for t in sample
+        [axes_of[name](t.params.get(name)) for name in space] + [t.objective_value] for t in sample
     ]
     return {
         "study": {

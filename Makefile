@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml | $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install --upgrade pip setuptools wheel
 	$(VENV_PYTHON) -m pip install $(TORCH_PIP_ARGS) \
 		torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(VENV_PYTHON) -m pip install -e '.[dev,imagenet]'
+	$(VENV_PYTHON) -m pip install -e '.[dev,imagenet,ui]'
 	rm -f $(VENV)/.matrec-setup-*.stamp
 	touch $@
 

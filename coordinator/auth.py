@@ -79,6 +79,10 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.TokenService/RevokeToken": "admin",
     "/matrec.v1.TokenService/SetTokenLimits": "admin",
     "/matrec.v1.TokenService/ListAuditEntries": "admin",
+    "/matrec.v1.DashboardService/QueryJobs": "viewer",
+    "/matrec.v1.DashboardService/WhoAmI": "viewer",
+    "/matrec.v1.DashboardService/GetStudySummary": "viewer",
+    "/matrec.v1.DashboardService/GetSampleImage": "viewer",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

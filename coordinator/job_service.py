@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,19 @@ def effective_metrics(records: list[MetricRecord]) -> list[MetricRecord]:
         if current is None or record.attempt >= current.attempt:
             latest[key] = record
     return sorted(latest.values(), key=lambda r: (r.task_id, r.step, r.key))
+
+
+async def job_states_or_abort(
+    context: grpc.aio.ServicerContext, values: Iterable[int]
+) -> list[JobState]:
+    """The job states a request names; INVALID_ARGUMENT (field `states`) for an unknown one."""
+    states = []
+    for value in values:
+        state = convert.JOB_STATE_FROM_PB.get(value)
+        if state is None:
+            await abort_invalid(context, SpecError("states", f"unknown job state {value}"))
+        states.append(state)
+    return states
 
 
 class JobService(jobs_pb2_grpc.JobServiceServicer):
@@ -173,17 +186,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        states = []
-        for value in request.states:
-            state = convert.JOB_STATE_FROM_PB.get(value)
-            if state is None:
-                await abort_invalid(context, SpecError("states", f"unknown job state {value}"))
-            states.append(state)
+        states = await job_states_or_abort(context, request.states)
         if request.limit < 0:
             await abort_invalid(context, SpecError("limit", "must be >= 0"))
         limit = min(request.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
         owner = caller(context).name if request.mine else request.owner or None
-        jobs = self.store.list_jobs([s for s in states if s is not None], limit, owner)
+        jobs = self.store.list_jobs(states, limit, owner)
         return jobs_pb2.ListJobsResponse(jobs=[convert.job(j) for j in jobs])
 
     async def CancelJob(

@@ -20,6 +20,7 @@ from matrec.coordinator.agent_service import AgentService
 from matrec.coordinator.audit import AuditInterceptor, AuditLog
 from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
+from matrec.coordinator.dashboard_service import DashboardService
 from matrec.coordinator.housekeeping import Housekeeper, MetricRetention
 from matrec.coordinator.hpo.driver import StudyDriver
 from matrec.coordinator.hpo.study_service import StudyService
@@ -41,6 +42,8 @@ from matrec.v1 import (
     agents_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    dashboard_pb2,
+    dashboard_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     studies_pb2,
@@ -65,6 +68,7 @@ SERVICE_NAMES = (
     studies_pb2.DESCRIPTOR.services_by_name["StudyService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     active_learning_pb2.DESCRIPTOR.services_by_name["ActiveLearningService"].full_name,
+    dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"].full_name,
 )
 
 
@@ -156,14 +160,16 @@ class Coordinator:
         studies_pb2_grpc.add_StudyServiceServicer_to_server(
             StudyService(studies, study_driver, notifier, check_paths=s.check_paths), server
         )
-        al_manager = ProjectManager(
-            store, ActiveLearningStore(store.engine), s.effective_artifact_root
-        )
+        learning_store = ActiveLearningStore(store.engine)
+        al_manager = ProjectManager(store, learning_store, s.effective_artifact_root)
         active_learning_pb2_grpc.add_ActiveLearningServiceServicer_to_server(
             ActiveLearningService(al_manager, scheduler, check_paths=s.check_paths), server
         )
         trigger_monitor = TriggerMonitor(
             al_manager, scheduler, notifier, check_interval=s.trigger_check_interval
+        )
+        dashboard_pb2_grpc.add_DashboardServiceServicer_to_server(
+            DashboardService(store.engine, studies, learning_store, auth_enabled=s.auth), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrec.common.hosts import is_loopback
 from matrec.common.lifetime import add_parent_flags
 from matrec.common.paths import absolute_path, optional_absolute_path
 
@@ -272,7 +273,7 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         build_parser().error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         build_parser().error("--tls-client-ca needs --tls-cert and --tls-key")
-    if args.tls_cert is None and not args.insecure and not _is_loopback(args.host):
+    if args.tls_cert is None and not args.insecure and not is_loopback(args.host):
         build_parser().error(
             f"--host {args.host} without TLS would send tokens and data in the clear; give "
             "--tls-cert/--tls-key (`matrec-ctl certs init`), or --insecure on a trusted network"
@@ -321,14 +322,3 @@ def _absolute_sqlite_url(url: str) -> str:
     return parsed.set(database=str(absolute_path(parsed.database))).render_as_string(
         hide_password=False
     )
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -187,6 +187,18 @@ def _job(row: sa.Row[Any], tasks: list[TaskRecord]) -> JobRecord:
     )
 
 
+def jobs_with_tasks(conn: sa.Connection, rows: Sequence[sa.Row[Any]]) -> list[JobRecord]:
+    """Job rows as records with their tasks: one query for the tasks of all of them."""
+    t = schema.tasks
+    tasks: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
+    if rows:
+        for task_row in conn.execute(
+            sa.select(t).where(t.c.job_id.in_(list(tasks))).order_by(t.c.index)
+        ):
+            tasks[task_row.job_id].append(_task(task_row))
+    return [_job(row, tasks[row.id]) for row in rows]
+
+
 def _agent(row: sa.Row[Any]) -> AgentRecord:
     m = row._mapping
     seen = as_utc(m["last_seen_at"])
@@ -298,21 +310,14 @@ class Store:
         self, states: Sequence[JobState] = (), limit: int = 100, owner: str | None = None
     ) -> list[JobRecord]:
         """Newest first, with their tasks: two queries, whatever the number of jobs."""
-        j, t = schema.training_jobs, schema.tasks
+        j = schema.training_jobs
         query = sa.select(j).order_by(j.c.created_at.desc(), j.c.id)
         if states:
             query = query.where(j.c.state.in_([str(s) for s in states]))
         if owner is not None:
             query = query.where(j.c.owner == owner)
         with self.engine.connect() as conn:
-            rows = list(conn.execute(query.limit(limit)))
-            tasks: dict[str, list[TaskRecord]] = {r.id: [] for r in rows}
-            if rows:
-                for task_row in conn.execute(
-                    sa.select(t).where(t.c.job_id.in_(list(tasks))).order_by(t.c.index)
-                ):
-                    tasks[task_row.job_id].append(_task(task_row))
-        return [_job(row, tasks[row.id]) for row in rows]
+            return jobs_with_tasks(conn, list(conn.execute(query.limit(limit))))
 
     def job_owner_tokens(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """The token each job was submitted with (None: no token, e.g. authentication off)."""

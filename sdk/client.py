@@ -5,6 +5,7 @@ tokens) and ActiveLearningService (projects, batches, feedback, triggers), over 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -48,6 +49,7 @@ from matrec.sdk.errors import (
     from_rpc_error,
 )
 from matrec.sdk.evaluation import Evaluation, EvaluationMissingError
+from matrec.sdk.job_pages import JobPage, JobPageQuery, job_page_query_to_proto
 from matrec.sdk.types import (
     Agent,
     ApiToken,
@@ -68,6 +70,8 @@ from matrec.v1 import (
     active_learning_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    dashboard_pb2,
+    dashboard_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     studies_pb2,
@@ -174,6 +178,7 @@ class Client:
         self._studies = studies_pb2_grpc.StudyServiceStub(self._channel)
         self._tokens = auth_pb2_grpc.TokenServiceStub(self._channel)
         self._learning = active_learning_pb2_grpc.ActiveLearningServiceStub(self._channel)
+        self._dashboard = dashboard_pb2_grpc.DashboardServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -241,6 +246,20 @@ class Client:
         )
         response = self._call(self._stub.ListJobs, request)
         return [job_from_proto(job) for job in response.jobs]
+
+    def query_jobs(self, query: JobPageQuery | None = None) -> JobPage:
+        """One page of jobs filtered and sorted by the coordinator, and how many match in all
+        (see `JobPageQuery`). Raises InvalidSpecError naming a bad field."""
+        response = self._call(
+            self._dashboard.QueryJobs, job_page_query_to_proto(query or JobPageQuery())
+        )
+        return JobPage([job_from_proto(job) for job in response.jobs], response.total)
+
+    def whoami(self) -> tuple[str, str]:
+        """The caller's name and role as the coordinator sees its token (`admin` with
+        authentication off). Raises MatrecError (unauthenticated) for a bad token."""
+        response = self._call(self._dashboard.WhoAmI, dashboard_pb2.WhoAmIRequest())
+        return response.name, response.role
 
     def cancel_job(self, job_id: str, reason: str = "") -> Job:
         """Cancel queued and running tasks. Raises JobStateError if the job already finished."""
@@ -479,6 +498,32 @@ class Client:
         )
         return [study_from_proto(s) for s in response.studies]
 
+    def study_summary(
+        self,
+        study_id: str,
+        *,
+        max_points: int = 0,
+        trial_states: Sequence[str] = (),
+        param: str = "",
+        param_min: float | None = None,
+        param_max: float | None = None,
+        sort: str = "number",
+        descending: bool = False,
+        offset: int = 0,
+        page_size: int = 0,
+    ) -> dict[str, Any]:
+        """The study aggregated for charts (each series at most `max_points` points, default
+        1000) and one page of its trial table (filtered by state and one parameter's range,
+        sorted by "number" or "value"); the document `matrec.coordinator.study_summary`
+        describes. Raises StudyNotFoundError."""
+        request = dashboard_pb2.GetStudySummaryRequest(
+            study_id=study_id, max_points=max_points, trial_states=list(trial_states),
+            param=param, sort=sort, descending=descending, offset=offset, page_size=page_size,
+            param_min=param_min, param_max=param_max,
+        )  # fmt: skip
+        response = self._call(self._dashboard.GetStudySummary, request, StudyNotFoundError)
+        return dict(json.loads(response.summary_json))
+
     def cancel_study(self, study_id: str, reason: str = "") -> Study:
         """Stop the study: no new trials, running ones cancelled. JobStateError once final."""
         response = self._call(
@@ -608,6 +653,16 @@ class Client:
         )
         response = self._call(self._learning.RecordFeedback, request, ProjectNotFoundError)
         return candidate_from_proto(response.candidate), response.changed
+
+    def sample_image(self, batch_id: str, sample_id: str, max_side: int = 0) -> bytes:
+        """A PNG thumbnail (longest side `max_side`, default 160) of one candidate of a
+        labelling batch, read by the coordinator from the project's pool. Raises
+        ProjectNotFoundError; MatrecError when the image is outside the pool or unreadable."""
+        request = dashboard_pb2.GetSampleImageRequest(
+            batch_id=batch_id, sample_id=sample_id, max_side=max_side
+        )
+        response = self._call(self._dashboard.GetSampleImage, request, ProjectNotFoundError)
+        return bytes(response.png)
 
     def check_triggers(self, project_id: str) -> list[RetrainingTrigger]:
         """Evaluate the project's triggers now; the ones that fired."""

@@ -24,6 +24,7 @@ from matrec.sdk.ctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, ReportingGroup
 from matrec.sdk.ctl.hpo import hpo_app
 from matrec.sdk.ctl.tokens import tokens_app
 from matrec.sdk.ctl.train import train
+from matrec.sdk.ctl.web_ui import ui
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ app.add_typer(active_learning_app, name="active-learning")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(certs_app, name="certs")
 app.command()(audit)
+app.command()(ui)
 
 # soft_wrap: plain lines are not folded at 80 columns when the output is a pipe or a file.
 console = Console(soft_wrap=True)

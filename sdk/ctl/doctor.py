@@ -89,7 +89,7 @@ SYSTEM_TOOLS: tuple[SystemTool, ...] = (
         "chromium",
         ("chromium",),
         "chromium",
-        "the HTML report tests open reports in headless Chromium",
+        "the HTML report tests and the web dashboard tests (Playwright) use headless Chromium",
         _on_path("chromium"),
     ),
     SystemTool(

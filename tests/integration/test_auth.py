@@ -80,6 +80,10 @@ REQUIRED_ROLE: dict[str, str] = {
     "/matrec.v1.TokenService/RevokeToken": "admin",
     "/matrec.v1.TokenService/SetTokenLimits": "admin",
     "/matrec.v1.TokenService/ListAuditEntries": "admin",
+    "/matrec.v1.DashboardService/QueryJobs": "viewer",
+    "/matrec.v1.DashboardService/WhoAmI": "viewer",
+    "/matrec.v1.DashboardService/GetStudySummary": "viewer",
+    "/matrec.v1.DashboardService/GetSampleImage": "viewer",
 }
 #: Which token roles satisfy each required role (written out, not taken from the code).
 SATISFIED_BY: dict[str, set[str]] = {

@@ -37,6 +37,7 @@ LAYOUT: dict[str, str] = {
 PACKAGE_DATA: dict[str, tuple[str, ...]] = {
     "proto/matrec/v1": ("*.proto", "*.pyi", "py.typed"),
     "coordinator/migrations": ("alembic.ini", "script.py.mako"),
+    "sdk/web/static": ("*.js", "*.css", "uPlot.LICENSE"),
 }
 CONSOLE_SCRIPTS: dict[str, str] = {
     "matrec-ctl": "matrec.sdk.ctl.app:main",

@@ -19,6 +19,7 @@ from matrec.coordinator.artifact_files import (
     read_chunks,
     readable_path,
 )
+from matrec.coordinator.artifact_records import ArtifactObject, ArtifactObjects
 from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.limits import LimitStore
@@ -95,8 +96,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         telemetry: CoordinatorTelemetry,
         policy: SubmitPolicy,
         limits: LimitStore | None = None,
+        *,
+        objects: ArtifactObjects | None = None,
     ) -> None:
         self.limits = limits
+        self.objects = objects
         self.telemetry = telemetry
         self.store = store
         self.sessions = sessions
@@ -331,10 +335,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListArtifactsResponse:
         job = await self._job_or_abort(request.job_id, context)
+        uploaded = self._uploaded(job.id)
         artifacts = []
         for row in self.store.artifacts(job.id):
             path = Path(row["uri"])
             size = path.stat().st_size if path.is_file() else -1
+            recorded = uploaded.get(row["uri"])
             artifacts.append(
                 jobs_pb2.Artifact(
                     task_id=row["task_id"],
@@ -342,9 +348,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     uri=row["uri"],
                     size_bytes=size,
                     created_at=convert.timestamp(row["created_at"]),
+                    sha256=recorded.sha256 if recorded is not None else "",
                 )
             )
         return jobs_pb2.ListArtifactsResponse(artifacts=artifacts)
+
+    def _uploaded(self, job_id: str) -> dict[str, ArtifactObject]:
+        objects = self.objects.of_job(job_id) if self.objects is not None else []
+        return {o.uri: o for o in objects}
 
     async def DownloadArtifact(
         self, request: jobs_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
@@ -352,7 +363,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         job = await self._job_or_abort(request.job_id, context)
         if request.offset < 0:
             await abort_invalid(context, SpecError("offset", "must be >= 0"))
-        found = pick_artifact(self.store.artifacts(job.id), request.uri, request.kind)
+        uploaded = self._uploaded(job.id)
+        # Uploaded objects not (yet) in a result too: the checkpoint a requeued task resumes from.
+        candidates = [
+            *self.store.artifacts(job.id),
+            *({"uri": o.uri, "kind": o.kind} for o in uploaded.values()),
+        ]
+        found = pick_artifact(candidates, request.uri, request.kind)
         if found is None:
             what = repr(request.uri) if request.uri else f"{request.kind or 'model'} artifact"
             await context.abort(
@@ -360,6 +377,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 f"job {job.id} has no {what}; `matrec-ctl artifacts {job.id}` lists its files",
             )
         assert found is not None
+        recorded = uploaded.get(found["uri"])
         try:
             path = readable_path(found["uri"], self.policy.artifact_root)
             chunks = read_chunks(path, request.offset)
@@ -367,6 +385,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 chunk = await asyncio.to_thread(next, chunks, None)
                 if chunk is None:
                     return
+                if recorded is not None and chunk.sha256 and chunk.sha256 != recorded.sha256:
+                    log.error("artifact %s is corrupt: %s", found["uri"], chunk.sha256)
+                    await context.abort(
+                        grpc.StatusCode.DATA_LOSS,
+                        f"artifact {found['uri']} is corrupt on the coordinator: its bytes hash "
+                        f"to {chunk.sha256}, but {recorded.sha256} was recorded when agent "
+                        f"{recorded.agent_id} uploaded it; the file changed on disk since",
+                    )
                 yield jobs_pb2.ArtifactChunk(
                     uri=found["uri"],
                     offset=chunk.offset,

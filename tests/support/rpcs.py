@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from matrec.v1 import active_learning_pb2, agents_pb2, auth_pb2, jobs_pb2, studies_pb2
+from matrec.v1 import (
+    active_learning_pb2,
+    agents_pb2,
+    artifacts_pb2,
+    auth_pb2,
+    jobs_pb2,
+    studies_pb2,
+)
 
 
 def method_path(method: MethodDescriptor) -> str:
@@ -21,6 +28,7 @@ SERVICES = [
     agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"],
     active_learning_pb2.DESCRIPTOR.services_by_name["ActiveLearningService"],
+    artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"],
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 #: Answers that mean the coordinator itself broke (or hung), not that the request was bad.

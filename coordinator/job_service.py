@@ -20,14 +20,25 @@ from matrec.coordinator.artifact_files import (
     readable_path,
 )
 from matrec.coordinator.artifact_records import ArtifactObject, ArtifactObjects
-from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
+from matrec.coordinator.auth import (
+    caller,
+    current_identity,
+    refuse_foreign_cancel,
+    refuse_scripts_unless_allowed,
+)
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.limits import LimitStore
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
 from matrec.coordinator.sessions import AgentSessions
-from matrec.coordinator.states import FINAL_JOB_STATES, AgentState, JobState, TaskState
+from matrec.coordinator.states import (
+    ACTIVE_TASK_STATES,
+    FINAL_JOB_STATES,
+    AgentState,
+    JobState,
+    TaskState,
+)
 from matrec.coordinator.store import JobRecord, MetricRecord, Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
@@ -353,6 +364,22 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             )
         return jobs_pb2.ListArtifactsResponse(artifacts=artifacts)
 
+    async def _refuse_agents_not_running(
+        self, job: JobRecord, context: grpc.aio.ServicerContext
+    ) -> None:
+        """An agent token downloads only from jobs it runs a task of (its resume checkpoint)."""
+        identity = current_identity.get()
+        if identity is None or identity.role != "agent":
+            return
+        holders = {t.agent_id for t in job.tasks if t.state in ACTIVE_TASK_STATES}
+        agents = {a.id for a in self.store.list_agents() if a.name == identity.name}
+        if not holders & agents:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent {identity.name!r} runs no task of job {job.id}; it cannot download its "
+                "artifacts",
+            )
+
     def _uploaded(self, job_id: str) -> dict[str, ArtifactObject]:
         objects = self.objects.of_job(job_id) if self.objects is not None else []
         return {o.uri: o for o in objects}
@@ -361,6 +388,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.ArtifactChunk]:
         job = await self._job_or_abort(request.job_id, context)
+        await self._refuse_agents_not_running(job, context)
         if request.offset < 0:
             await abort_invalid(context, SpecError("offset", "must be >= 0"))
         uploaded = self._uploaded(job.id)

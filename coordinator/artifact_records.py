@@ -64,6 +64,18 @@ class ArtifactObjects:
             )
             return [ArtifactObject(**r._mapping) for r in rows]
 
+    def previous_checkpoint(self, corrupt: ArtifactObject) -> ArtifactObject | None:
+        """The task's newest checkpoint recorded before `corrupt`: where a resume falls back."""
+        earlier = [
+            o
+            for o in self.of_job(corrupt.job_id)
+            if o.task_id == corrupt.task_id
+            and o.kind == "checkpoint"
+            and o.uri != corrupt.uri
+            and o.created_at <= corrupt.created_at
+        ]
+        return earlier[-1] if earlier else None
+
     def remove(self, uri: str) -> None:
         o = schema.artifact_objects
         with self.engine.begin() as conn:

@@ -380,6 +380,19 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 "artifacts",
             )
 
+    def _fall_back_from(self, corrupt: ArtifactObject) -> None:
+        """A corrupt checkpoint stops being its task's resume point: the one before takes over
+        (none: the task starts over), so the next attempt resumes from intact bytes."""
+        if corrupt.kind != "checkpoint" or self.objects is None:
+            return
+        previous = self.objects.previous_checkpoint(corrupt)
+        to = previous.uri if previous is not None else ""
+        if self.store.replace_checkpoint(corrupt.task_id, corrupt.uri, to):
+            log.warning(
+                "task %s resumes from %s instead of the corrupt %s",
+                corrupt.task_id, to or "the start", corrupt.uri,
+            )  # fmt: skip
+
     def _uploaded(self, job_id: str) -> dict[str, ArtifactObject]:
         objects = self.objects.of_job(job_id) if self.objects is not None else []
         return {o.uri: o for o in objects}
@@ -415,6 +428,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     return
                 if recorded is not None and chunk.sha256 and chunk.sha256 != recorded.sha256:
                     log.error("artifact %s is corrupt: %s", found["uri"], chunk.sha256)
+                    self._fall_back_from(recorded)
                     await context.abort(
                         grpc.StatusCode.DATA_LOSS,
                         f"artifact {found['uri']} is corrupt on the coordinator: its bytes hash "

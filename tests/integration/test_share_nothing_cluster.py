@@ -158,7 +158,7 @@ def held_task(channel: grpc.Channel, holder: ScriptedAgent) -> tuple[str, str, i
     return job.id, assignment.task.task_id, assignment.task.attempt
 
 
-def test_a_killed_upload_records_nothing_and_a_corrupt_object_is_refused(
+def test_a_killed_upload_records_nothing_and_a_corrupt_checkpoint_is_refused_and_replaced(
     bare: LocalCluster, tmp_path: Path
 ) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 123)
@@ -226,15 +226,32 @@ def test_a_killed_upload_records_nothing_and_a_corrupt_object_is_refused(
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
             rogue.close()
 
-            # Bytes changed in the store: the download is refused by hash, nothing is kept.
+            # A newer checkpoint, whose bytes then change in the store: its download is refused
+            # by hash (nothing kept), and the task's resume falls back to the one before.
+            header.agent_id, header.offset = holder.agent_id, 0
+            header.name, header.sha256 = "checkpoints/newer.pt", sha
+            newer = uploads.UploadArtifact(
+                iter([
+                    artifacts_pb2.UploadArtifactRequest(header=header),
+                    artifacts_pb2.UploadArtifactRequest(data=payload),
+                ]),
+                timeout=30,
+            )  # fmt: skip
+            job = jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5).job
+            assert job.tasks[0].checkpoint_path == newer.uri
             corrupt = bytearray(payload)
             corrupt[len(payload) // 2] ^= 0xFF
-            stored.write_bytes(bytes(corrupt))
+            Path(newer.uri).write_bytes(bytes(corrupt))
             target = tmp_path / "fetched.pt"
             with bare.client() as client, pytest.raises(MatrecError, match="corrupt") as bad:
-                client.download_artifact(job_id, target, uri=resumed.uri)
+                client.download_artifact(job_id, target, uri=newer.uri)
             assert sha in str(bad.value) and "changed on disk" in str(bad.value)
             assert not target.exists() and not target.with_name("fetched.pt.part").exists()
+            job = jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5).job
+            assert job.tasks[0].checkpoint_path == resumed.uri
+            with bare.client() as client:  # the intact one still downloads
+                client.download_artifact(job_id, target, uri=resumed.uri)
+            assert target.read_bytes() == payload
         finally:
             holder.close()
             jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), timeout=5)

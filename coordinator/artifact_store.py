@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
@@ -22,6 +23,9 @@ from matrec.v1 import artifacts_pb2
 #: Where partial uploads wait under the coordinator's artifact root (same filesystem: the
 #: final rename is atomic).
 UPLOADS_DIR = ".uploads"
+#: Partial uploads untouched this long are abandoned (their agent and task moved on): removed
+#: when the coordinator starts.
+ABANDONED_UPLOAD_SECONDS = 24 * 3600
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -100,6 +104,17 @@ class CoordinatorDiskStore:
         self.root = root.resolve()
         self.uploads = self.root / UPLOADS_DIR
         self.uploads.mkdir(parents=True, exist_ok=True)
+        self.sweep_abandoned(ABANDONED_UPLOAD_SECONDS)
+
+    def sweep_abandoned(self, max_age: float) -> int:
+        """Remove partial uploads not written to for `max_age` seconds; how many there were."""
+        cutoff = time.time() - max_age
+        removed = 0
+        for part in self.uploads.glob("*.part"):
+            if part.stat().st_mtime < cutoff:
+                part.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def object_uri(self, job_id: str, task_id: str, name: PurePosixPath) -> str:
         return str(self.root / job_id / task_id / name)

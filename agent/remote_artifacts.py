@@ -34,9 +34,10 @@ class RemoteArtifacts:
         self.transfers = transfers
         self.assignment = assignment
         task = assignment.task
-        #: The worker's artifact folder, private to this attempt (a local file that was never
-        #: uploaded cannot become another attempt's resume point).
-        self.dir = home / assignment.job_id / f"{task.task_id}-a{task.attempt}"
+        #: The worker's artifact folder on this host, emptied when an attempt starts (a local
+        #: file that was never uploaded cannot become another attempt's resume point). Named as
+        #: the coordinator names task folders, so a gang's member 0 finds its own.
+        self.dir = home / assignment.job_id / task.task_id
         #: The uri of the newest checkpoint the coordinator recorded.
         self.recorded_checkpoint = assignment.resume_from
         self._pending: tuple[IO[bytes], str] | None = None
@@ -45,8 +46,10 @@ class RemoteArtifacts:
         self._idle.set()
         self._uploader: asyncio.Task[None] | None = None
 
-    async def resume_point(self) -> str | None:
-        """The local copy of the checkpoint to resume from (downloaded now), if any."""
+    async def prepare(self) -> str | None:
+        """Empty the folder; the local copy of the checkpoint to resume from (downloaded now),
+        if any."""
+        await asyncio.to_thread(shutil.rmtree, self.dir, True)
         uri = self.assignment.resume_from
         if not uri:
             return None

@@ -163,7 +163,7 @@ class TaskRun:
         work_dir = self.env.work_root / f"{self.ref.task_id}-a{self.ref.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
         artifact_dir = str(self.remote.dir) if self.remote is not None else a.artifact_dir
-        resume_from = await self.remote.resume_point() if self.remote is not None else a.resume_from
+        resume_from = await self.remote.prepare() if self.remote is not None else a.resume_from
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         task_file = work_dir / "task.json"
         config = json_format.MessageToDict(a.config)

@@ -5,6 +5,7 @@ are checked against the SHA-256 recorded at upload, and a broken upload records 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from matrec.agent.artifact_transfer import ArtifactTransfers, Uploaded
 from matrec.sdk import MatrecError
 from matrec.sdk.demo_dataset import DemoDatasetInfo
 from matrec.sdk.local_cluster import LocalCluster
@@ -303,3 +305,44 @@ def test_uploads_check_their_header_and_hash(bare: LocalCluster) -> None:
         finally:
             holder.close()
             jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), timeout=5)
+
+
+def test_an_upload_outlasts_a_coordinator_restart(tmp_path: Path) -> None:
+    """The agent's uploader retries with backoff while the coordinator is away, then resumes."""
+    payload = os.urandom(2 * 1024 * 1024 + 7)
+    source = tmp_path / "checkpoint.pt"
+    source.write_bytes(payload)
+    with LocalCluster(tmp_path / "cluster", agents=0, coordinator_args=SHARE_NOTHING) as cluster:
+        with grpc.insecure_channel(cluster.address) as channel:
+            holder = ScriptedAgent(channel, "holder", cpus=2.0)
+            job_id, task_id, attempt = held_task(channel, holder)
+        cluster.stop_coordinator()
+
+        async def upload_while_restarting() -> Uploaded:
+            transfers = ArtifactTransfers(
+                grpc.aio.insecure_channel(cluster.address), holder.agent_id, ()
+            )
+            try:
+                with source.open("rb") as file:
+                    pending = asyncio.create_task(
+                        transfers.upload(
+                            file,
+                            task_id=task_id,
+                            attempt=attempt,
+                            kind=artifacts_pb2.ARTIFACT_KIND_CHECKPOINT,
+                            name="checkpoints/late.pt",
+                            patience=60,
+                        )
+                    )
+                    await asyncio.sleep(2.0)
+                    assert not pending.done(), "the upload did not wait for the coordinator"
+                    await asyncio.to_thread(cluster.start_coordinator)
+                    return await pending
+            finally:
+                await transfers.close()
+
+        uploaded = asyncio.run(upload_while_restarting())
+        assert Path(uploaded.uri).read_bytes() == payload
+        with cluster.client() as client:
+            assert client.get_job(job_id).tasks[0].checkpoint_path == uploaded.uri
+        holder.close()

@@ -49,12 +49,25 @@ class Uploaded:
 
 def file_digest(file: IO[bytes]) -> tuple[int, str]:
     """Size and hex SHA-256 of an open file, read with pread (its position is left alone)."""
+    size = os.fstat(file.fileno()).st_size
+    return size, _digest_of_prefix(file, size).hexdigest()
+
+
+def _digest_of_prefix(file: IO[bytes], length: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     offset = 0
-    while data := os.pread(file.fileno(), CHUNK_BYTES, offset):
+    while offset < length:
+        data = os.pread(file.fileno(), min(CHUNK_BYTES, length - offset), offset)
+        if not data:
+            break
         digest.update(data)
         offset += len(data)
-    return offset, digest.hexdigest()
+    return digest
+
+
+def _write_and_hash(file: IO[bytes], digest: hashlib._Hash, data: bytes) -> None:
+    file.write(data)
+    digest.update(data)
 
 
 class ArtifactTransfers:
@@ -136,17 +149,21 @@ class ArtifactTransfers:
         raise TransferError(f"could not download {uri}: the coordinator stayed unreachable")
 
     async def _download_once(self, job_id: str, uri: str, partial: Path, target: Path) -> Path:
-        offset = partial.stat().st_size if partial.exists() else 0
-        request = jobs_pb2.DownloadArtifactRequest(job_id=job_id, uri=uri, offset=offset)
-        expected = ""
-        with partial.open("ab") as file:
+        partial.touch()
+        with partial.open("r+b") as file:
+            # The bytes kept from an interrupted try count for the hash; the rest is hashed as
+            # it arrives (no second pass over the file).
+            offset = os.fstat(file.fileno()).st_size
+            digest = await asyncio.to_thread(_digest_of_prefix, file, offset)
+            file.seek(offset)
+            request = jobs_pb2.DownloadArtifactRequest(job_id=job_id, uri=uri, offset=offset)
+            expected = ""
             async for chunk in self._jobs.DownloadArtifact(request, metadata=self.metadata):
                 if chunk.offset != file.tell():
                     raise TransferError(f"download of {uri} out of step at byte {chunk.offset}")
-                await asyncio.to_thread(file.write, chunk.data)
+                await asyncio.to_thread(_write_and_hash, file, digest, chunk.data)
                 expected = chunk.sha256 or expected
-        with partial.open("rb") as file:
-            _, actual = await asyncio.to_thread(file_digest, file)
+        actual = digest.hexdigest()
         if not expected or actual != expected:
             partial.unlink()
             raise TransferError(

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import grpc
 from matrec.agent import resources
+from matrec.agent.artifact_transfer import ArtifactTransfers
 from matrec.agent.outbox import Outbox
 from matrec.agent.settings import AgentSettings
 from matrec.agent.task_runner import TaskEnvironment, TaskRun
 from matrec.agent.telemetry import AgentTelemetry
 from matrec.common.tls import channel_credentials
 from matrec.common.tls_mismatch import diagnose
-from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
+from matrec.v1 import agents_pb2, agents_pb2_grpc, artifacts_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class AgentDaemon:
         self._stopped = asyncio.Event()
         self._id_file = settings.data_dir / "agent_id"
         self.agent_id = self._id_file.read_text().strip() if self._id_file.exists() else ""
+        #: Set once the coordinator says hosts share nothing (checkpoints travel as uploads).
+        self.transfers: ArtifactTransfers | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -76,6 +79,8 @@ class AgentDaemon:
         connection.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await connection
+        if self.transfers is not None:
+            await self.transfers.close()
 
     async def shutdown(self, *, parent_gone: bool = False) -> None:
         """Take no new work, let running tasks checkpoint and hand them back, then stop.
@@ -172,6 +177,13 @@ class AgentDaemon:
             "installed" if h.imagenet_weights else "not installed",
         )
         self.heartbeat_interval = max(0.1, response.heartbeat_interval.ToMilliseconds() / 1000)
+        share_nothing = response.artifact_store == artifacts_pb2.ARTIFACT_STORE_KIND_COORDINATOR
+        if share_nothing and self.transfers is None:
+            # A channel of its own, outliving reconnects of the stream: uploads carry on.
+            self.transfers = ArtifactTransfers(
+                self._channel(), self.agent_id, self.settings.call_metadata
+            )
+            log.info("hosts share nothing: checkpoints and models are uploaded to the coordinator")
 
     async def _session(self, stub: agents_pb2_grpc.AgentServiceStub, backoff: Backoff) -> None:
         hello = agents_pb2.AgentMessage(
@@ -288,6 +300,8 @@ class AgentDaemon:
                 gpu_indices=gpus,
                 allowed_paths=self.settings.allowed_paths,
                 script_user=self.settings.script_user,
+                transfers=self.transfers,
+                artifact_home=self.settings.data_dir / "artifacts",
             ),
             self.outbox.add,
         )

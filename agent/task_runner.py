@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from matrec.agent.artifact_transfer import ArtifactTransfers, TransferError
 from matrec.agent.memory_report import killed_by_oom_killer, memory_cgroup_limit, oom_kills
 from matrec.agent.path_policy import ALLOWED_PATHS_ENV
+from matrec.agent.remote_artifacts import RemoteArtifacts
 from matrec.agent.script_user import SCRIPT_USER_ENV
 from matrec.agent.worker_protocol import (
     EXIT_INVALID_TASK,
@@ -56,6 +58,10 @@ class TaskEnvironment:
     gpu_indices: tuple[int, ...]
     allowed_paths: tuple[Path, ...] = ()
     script_user: str = ""
+    #: Set when hosts share nothing: checkpoints and models are uploaded through these, and the
+    #: worker writes under `artifact_home` (this agent's own folder) instead of a shared one.
+    transfers: ArtifactTransfers | None = None
+    artifact_home: Path | None = None
 
 
 class TaskRun:
@@ -82,6 +88,11 @@ class TaskRun:
         self._tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self._oom_kills_at_start: int | None = None
         self._result: dict[str, Any] | None = None
+        self.remote = (
+            RemoteArtifacts(env.transfers, assignment, env.artifact_home)
+            if env.transfers is not None and env.artifact_home is not None
+            else None
+        )
 
     @property
     def key(self) -> tuple[str, int]:
@@ -112,9 +123,14 @@ class TaskRun:
             code = await self._run_worker()
             outcome, error = self._outcome(code)
             permanent = code == EXIT_INVALID_TASK and not self.cancel_reason
+            if self.remote is not None:
+                outcome, error = await self._publish(outcome, error)
         except Exception as exc:
             log.exception("task %s attempt %d could not run", *self.key)
             outcome, error = agents_pb2.TASK_OUTCOME_FAILED, f"agent could not run the task: {exc}"
+        finally:
+            if self.remote is not None:
+                await self.remote.close()
         self._flush_logs()
         result = agents_pb2.TaskResult(
             task=self.ref,
@@ -129,11 +145,26 @@ class TaskRun:
             result.result.CopyFrom(struct)
         self.emit(agents_pb2.AgentMessage(result=result))
 
+    async def _publish(self, outcome: int, error: str) -> tuple[int, str]:
+        """Hosts share nothing: wait for the checkpoint uploads, upload the model, and make the
+        result name the uploaded files."""
+        assert self.remote is not None
+        await self.remote.settle()
+        self.checkpoint_path = self.remote.recorded_checkpoint
+        if outcome == agents_pb2.TASK_OUTCOME_SUCCEEDED and self._result is not None:
+            try:
+                self._result = await self.remote.publish(self._result)
+            except (TransferError, OSError) as exc:
+                return agents_pb2.TASK_OUTCOME_FAILED, f"could not upload the model: {exc}"
+        return outcome, error
+
     async def _run_worker(self) -> int:
         a = self.assignment
         work_dir = self.env.work_root / f"{self.ref.task_id}-a{self.ref.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        Path(a.artifact_dir).mkdir(parents=True, exist_ok=True)
+        artifact_dir = str(self.remote.dir) if self.remote is not None else a.artifact_dir
+        resume_from = await self.remote.prepare() if self.remote is not None else a.resume_from
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         task_file = work_dir / "task.json"
         config = json_format.MessageToDict(a.config)
         task_file.write_text(
@@ -143,8 +174,8 @@ class TaskRun:
                 job_id=a.job_id,
                 kind=a.kind,
                 config=config,
-                artifact_dir=a.artifact_dir,
-                resume_from=a.resume_from or None,
+                artifact_dir=artifact_dir,
+                resume_from=resume_from or None,
                 gang_id=a.gang.id,
                 gang_member=a.gang.member,
                 gang_size=max(1, a.gang.size),
@@ -268,6 +299,8 @@ class TaskRun:
                     ]
                 )
                 self.emit(agents_pb2.AgentMessage(metrics=batch))
+            case CheckpointEvent(path=path, step=step) if self.remote is not None:
+                self.remote.checkpoint_written(path, step)  # recorded once uploaded
             case CheckpointEvent(path=path):
                 self.checkpoint_path = path
                 self.emit(

@@ -22,7 +22,7 @@ from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
 from matrec.coordinator.store import Store, TaskHolder
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
+from matrec.v1 import agents_pb2, agents_pb2_grpc, artifacts_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         *,
         heartbeat_interval: float,
         lease_ttl: float,
+        artifact_store: artifacts_pb2.ArtifactStoreKind.ValueType = (
+            artifacts_pb2.ARTIFACT_STORE_KIND_SHARED
+        ),
     ) -> None:
         self.store = store
         self.sessions = sessions
@@ -70,6 +73,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self.availability = availability
         self.heartbeat_interval = heartbeat_interval
         self.lease_ttl = lease_ttl
+        self.artifact_store = artifact_store
         self._warned: set[tuple[str, str]] = set()
 
     async def RegisterAgent(
@@ -117,7 +121,10 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         lease = duration_pb2.Duration()
         lease.FromMilliseconds(int(self.lease_ttl * 1000))
         return agents_pb2.RegisterAgentResponse(
-            agent_id=agent_id, heartbeat_interval=heartbeat, lease_ttl=lease
+            agent_id=agent_id,
+            heartbeat_interval=heartbeat,
+            lease_ttl=lease,
+            artifact_store=self.artifact_store,
         )
 
     async def Connect(

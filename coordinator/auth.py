@@ -74,6 +74,8 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.ActiveLearningService/Retrain": "operator",
     "/matrec.v1.AgentService/RegisterAgent": "agent",
     "/matrec.v1.AgentService/Connect": "agent",
+    "/matrec.v1.ArtifactService/GetUploadOffset": "agent",
+    "/matrec.v1.ArtifactService/UploadArtifact": "agent",
     "/matrec.v1.TokenService/CreateToken": "admin",
     "/matrec.v1.TokenService/ListTokens": "admin",
     "/matrec.v1.TokenService/RevokeToken": "admin",
@@ -84,6 +86,8 @@ METHOD_ROLES: dict[str, str] = {
     "/matrec.v1.DashboardService/GetStudySummary": "viewer",
     "/matrec.v1.DashboardService/GetSampleImage": "viewer",
 }
+#: Methods an agent token may call besides its own role's: fetching the checkpoint to resume.
+AGENT_MAY_ALSO_CALL = frozenset({"/matrec.v1.JobService/DownloadArtifact"})
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -387,7 +391,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{why}; pass one as `authorization: Bearer <token>` "
                 "(matrec-ctl --token or MATREC_TOKEN)",
             )
-        if not allowed(identity.role, required):
+        if not allowed(identity.role, required) and not (
+            identity.role == "agent" and method in AGENT_MAY_ALSO_CALL
+        ):
             return _deny(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -19,14 +19,26 @@ from matrec.coordinator.artifact_files import (
     read_chunks,
     readable_path,
 )
-from matrec.coordinator.auth import caller, refuse_foreign_cancel, refuse_scripts_unless_allowed
+from matrec.coordinator.artifact_records import ArtifactObject, ArtifactObjects
+from matrec.coordinator.auth import (
+    caller,
+    current_identity,
+    refuse_foreign_cancel,
+    refuse_scripts_unless_allowed,
+)
 from matrec.coordinator.cancellation import cancel_job
 from matrec.coordinator.limits import LimitStore
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rpc_errors import abort_invalid
 from matrec.coordinator.scheduler import Scheduler, free_resources, used_by_agent
 from matrec.coordinator.sessions import AgentSessions
-from matrec.coordinator.states import FINAL_JOB_STATES, AgentState, JobState, TaskState
+from matrec.coordinator.states import (
+    ACTIVE_TASK_STATES,
+    FINAL_JOB_STATES,
+    AgentState,
+    JobState,
+    TaskState,
+)
 from matrec.coordinator.store import JobRecord, MetricRecord, Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
@@ -108,8 +120,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         telemetry: CoordinatorTelemetry,
         policy: SubmitPolicy,
         limits: LimitStore | None = None,
+        *,
+        objects: ArtifactObjects | None = None,
     ) -> None:
         self.limits = limits
+        self.objects = objects
         self.telemetry = telemetry
         self.store = store
         self.sessions = sessions
@@ -339,10 +354,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListArtifactsResponse:
         job = await self._job_or_abort(request.job_id, context)
+        uploaded = self._uploaded(job.id)
         artifacts = []
         for row in self.store.artifacts(job.id):
             path = Path(row["uri"])
             size = path.stat().st_size if path.is_file() else -1
+            recorded = uploaded.get(row["uri"])
             artifacts.append(
                 jobs_pb2.Artifact(
                     task_id=row["task_id"],
@@ -350,17 +367,58 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     uri=row["uri"],
                     size_bytes=size,
                     created_at=convert.timestamp(row["created_at"]),
+                    sha256=recorded.sha256 if recorded is not None else "",
                 )
             )
         return jobs_pb2.ListArtifactsResponse(artifacts=artifacts)
+
+    async def _refuse_agents_not_running(
+        self, job: JobRecord, context: grpc.aio.ServicerContext
+    ) -> None:
+        """An agent token downloads only from jobs it runs a task of (its resume checkpoint)."""
+        identity = current_identity.get()
+        if identity is None or identity.role != "agent":
+            return
+        holders = {t.agent_id for t in job.tasks if t.state in ACTIVE_TASK_STATES}
+        agents = {a.id for a in self.store.list_agents() if a.name == identity.name}
+        if not holders & agents:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"agent {identity.name!r} runs no task of job {job.id}; it cannot download its "
+                "artifacts",
+            )
+
+    def _fall_back_from(self, corrupt: ArtifactObject) -> None:
+        """A corrupt checkpoint stops being its task's resume point: the one before takes over
+        (none: the task starts over), so the next attempt resumes from intact bytes."""
+        if corrupt.kind != "checkpoint" or self.objects is None:
+            return
+        previous = self.objects.previous_checkpoint(corrupt)
+        to = previous.uri if previous is not None else ""
+        if self.store.replace_checkpoint(corrupt.task_id, corrupt.uri, to):
+            log.warning(
+                "task %s resumes from %s instead of the corrupt %s",
+                corrupt.task_id, to or "the start", corrupt.uri,
+            )  # fmt: skip
+
+    def _uploaded(self, job_id: str) -> dict[str, ArtifactObject]:
+        objects = self.objects.of_job(job_id) if self.objects is not None else []
+        return {o.uri: o for o in objects}
 
     async def DownloadArtifact(
         self, request: jobs_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.ArtifactChunk]:
         job = await self._job_or_abort(request.job_id, context)
+        await self._refuse_agents_not_running(job, context)
         if request.offset < 0:
             await abort_invalid(context, SpecError("offset", "must be >= 0"))
-        found = pick_artifact(self.store.artifacts(job.id), request.uri, request.kind)
+        uploaded = self._uploaded(job.id)
+        # Uploaded objects not (yet) in a result too: the checkpoint a requeued task resumes from.
+        candidates = [
+            *self.store.artifacts(job.id),
+            *({"uri": o.uri, "kind": o.kind} for o in uploaded.values()),
+        ]
+        found = pick_artifact(candidates, request.uri, request.kind)
         if found is None:
             what = repr(request.uri) if request.uri else f"{request.kind or 'model'} artifact"
             await context.abort(
@@ -368,6 +426,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 f"job {job.id} has no {what}; `matrec-ctl artifacts {job.id}` lists its files",
             )
         assert found is not None
+        recorded = uploaded.get(found["uri"])
         try:
             path = readable_path(found["uri"], self.policy.artifact_root)
             chunks = read_chunks(path, request.offset)
@@ -375,6 +434,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 chunk = await asyncio.to_thread(next, chunks, None)
                 if chunk is None:
                     return
+                if recorded is not None and chunk.sha256 and chunk.sha256 != recorded.sha256:
+                    log.error("artifact %s is corrupt: %s", found["uri"], chunk.sha256)
+                    self._fall_back_from(recorded)
+                    await context.abort(
+                        grpc.StatusCode.DATA_LOSS,
+                        f"artifact {found['uri']} is corrupt on the coordinator: its bytes hash "
+                        f"to {chunk.sha256}, but {recorded.sha256} was recorded when agent "
+                        f"{recorded.agent_id} uploaded it; the file changed on disk since",
+                    )
                 yield jobs_pb2.ArtifactChunk(
                     uri=found["uri"],
                     offset=chunk.offset,

@@ -149,8 +149,14 @@ def used_by_agent(active: list[TaskRecord]) -> dict[str, dict[str, float]]:
 
 
 def assignment_message(
-    task: TaskRecord, job: JobRecord, gang: agents_pb2.Gang | None = None
+    task: TaskRecord,
+    job: JobRecord,
+    gang: agents_pb2.Gang | None = None,
+    *,
+    share_nothing: bool = False,
 ) -> agents_pb2.CoordinatorMessage:
+    """With `share_nothing`, the agent gets no folder of the coordinator's: it writes locally
+    and uploads (resume_from is then an artifact uri to download, not a path to read)."""
     return agents_pb2.CoordinatorMessage(
         assignment=agents_pb2.Assignment(
             task=agents_pb2.TaskRef(task_id=task.id, attempt=task.attempt),
@@ -158,7 +164,7 @@ def assignment_message(
             kind=job.kind,
             config=convert.struct(job.spec.get("config", {})),
             resources=convert.resources(task.resources),
-            artifact_dir=task.artifact_dir,
+            artifact_dir="" if share_nothing else task.artifact_dir,
             resume_from=task.checkpoint_path,
             lease_expires_at=convert.timestamp(task.lease_expires_at),
             gang=gang,
@@ -178,8 +184,10 @@ class Scheduler:
         lease_ttl: float,
         tick: float = 1.0,
         limits: LimitStore | None = None,
+        share_nothing: bool = False,
     ) -> None:
         self.availability = availability
+        self.share_nothing = share_nothing
         self.limits = limits
         self._outages_handled = 0
         self.store = store
@@ -413,7 +421,9 @@ class Scheduler:
             used[agent_id][key] += float(task.resources.get(key, 0) or 0)
         running[agent_id] += 1
         self._waiting.pop(job.id, None)
-        self.sessions.send(agent_id, assignment_message(task, job, gang))
+        self.sessions.send(
+            agent_id, assignment_message(task, job, gang, share_nothing=self.share_nothing)
+        )
         log.info("assigned %s attempt %d to agent %s", task.id, task.attempt, agent_id)
         self.notifier.notify(task.job_id)
 

@@ -161,6 +161,23 @@ artifacts = sa.Table(
     sa.Index("ix_artifacts_job", "job_id"),
 )
 
+# Files agents uploaded to the artifact store, committed only once complete and hash-checked:
+# what a download checks the stored bytes against.
+artifact_objects = sa.Table(
+    "artifact_objects",
+    metadata,
+    sa.Column("uri", sa.String(1024), primary_key=True),
+    job_ref(),
+    sa.Column("task_id", sa.String(80), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_artifact_objects_task", "task_id", "kind"),
+)
+
 # Hyperparameter optimisation: a study asks its search algorithm for trials; each runs as a job.
 studies = sa.Table(
     "studies",

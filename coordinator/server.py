@@ -17,6 +17,9 @@ from matrec.coordinator.active_learning.projects import ProjectManager
 from matrec.coordinator.active_learning.service import ActiveLearningService
 from matrec.coordinator.active_learning.store import ActiveLearningStore
 from matrec.coordinator.agent_service import AgentService
+from matrec.coordinator.artifact_records import ArtifactObjects
+from matrec.coordinator.artifact_service import ArtifactService
+from matrec.coordinator.artifact_store import CoordinatorDiskStore
 from matrec.coordinator.audit import AuditInterceptor, AuditLog
 from matrec.coordinator.auth import AuthInterceptor, TokenStore
 from matrec.coordinator.availability import DatabaseAvailability, DatabaseErrorInterceptor
@@ -40,6 +43,8 @@ from matrec.v1 import (
     active_learning_pb2_grpc,
     agents_pb2,
     agents_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     dashboard_pb2,
@@ -69,6 +74,7 @@ SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     active_learning_pb2.DESCRIPTOR.services_by_name["ActiveLearningService"].full_name,
     dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"].full_name,
+    artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
 )
 
 
@@ -99,6 +105,8 @@ class Coordinator:
         availability = DatabaseAvailability(self.health, SERVICE_NAMES, telemetry)
         limits = LimitStore(store.engine)
         audit = AuditLog(store.engine)
+        share_nothing = s.artifact_store == "coordinator"
+        objects = ArtifactObjects(store.engine)
         scheduler = Scheduler(
             store,
             self.sessions,
@@ -107,6 +115,7 @@ class Coordinator:
             availability,
             lease_ttl=s.lease_ttl,
             limits=limits,
+            share_nothing=share_nothing,
         )
         tokens = TokenStore(store.engine)
         if s.auth:
@@ -137,6 +146,7 @@ class Coordinator:
                 telemetry,
                 SubmitPolicy(s.effective_artifact_root, s.check_paths, s.max_queued_jobs),
                 limits,
+                objects=objects,
             ),
             server,
         )
@@ -150,7 +160,16 @@ class Coordinator:
                 availability,
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
+                artifact_store=(
+                    artifacts_pb2.ARTIFACT_STORE_KIND_COORDINATOR
+                    if share_nothing
+                    else artifacts_pb2.ARTIFACT_STORE_KIND_SHARED
+                ),
             ),
+            server,
+        )
+        artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(
+            ArtifactService(store, CoordinatorDiskStore(s.effective_artifact_root), objects),
             server,
         )
         studies = StudyStore(store.engine)

@@ -19,6 +19,7 @@ class CoordinatorSettings:
     data_dir: Path = field(default_factory=lambda: Path("~/.matrec/coordinator").expanduser())
     database_url: str = ""
     artifact_root: Path | None = None
+    artifact_store: str = "shared"
     metrics_port: int = 9464
     lease_ttl: float = 30.0
     heartbeat_interval: float = 5.0
@@ -53,6 +54,10 @@ class CoordinatorSettings:
     @property
     def effective_artifact_root(self) -> Path:
         return self.artifact_root or self.data_dir / "artifacts"
+
+
+#: --artifact-store values: a folder shared by all hosts, or uploads to the coordinator.
+ARTIFACT_STORES = ("shared", "coordinator")
 
 
 def _env(name: str, default: str) -> str:
@@ -115,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(_env("ARTIFACT_ROOT", "")) if _env("ARTIFACT_ROOT", "") else None,
         help="where tasks write checkpoints and models; must be shared storage visible to every "
         "agent for resume on another host [MATREC_ARTIFACT_ROOT] (default: DATA_DIR/artifacts)",
+    )
+    parser.add_argument(
+        "--artifact-store",
+        choices=ARTIFACT_STORES,
+        default=_env("ARTIFACT_STORE", d.artifact_store),
+        help="how checkpoints and models cross hosts: 'shared' (the artifact root is one folder "
+        "every agent sees at the same path: a single host, or NFS) or 'coordinator' (hosts share "
+        "nothing: agents write locally and upload to the artifact root through the coordinator) "
+        "[MATREC_ARTIFACT_STORE] (default: %(default)s)",
     )
     _number_flag(
         parser,
@@ -265,6 +279,11 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         build_parser().error("--rate-limit and --rate-burst must be >= 0")
     if args.max_queued_jobs < 0 or args.max_concurrent_rpcs < 0:
         build_parser().error("--max-queued-jobs and --max-concurrent-rpcs must be >= 0")
+    if args.artifact_store not in ARTIFACT_STORES:  # argparse checks choices on the flag only
+        build_parser().error(
+            f"--artifact-store / MATREC_ARTIFACT_STORE {args.artifact_store!r}: give one of "
+            + ", ".join(ARTIFACT_STORES)
+        )
     if args.trigger_check_interval <= 0:
         build_parser().error("--trigger-check-interval must be > 0 seconds")
     if args.lease_ttl <= args.heartbeat_interval:
@@ -284,6 +303,7 @@ def parse_settings(argv: list[str] | None = None) -> CoordinatorSettings:
         data_dir=absolute_path(args.data_dir),
         database_url=_absolute_sqlite_url(args.database_url),
         artifact_root=optional_absolute_path(args.artifact_root),
+        artifact_store=args.artifact_store,
         metrics_port=args.metrics_port,
         lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval,

@@ -521,6 +521,17 @@ class Store:
             )
             return updated.rowcount == 1
 
+    def replace_checkpoint(self, task_id: str, old: str, new: str) -> bool:
+        """Point the task's resume at `new` if it is still at `old` (which proved corrupt)."""
+        t = schema.tasks
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.id == task_id, t.c.checkpoint_path == old)
+                .values(checkpoint_path=new)
+            )
+            return updated.rowcount == 1
+
     def finish_task(
         self,
         task_id: str,

@@ -400,8 +400,9 @@ class Client:
                         progress(file.tell(), chunk.total_size)
                     digest = chunk.sha256 or digest
         except grpc.RpcError as exc:
-            if partial.stat().st_size == 0:
-                partial.unlink()  # nothing to resume from
+            # Nothing to resume from, or bytes the coordinator found corrupt (DATA_LOSS).
+            if partial.stat().st_size == 0 or exc.code() == grpc.StatusCode.DATA_LOSS:
+                partial.unlink()
             raise self._error(exc) from None
         if not digest or _sha256(partial) != digest:
             partial.unlink(missing_ok=True)

@@ -256,6 +256,7 @@ def artifact_from_proto(msg: jobs_pb2.Artifact) -> Artifact:
         uri=msg.uri,
         size_bytes=msg.size_bytes if msg.size_bytes >= 0 else None,
         created_at=_time(msg, "created_at"),
+        sha256=msg.sha256,
     )
 
 

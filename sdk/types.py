@@ -279,13 +279,15 @@ class Study:
 @dataclass(frozen=True)
 class Artifact:
     """A file a job produced: "model" or "checkpoint". `size_bytes` is None when the
-    coordinator cannot see the file (no shared storage)."""
+    coordinator cannot see the file (no shared storage). `sha256` (hex) is the hash recorded
+    when an agent uploaded it (hosts that share nothing); empty for a shared folder's files."""
 
     task_id: str
     kind: str
     uri: str
     size_bytes: int | None
     created_at: datetime | None
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -130,9 +130,15 @@ def artifacts_table(artifacts: Sequence[Artifact]) -> Table:
     table.add_column("SIZE", justify="right", no_wrap=True)
     table.add_column("CREATED", no_wrap=True)
     table.add_column("FILE")
+    hashed = any(a.sha256 for a in artifacts)
+    if hashed:
+        table.add_column("SHA-256", no_wrap=True)
     for artifact in artifacts:
         size = "not visible" if artifact.size_bytes is None else f"{artifact.size_bytes:,} B"
-        table.add_row(artifact.kind, size, format_time(artifact.created_at), Text(artifact.uri))
+        cells = [artifact.kind, size, format_time(artifact.created_at), Text(artifact.uri)]
+        if hashed:
+            cells.append(artifact.sha256[:12])
+        table.add_row(*cells)
     return table
 
 

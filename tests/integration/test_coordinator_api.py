@@ -4,7 +4,6 @@ the Prometheus endpoint."""
 
 from __future__ import annotations
 
-import queue
 import socket
 import time
 import urllib.request
@@ -22,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from matrec.sdk.local_cluster import LocalCluster
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2, jobs_pb2, jobs_pb2_grpc
 from support.datasets import write_minimal_image_folder
+from support.scripted_agent import ScriptedAgent
 
 
 def free_port() -> int:
@@ -181,28 +181,6 @@ def test_prometheus_endpoint(channel: grpc.Channel, metrics_port: int, dataset: 
         assert 'matrec_tasks{state="running"} 0.0' in text
     finally:
         stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=5)
-
-
-class ScriptedAgent:
-    """A hand-driven agent stream: registers, sends hello, then whatever the test sends."""
-
-    def __init__(self, channel: grpc.Channel, name: str, cpus: float) -> None:
-        stub = agents_pb2_grpc.AgentServiceStub(channel)
-        self.agent_id = stub.RegisterAgent(
-            agents_pb2.RegisterAgentRequest(
-                name=name, hostname=name, resources=common_pb2.Resources(cpus=cpus)
-            ),
-            timeout=5,
-        ).agent_id
-        self._outgoing: queue.Queue[agents_pb2.AgentMessage | None] = queue.Queue()
-        self.send(agents_pb2.AgentMessage(hello=agents_pb2.Hello(agent_id=self.agent_id)))
-        self.stream = stub.Connect(iter(self._outgoing.get, None), timeout=30)
-
-    def send(self, message: agents_pb2.AgentMessage) -> None:
-        self._outgoing.put(message)
-
-    def close(self) -> None:
-        self._outgoing.put(None)
 
 
 def metrics_of(channel: grpc.Channel, job_id: str) -> list[common_pb2.Metric]:

@@ -11,6 +11,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from matrec.v1 import (
     active_learning_pb2,
     agents_pb2,
+    artifacts_pb2,
     auth_pb2,
     dashboard_pb2,
     jobs_pb2,
@@ -29,6 +30,7 @@ SERVICES = [
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"],
     active_learning_pb2.DESCRIPTOR.services_by_name["ActiveLearningService"],
     dashboard_pb2.DESCRIPTOR.services_by_name["DashboardService"],
+    artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"],
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 #: Answers that mean the coordinator itself broke (or hung), not that the request was bad.

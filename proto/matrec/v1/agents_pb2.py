@@ -25,47 +25,48 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from matrec.v1 import artifacts_pb2 as matrec_dot_v1_dot_artifacts__pb2
 from matrec.v1 import common_pb2 as matrec_dot_v1_dot_common__pb2
 from matrec.v1 import jobs_pb2 as matrec_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matrec/v1/agents.proto\x12\tmatrec.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"\xbb\x01\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\'\n\tresources\x18\x04 \x01(\x0b\x32\x14.matrec.v1.Resources\x12 \n\x04gpus\x18\x05 \x03(\x0b\x32\x12.matrec.v1.GpuInfo\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x15\n\rallow_scripts\x18\x07 \x01(\x08\"\x8e\x01\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\">\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x07running\x18\x02 \x03(\x0b\x32\x12.matrec.v1.TaskRef\"k\n\tHeartbeat\x12#\n\x07running\x18\x01 \x03(\x0b\x32\x12.matrec.v1.TaskRef\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.matrec.v1.ResourceUsage\"/\n\x0bTaskStarted\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\"\xbb\x01\n\nTaskResult\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.matrec.v1.TaskOutcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x63heckpoint_path\x18\x05 \x01(\t\x12\x11\n\tpermanent\x18\x06 \x01(\x08\"@\n\x0eTaskCheckpoint\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xcb\x02\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.matrec.v1.HelloH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.matrec.v1.HeartbeatH\x00\x12.\n\x0ctask_started\x18\x04 \x01(\x0b\x32\x16.matrec.v1.TaskStartedH\x00\x12)\n\x07metrics\x18\x05 \x01(\x0b\x32\x16.matrec.v1.MetricBatchH\x00\x12#\n\x04logs\x18\x06 \x01(\x0b\x32\x13.matrec.v1.LogBatchH\x00\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x15.matrec.v1.TaskResultH\x00\x12/\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x19.matrec.v1.TaskCheckpointH\x00\x42\x06\n\x04\x62ody\"\x9e\x02\n\nAssignment\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tresources\x18\x05 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\x14\n\x0c\x61rtifact_dir\x18\x06 \x01(\t\x12\x13\n\x0bresume_from\x18\x07 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x04gang\x18\t \x01(\x0b\x32\x0f.matrec.v1.Gang\"0\n\x04Gang\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\x05\x12\x0c\n\x04size\x18\x03 \x01(\x05\"O\n\nCancelTask\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x91\x01\n\x12\x43oordinatorMessage\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x15.matrec.v1.AssignmentH\x00\x12\'\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x15.matrec.v1.CancelTaskH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.matrec.v1.AckH\x00\x42\x06\n\x04\x62ody*\x98\x01\n\x0bTaskOutcome\x12\x1c\n\x18TASK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13TASK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16TASK_OUTCOME_CANCELLED\x10\x03\x12\x1a\n\x16TASK_OUTCOME_PREEMPTED\x10\x04\x32\xa9\x01\n\x0c\x41gentService\x12R\n\rRegisterAgent\x12\x1f.matrec.v1.RegisterAgentRequest\x1a .matrec.v1.RegisterAgentResponse\x12\x45\n\x07\x43onnect\x12\x17.matrec.v1.AgentMessage\x1a\x1d.matrec.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matrec/v1/agents.proto\x12\tmatrec.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19matrec/v1/artifacts.proto\x1a\x16matrec/v1/common.proto\x1a\x14matrec/v1/jobs.proto\"\xbb\x01\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\'\n\tresources\x18\x04 \x01(\x0b\x32\x14.matrec.v1.Resources\x12 \n\x04gpus\x18\x05 \x03(\x0b\x32\x12.matrec.v1.GpuInfo\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x15\n\rallow_scripts\x18\x07 \x01(\x08\"\xc4\x01\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x0e\x61rtifact_store\x18\x64 \x01(\x0e\x32\x1c.matrec.v1.ArtifactStoreKind\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\">\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x07running\x18\x02 \x03(\x0b\x32\x12.matrec.v1.TaskRef\"k\n\tHeartbeat\x12#\n\x07running\x18\x01 \x03(\x0b\x32\x12.matrec.v1.TaskRef\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.matrec.v1.ResourceUsage\"/\n\x0bTaskStarted\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\"\xbb\x01\n\nTaskResult\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.matrec.v1.TaskOutcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x63heckpoint_path\x18\x05 \x01(\t\x12\x11\n\tpermanent\x18\x06 \x01(\x08\"@\n\x0eTaskCheckpoint\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xcb\x02\n\x0c\x41gentMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.matrec.v1.HelloH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.matrec.v1.HeartbeatH\x00\x12.\n\x0ctask_started\x18\x04 \x01(\x0b\x32\x16.matrec.v1.TaskStartedH\x00\x12)\n\x07metrics\x18\x05 \x01(\x0b\x32\x16.matrec.v1.MetricBatchH\x00\x12#\n\x04logs\x18\x06 \x01(\x0b\x32\x13.matrec.v1.LogBatchH\x00\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x15.matrec.v1.TaskResultH\x00\x12/\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x19.matrec.v1.TaskCheckpointH\x00\x42\x06\n\x04\x62ody\"\x9e\x02\n\nAssignment\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tresources\x18\x05 \x01(\x0b\x32\x14.matrec.v1.Resources\x12\x14\n\x0c\x61rtifact_dir\x18\x06 \x01(\t\x12\x13\n\x0bresume_from\x18\x07 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x04gang\x18\t \x01(\x0b\x32\x0f.matrec.v1.Gang\"0\n\x04Gang\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\x05\x12\x0c\n\x04size\x18\x03 \x01(\x05\"O\n\nCancelTask\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.matrec.v1.TaskRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x91\x01\n\x12\x43oordinatorMessage\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x15.matrec.v1.AssignmentH\x00\x12\'\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x15.matrec.v1.CancelTaskH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.matrec.v1.AckH\x00\x42\x06\n\x04\x62ody*\x98\x01\n\x0bTaskOutcome\x12\x1c\n\x18TASK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13TASK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16TASK_OUTCOME_CANCELLED\x10\x03\x12\x1a\n\x16TASK_OUTCOME_PREEMPTED\x10\x04\x32\xa9\x01\n\x0c\x41gentService\x12R\n\rRegisterAgent\x12\x1f.matrec.v1.RegisterAgentRequest\x1a .matrec.v1.RegisterAgentResponse\x12\x45\n\x07\x43onnect\x12\x17.matrec.v1.AgentMessage\x1a\x1d.matrec.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matrec.v1.agents_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKOUTCOME']._serialized_start=1959
-  _globals['_TASKOUTCOME']._serialized_end=2111
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=179
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=366
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=369
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=511
-  _globals['_TASKREF']._serialized_start=513
-  _globals['_TASKREF']._serialized_end=556
-  _globals['_HELLO']._serialized_start=558
-  _globals['_HELLO']._serialized_end=620
-  _globals['_HEARTBEAT']._serialized_start=622
-  _globals['_HEARTBEAT']._serialized_end=729
-  _globals['_TASKSTARTED']._serialized_start=731
-  _globals['_TASKSTARTED']._serialized_end=778
-  _globals['_TASKRESULT']._serialized_start=781
-  _globals['_TASKRESULT']._serialized_end=968
-  _globals['_TASKCHECKPOINT']._serialized_start=970
-  _globals['_TASKCHECKPOINT']._serialized_end=1034
-  _globals['_AGENTMESSAGE']._serialized_start=1037
-  _globals['_AGENTMESSAGE']._serialized_end=1368
-  _globals['_ASSIGNMENT']._serialized_start=1371
-  _globals['_ASSIGNMENT']._serialized_end=1657
-  _globals['_GANG']._serialized_start=1659
-  _globals['_GANG']._serialized_end=1707
-  _globals['_CANCELTASK']._serialized_start=1709
-  _globals['_CANCELTASK']._serialized_end=1788
-  _globals['_ACK']._serialized_start=1790
-  _globals['_ACK']._serialized_end=1808
-  _globals['_COORDINATORMESSAGE']._serialized_start=1811
-  _globals['_COORDINATORMESSAGE']._serialized_end=1956
-  _globals['_AGENTSERVICE']._serialized_start=2114
-  _globals['_AGENTSERVICE']._serialized_end=2283
+  _globals['_TASKOUTCOME']._serialized_start=2040
+  _globals['_TASKOUTCOME']._serialized_end=2192
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=206
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=393
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=396
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=592
+  _globals['_TASKREF']._serialized_start=594
+  _globals['_TASKREF']._serialized_end=637
+  _globals['_HELLO']._serialized_start=639
+  _globals['_HELLO']._serialized_end=701
+  _globals['_HEARTBEAT']._serialized_start=703
+  _globals['_HEARTBEAT']._serialized_end=810
+  _globals['_TASKSTARTED']._serialized_start=812
+  _globals['_TASKSTARTED']._serialized_end=859
+  _globals['_TASKRESULT']._serialized_start=862
+  _globals['_TASKRESULT']._serialized_end=1049
+  _globals['_TASKCHECKPOINT']._serialized_start=1051
+  _globals['_TASKCHECKPOINT']._serialized_end=1115
+  _globals['_AGENTMESSAGE']._serialized_start=1118
+  _globals['_AGENTMESSAGE']._serialized_end=1449
+  _globals['_ASSIGNMENT']._serialized_start=1452
+  _globals['_ASSIGNMENT']._serialized_end=1738
+  _globals['_GANG']._serialized_start=1740
+  _globals['_GANG']._serialized_end=1788
+  _globals['_CANCELTASK']._serialized_start=1790
+  _globals['_CANCELTASK']._serialized_end=1869
+  _globals['_ACK']._serialized_start=1871
+  _globals['_ACK']._serialized_end=1889
+  _globals['_COORDINATORMESSAGE']._serialized_start=1892
+  _globals['_COORDINATORMESSAGE']._serialized_end=2037
+  _globals['_AGENTSERVICE']._serialized_start=2195
+  _globals['_AGENTSERVICE']._serialized_end=2364
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from matrec.v1 import artifacts_pb2 as _artifacts_pb2
 from matrec.v1 import common_pb2 as _common_pb2
 from matrec.v1 import jobs_pb2 as _jobs_pb2
 from google.protobuf.internal import containers as _containers
@@ -46,14 +47,16 @@ class RegisterAgentRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[_jobs_pb2.GpuInfo, _Mapping]]] = ..., version: _Optional[str] = ..., allow_scripts: _Optional[bool] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
-    __slots__ = ("agent_id", "heartbeat_interval", "lease_ttl")
+    __slots__ = ("agent_id", "heartbeat_interval", "lease_ttl", "artifact_store")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_STORE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
-    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    artifact_store: _artifacts_pb2.ArtifactStoreKind
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., artifact_store: _Optional[_Union[_artifacts_pb2.ArtifactStoreKind, str]] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("task_id", "attempt")

@@ -293,18 +293,20 @@ class WatchClusterResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[ClusterSnapshot, _Mapping]] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("task_id", "kind", "uri", "size_bytes", "created_at")
+    __slots__ = ("task_id", "kind", "uri", "size_bytes", "created_at", "sha256")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: str
     uri: str
     size_bytes: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., uri: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sha256: str
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., uri: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ListArtifactsRequest(_message.Message):
     __slots__ = ("job_id",)

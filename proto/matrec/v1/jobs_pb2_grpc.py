@@ -155,7 +155,10 @@ class JobServiceServicer:
     def DownloadArtifact(self, request, context):
         """One artifact's bytes, in chunks of at most 1 MiB, from `offset` on (to resume a download);
         the last chunk carries the SHA-256 of the whole file. The coordinator reads the file from
-        the artifact root (shared storage): FAILED_PRECONDITION if it cannot see it there.
+        the artifact root (shared storage): FAILED_PRECONDITION if it cannot see it there. A file
+        uploaded through ArtifactService is checked against the SHA-256 recorded at upload, and the
+        stream ends with DATA_LOSS instead of its last chunk when the stored bytes changed. Agents
+        may call it too (to fetch the checkpoint a requeued task resumes from).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,8 +27,10 @@ from matrec.agent.worker_protocol import (
     CheckpointEvent,
     LogEvent,
     MetricsEvent,
+    RendezvousEvent,
     ResultEvent,
     WorkerTask,
+    encode_event,
     parse_event,
 )
 from matrec.v1 import agents_pb2, common_pb2
@@ -82,6 +84,8 @@ class TaskRun:
         self._tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self._oom_kills_at_start: int | None = None
         self._result: dict[str, Any] | None = None
+        # Member 0's rendezvous for this gang member's launcher, once the coordinator sent it.
+        self._rendezvous: RendezvousEvent | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -100,6 +104,32 @@ class TaskRun:
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
+
+    @property
+    def _awaits_rendezvous(self) -> bool:
+        return self.assignment.gang.size > 1 and self.assignment.gang.member != 0
+
+    def deliver_rendezvous(self, message: agents_pb2.GangRendezvous) -> None:
+        """Member 0's rendezvous, passed on by the coordinator: to this member's launcher, which
+        waits for it on its standard input. One for another placement is ignored."""
+        if not self._awaits_rendezvous or message.gang_id != self.assignment.gang.id:
+            log.info(
+                "task %s attempt %d: ignored a rendezvous of gang %s", *self.key, message.gang_id
+            )
+            return
+        if self._rendezvous is not None:
+            return  # sent again after a reconnect
+        self._rendezvous = RendezvousEvent(
+            message.gang_id, message.backend, message.address, message.port
+        )
+        self._pass_rendezvous()
+
+    def _pass_rendezvous(self) -> None:
+        process = self.process
+        if self._rendezvous is None or process is None or process.stdin is None:
+            return  # the launcher gets it when it starts
+        with contextlib.suppress(OSError):  # it has exited already
+            process.stdin.write((encode_event(self._rendezvous) + "\n").encode())
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -178,7 +208,9 @@ class TaskRun:
                 "--events-fd",
                 str(write_fd),
                 pass_fds=(write_fd,),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE
+                if self._awaits_rendezvous
+                else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=work_dir,
@@ -190,6 +222,7 @@ class TaskRun:
             os.close(write_fd)
         log.info("task %s attempt %d started as pid %d", *self.key, self.process.pid)
         self.emit(agents_pb2.AgentMessage(task_started=agents_pb2.TaskStarted(task=self.ref)))
+        self._pass_rendezvous()
         if self.cancel_reason or self.preempting:
             self._signal(signal.SIGTERM)
         assert self.process.stdout is not None
@@ -279,6 +312,19 @@ class TaskRun:
                 self._add_log(text)
             case ResultEvent(result=result):
                 self._result = result
+            case RendezvousEvent(gang_id=gang_id, backend=backend, address=address, port=port):
+                # Member 0's launcher opened it: the coordinator passes it on.
+                self.emit(
+                    agents_pb2.AgentMessage(
+                        gang_rendezvous=agents_pb2.GangRendezvous(
+                            task=self.ref,
+                            gang_id=gang_id,
+                            backend=backend,
+                            address=address,
+                            port=port,
+                        )
+                    )
+                )
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:

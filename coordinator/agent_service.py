@@ -15,6 +15,7 @@ from matrec.common.tls import ROLE_AGENT, peer_common_name, peer_role
 from matrec.coordinator import convert
 from matrec.coordinator.auth import current_identity
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
+from matrec.coordinator.gangs import StaleRendezvous
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rows import new_id
 from matrec.coordinator.scheduler import Scheduler
@@ -156,7 +157,10 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         session.context = context
         self.store.set_agent_state(agent_id, AgentState.CONNECTED)
         log.info("agent %s connected (%d tasks running)", agent_id, len(first.hello.running))
-        self._renew(session, [(r.task_id, r.attempt) for r in first.hello.running])
+        running = [(r.task_id, r.attempt) for r in first.hello.running]
+        self._renew(session, running)
+        for delivery in self.scheduler.gangs.deliveries_for(agent_id, running):
+            session.send(delivery)
         self.scheduler.wake()
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
@@ -247,8 +251,28 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             )
         elif body == "result":
             self._finish(session, message.result)
+        elif body == "gang_rendezvous":
+            self._pass_on_rendezvous(agent_id, message.gang_rendezvous)
         elif body == "hello":
             log.warning("agent %s sent a second hello; ignored", agent_id)
+
+    def _pass_on_rendezvous(self, agent_id: str, rendezvous: agents_pb2.GangRendezvous) -> None:
+        try:
+            deliveries = self.scheduler.gangs.report(agent_id, rendezvous)
+        except StaleRendezvous as stale:
+            log.info("agent %s reported a rendezvous that is not used: %s", agent_id, stale)
+            return
+        for member_agent, delivery in deliveries:
+            # An agent away now gets it again when it reconnects (Connect above).
+            self.sessions.send(member_agent, delivery)
+        log.info(
+            "gang %s meets at %s:%d (%s); passed on to %d member(s)",
+            rendezvous.gang_id,
+            rendezvous.address,
+            rendezvous.port,
+            rendezvous.backend,
+            len(deliveries),
+        )
 
     def _renew(self, session: AgentSession, running: list[tuple[str, int]]) -> None:
         stale, cancelled = self.store.renew_leases(session.agent_id, running, self.lease_ttl)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from matrec.agent.worker_protocol import (
     encode_event,
     parse_event,
 )
+from matrec.common.task_files import SENT_RESULT_FILES, TASK_FILE_CHUNK_BYTES
 from matrec.v1 import agents_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ class TaskRun:
             code = await self._run_worker()
             outcome, error = self._outcome(code)
             permanent = code == EXIT_INVALID_TASK and not self.cancel_reason
+            if outcome == agents_pb2.TASK_OUTCOME_SUCCEEDED:
+                self._send_result_files()
         except Exception as exc:
             log.exception("task %s attempt %d could not run", *self.key)
             outcome, error = agents_pb2.TASK_OUTCOME_FAILED, f"agent could not run the task: {exc}"
@@ -158,6 +162,36 @@ class TaskRun:
             json_format.ParseDict(self._result, struct)
             result.result.CopyFrom(struct)
         self.emit(agents_pb2.AgentMessage(result=result))
+
+    def _send_result_files(self) -> None:
+        """Send the files the result names (a score job's scores) to the coordinator, in
+        chunks, ahead of the result: hosts share no folder."""
+        for key, name in SENT_RESULT_FILES.items():
+            path = (self._result or {}).get(key)
+            if not isinstance(path, str):
+                continue
+            digest, size, offset = hashlib.sha256(), Path(path).stat().st_size, 0
+            with open(path, "rb") as file:
+                while True:
+                    data = file.read(TASK_FILE_CHUNK_BYTES)
+                    digest.update(data)
+                    last = offset + len(data) >= size or not data  # not data: it shrank
+                    self.emit(
+                        agents_pb2.AgentMessage(
+                            task_file=agents_pb2.TaskFileChunk(
+                                task=self.ref,
+                                name=name,
+                                offset=offset,
+                                data=data,
+                                last=last,
+                                size=size if last else 0,
+                                sha256=digest.hexdigest() if last else "",
+                            )
+                        )
+                    )
+                    offset += len(data)
+                    if last:
+                        break
 
     async def _run_worker(self) -> int:
         a = self.assignment

@@ -22,6 +22,7 @@ from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
 from matrec.coordinator.store import Store, TaskHolder
+from matrec.coordinator.task_files import ReceivedFiles, TaskFileError
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, agents_pb2_grpc, common_pb2
 
@@ -62,7 +63,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         *,
         heartbeat_interval: float,
         lease_ttl: float,
+        received: ReceivedFiles,
     ) -> None:
+        self.received = received
         self.store = store
         self.sessions = sessions
         self.scheduler = scheduler
@@ -253,8 +256,32 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             self._finish(session, message.result)
         elif body == "gang_rendezvous":
             self._pass_on_rendezvous(agent_id, message.gang_rendezvous)
+        elif body == "task_file":
+            self._store_file_chunk(agent_id, message.task_file)
         elif body == "hello":
             log.warning("agent %s sent a second hello; ignored", agent_id)
+
+    def _store_file_chunk(self, agent_id: str, chunk: agents_pb2.TaskFileChunk) -> None:
+        task_id = chunk.task.task_id
+        holder = self.store.task_holder(task_id)
+        if holder is None or holder.agent_id != agent_id or holder.attempt != chunk.task.attempt:
+            self._warn_once(
+                agent_id, task_id, "sent a file of task %s, which it does not hold; dropped"
+            )
+            return
+        try:
+            done = self.received.store_chunk(holder.job_id, chunk)
+        except (TaskFileError, OSError) as error:
+            log.warning("agent %s: %s of %s: %s", agent_id, chunk.name, task_id, error)
+            return
+        if done is not None:
+            log.info(
+                "received %s of %s attempt %d (%d bytes)",
+                chunk.name,
+                task_id,
+                chunk.task.attempt,
+                chunk.size,
+            )
 
     def _pass_on_rendezvous(self, agent_id: str, rendezvous: agents_pb2.GangRendezvous) -> None:
         try:
@@ -359,13 +386,20 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         if outcome is None:
             log.warning("agent %s sent a result without an outcome; ignored", session.agent_id)
             return
+        values = convert.struct_to_dict(result.result) if result.HasField("result") else None
+        holder = self.store.task_holder(result.task.task_id)
+        if values is not None and holder is not None:
+            # Files the agent sent came before the result; name the coordinator's copies.
+            values = self.received.substitute(
+                holder.job_id, result.task.task_id, result.task.attempt, values
+            )
         change = self.store.finish_task(
             result.task.task_id,
             result.task.attempt,
             session.agent_id,
             outcome,
             error=result.error,
-            result=convert.struct_to_dict(result.result) if result.HasField("result") else None,
+            result=values,
             checkpoint_path=result.checkpoint_path,
             permanent=result.permanent,
         )

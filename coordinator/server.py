@@ -32,6 +32,7 @@ from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.settings import CoordinatorSettings
 from matrec.coordinator.store import Store
+from matrec.coordinator.task_files import ReceivedFiles
 from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
 from matrec.coordinator.token_service import TokenService
 from matrec.v1 import (
@@ -146,6 +147,7 @@ class Coordinator:
                 availability,
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
+                received=ReceivedFiles(s.effective_artifact_root),
             ),
             server,
         )

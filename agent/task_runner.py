@@ -34,7 +34,7 @@ from matrec.agent.worker_protocol import (
     encode_event,
     parse_event,
 )
-from matrec.common.task_files import SENT_RESULT_FILES, TASK_FILE_CHUNK_BYTES
+from matrec.common.task_files import SENDING_KINDS, SENT_RESULT_FILES, TASK_FILE_CHUNK_BYTES
 from matrec.v1 import agents_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class TaskRun:
     def _send_result_files(self) -> None:
         """Send the files the result names (a score job's scores) to the coordinator, in
         chunks, ahead of the result: hosts share no folder."""
+        if self.assignment.kind not in SENDING_KINDS:
+            return
         for key, name in SENT_RESULT_FILES.items():
             path = (self._result or {}).get(key)
             if not isinstance(path, str):

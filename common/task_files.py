@@ -8,6 +8,10 @@ from __future__ import annotations
 SCORES_FILE = "scores.npz"
 SCORES_RESULT_KEY = "scores_path"
 
+#: The job kinds whose results name files for the agent to send: trusted task code only (a
+#: script's result is its program's to write, and must not make the agent read any file).
+SENDING_KINDS = frozenset({"score"})
+
 #: Result key -> the name its file travels under. The agent sends each such file before the
 #: task's result; the result stored on the coordinator names the coordinator's copy.
 SENT_RESULT_FILES = {SCORES_RESULT_KEY: SCORES_FILE}

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from matrec.common.task_files import SENT_RESULT_FILES
 from matrec.common.tls import ROLE_AGENT, peer_common_name, peer_role
 from matrec.coordinator import convert
 from matrec.coordinator.auth import current_identity
@@ -387,12 +388,13 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             log.warning("agent %s sent a result without an outcome; ignored", session.agent_id)
             return
         values = convert.struct_to_dict(result.result) if result.HasField("result") else None
-        holder = self.store.task_holder(result.task.task_id)
-        if values is not None and holder is not None:
-            # Files the agent sent came before the result; name the coordinator's copies.
-            values = self.received.substitute(
-                holder.job_id, result.task.task_id, result.task.attempt, values
-            )
+        if values is not None and SENT_RESULT_FILES.keys() & values.keys():
+            # The files the agent sent came before the result; name the coordinator's copies.
+            holder = self.store.task_holder(result.task.task_id)
+            if holder is not None:
+                values = self.received.substitute(
+                    holder.job_id, result.task.task_id, result.task.attempt, values
+                )
         change = self.store.finish_task(
             result.task.task_id,
             result.task.attempt,

@@ -16,12 +16,12 @@ from matrec.v1 import agents_pb2
 
 
 def sent_chunks(
-    path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+    path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int, kind: str = "score"
 ) -> list[agents_pb2.TaskFileChunk]:
-    """What the agent emits for a score task whose result names `path`."""
+    """What the agent emits for a task whose result names `path` as its scores."""
     monkeypatch.setattr(task_runner, "TASK_FILE_CHUNK_BYTES", chunk_bytes)
     assignment = agents_pb2.Assignment(
-        task=agents_pb2.TaskRef(task_id="job-1-t0", attempt=2), job_id="job-1", kind="score"
+        task=agents_pb2.TaskRef(task_id="job-1-t0", attempt=2), job_id="job-1", kind=kind
     )
     emitted: list[agents_pb2.AgentMessage] = []
     run = TaskRun(assignment, TaskEnvironment("python", path.parent, 1.0, ()), emitted.append)
@@ -83,3 +83,11 @@ def test_a_damaged_or_gapped_file_is_refused_and_not_published(
         named.name = bad_name
         with pytest.raises(TaskFileError, match="is not a file a task sends"):
             received.store_chunk("job-1", named)
+
+
+def test_a_script_result_cannot_make_the_agent_send_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the coordinator")
+    assert sent_chunks(secret, monkeypatch, 4096, kind="script") == []

@@ -100,7 +100,8 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
 
         # The coordinator selects from its own copy of the scores, sent over the agent's
         # stream: where the agent's worker wrote them is not read.
-        scoring = learner.client.get_job(project.pool_scoring_job_id)
+        scoring = learner.client.wait(project.pool_scoring_job_id, 300)
+        assert scoring.state == "succeeded", scoring.error
         task = scoring.tasks[0]
         received = cluster.artifact_root / scoring.id / "received" / f"{task.id}-a{task.attempt}"
         assert scoring.result["scores_path"] == str(received / SCORES_FILE)
@@ -130,10 +131,12 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
         done = learner.client.get_batch(batch.id)
         assert done.state == "done" and done.labelled == THRESHOLD
 
-        # The monitor (every 1 s here) fires the feedback trigger and retrains on its own.
+        # The monitor (every 1 s here) fires the feedback trigger and retrains on its own; on
+        # its next pass after the job succeeded it records the version's accuracy.
         def retrained() -> LearningProject | None:
             current = learner.status()
-            return current if current.current_version == 2 and current.current else None
+            settled = current.current is not None and current.current.val_accuracy is not None
+            return current if current.current_version == 2 and settled else None
 
         project = wait_for(retrained, what="version 2")
         version = project.current

@@ -250,6 +250,11 @@ class AgentDaemon:
             self.outbox.ack(message.ack.seq)
         elif body == "assignment":
             self._start(message.assignment)
+        elif body == "gang_rendezvous":
+            ref = message.gang_rendezvous.task
+            member = self.runs.get((ref.task_id, ref.attempt))
+            if member is not None:
+                member.deliver_rendezvous(message.gang_rendezvous)
         elif body == "cancel":
             key = (message.cancel.task.task_id, message.cancel.task.attempt)
             run = self.runs.get(key)

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matrec.agent.path_policy import PathPolicy
 from matrec.agent.training.finetune import TrainingPreempted, run_finetune
+from matrec.agent.training.retraining_view import training_view
 from matrec.common.specs import FinetuneConfig
 
 __all__ = ["TrainingPreempted", "finetune_in_process"]
@@ -52,4 +54,6 @@ def finetune_in_process(
     RuntimeError or OSError when training fails.
     """
     reporter = _CallbackReporter(on_metrics, on_log)
+    # Labelled pool images (config.feedback) join the dataset in a view beside the artifacts.
+    config = training_view(config, artifact_dir / "retraining-view", PathPolicy())
     return run_finetune(config, artifact_dir, reporter, should_stop=should_stop).to_dict()

@@ -6,12 +6,13 @@ The agent starts this instead of a worker when a finetune task asks for `workers
 or is one member of a multi-host gang (`hosts > 1`). Member 0 of a gang (or the only one)
 picks the backend (`auto`: Horovod when it imports, else torch.distributed, saying why in the
 task log) and sets up the rendezvous: Horovod's Gloo rendezvous server in this process, or a
-free TCP port for torch.distributed. It writes where to find it into the gang's folder on the
-shared artifact storage (`<job>/<job>-t0/rendezvous/<gang id>.json`, the gang id being new for
-every placement); the other members wait for that file. Each launcher then starts its ranks as
-`python -m matrec.agent.worker` with the environment each one needs; global rank =
-member * workers_per_host + local rank. All ranks read and rank 0 writes the checkpoints in the
-member-0 task's folder.
+free TCP port for torch.distributed. Hosts share no folder: member 0's launcher reports the
+rendezvous to its agent as an event, the agent reports it to the coordinator over its stream,
+and the coordinator passes it on to the other members' agents, which write it to their
+launchers' standard input; a rendezvous of another placement (gang id) is ignored. Each launcher
+then starts its ranks as `python -m matrec.agent.worker` with the environment each one needs;
+global rank = member * workers_per_host + local rank. All ranks read and rank 0 writes the
+checkpoints in the member-0 task's folder.
 
 Global rank 0 writes the task's events to FD; other members report an empty result when their
 ranks succeed. If a rank fails, the others on this host are killed at once (no rank hangs in a
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -45,10 +46,12 @@ from matrec.agent.worker_protocol import (
     EXIT_PREEMPTED,
     PARENT_PID_ENV,
     LogEvent,
+    RendezvousEvent,
     ResultEvent,
     WorkerEvent,
     WorkerTask,
     encode_event,
+    parse_event,
 )
 
 #: How long the other members of a gang wait for member 0's rendezvous.
@@ -68,13 +71,6 @@ class RendezvousFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Rendezvous:
-    backend: str
-    address: str
-    port: int
-
-
-@dataclass(frozen=True)
 class Layout:
     """Where this launcher's ranks sit in the job."""
 
@@ -82,15 +78,11 @@ class Layout:
     members: int
     per_host: int
     gang_id: str
-    primary_dir: Path  # the member-0 task's folder: checkpoints, model, rendezvous
+    primary_dir: Path  # the member-0 task's folder: checkpoints, model
 
     @property
     def world_size(self) -> int:
         return self.members * self.per_host
-
-    @property
-    def rendezvous_file(self) -> Path:
-        return self.primary_dir / "rendezvous" / f"{self.gang_id or 'single'}.json"
 
 
 def layout_of(task: WorkerTask) -> Layout:
@@ -160,8 +152,8 @@ def horovod_slots(layout: Layout) -> list[Any]:
     return list(get_host_assignments(parse_hosts(hosts), layout.world_size))
 
 
-def open_rendezvous(layout: Layout, backend: str, address: str) -> tuple[Rendezvous, Any]:
-    """Member 0: start the rendezvous and publish it. Returns it and the server to stop."""
+def open_rendezvous(layout: Layout, backend: str, address: str) -> tuple[RendezvousEvent, Any]:
+    """Member 0: start the rendezvous. Returns it and the server to stop."""
     server = None
     if backend == "horovod":
         from horovod.runner.http.http_server import RendezvousServer
@@ -171,32 +163,46 @@ def open_rendezvous(layout: Layout, backend: str, address: str) -> tuple[Rendezv
         server.init(horovod_slots(layout))
     else:
         port = free_port(address)
-    rendezvous = Rendezvous(backend, address, port)
-    if layout.members > 1:
-        layout.rendezvous_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = layout.rendezvous_file.with_suffix(".tmp")
-        partial.write_text(json.dumps(dataclasses.asdict(rendezvous)))
-        partial.replace(layout.rendezvous_file)
-    return rendezvous, server
+    return RendezvousEvent(layout.gang_id, backend, address, port), server
 
 
-def await_rendezvous(layout: Layout, stop: _Stop) -> Rendezvous:
-    """Other members: member 0's rendezvous, once it has published it."""
+def await_rendezvous(layout: Layout, stop: _Stop, source: int) -> RendezvousEvent:
+    """Other members: member 0's rendezvous for this gang, as the agent writes it to `source`
+    (the launcher's standard input) once the coordinator has passed it on."""
     deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_SECONDS
-    while not layout.rendezvous_file.is_file():
+    pending = b""
+    while True:
         if stop.requested:
             raise RendezvousFailed("stopped while waiting for the gang's rendezvous")
         if time.monotonic() > deadline:
             raise RendezvousFailed(
-                f"member 0 of gang {layout.gang_id} published no rendezvous in "
-                f"{RENDEZVOUS_TIMEOUT_SECONDS:g} s ({layout.rendezvous_file})"
+                f"member 0 of gang {layout.gang_id} reported no rendezvous in "
+                f"{RENDEZVOUS_TIMEOUT_SECONDS:g} s (member 0's agent reports it to the "
+                "coordinator, which passes it on to this agent)"
             )
-        time.sleep(0.2)
-    return Rendezvous(**json.loads(layout.rendezvous_file.read_text()))
+        if not select.select([source], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(source, 65536)
+        if not chunk:  # the agent closed it: nothing more comes; wait out the deadline
+            time.sleep(0.2)
+            continue
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            try:
+                event = parse_event(line.decode("utf-8", "replace"))
+            except ValueError as exc:
+                print(f"matrec launcher: ignored a malformed rendezvous: {exc}", file=sys.stderr)
+                continue
+            if isinstance(event, RendezvousEvent) and event.gang_id == layout.gang_id:
+                return event
+            print(
+                f"matrec launcher: ignored {event} (not for gang {layout.gang_id})", file=sys.stderr
+            )
 
 
 def rank_environments(
-    layout: Layout, rendezvous: Rendezvous, interface: str
+    layout: Layout, rendezvous: RendezvousEvent, interface: str
 ) -> list[dict[str, str]]:
     """The environment of each of this host's ranks."""
     common = {
@@ -273,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         if layout.member == 0:
             backend, why = resolve_backend(str(task.config.get("backend", "auto")))
             rendezvous, server = open_rendezvous(layout, backend, address)
+            if layout.members > 1:
+                _send(events, rendezvous)  # the agent reports it to the coordinator
         else:
-            rendezvous = await_rendezvous(layout, stop)
+            rendezvous = await_rendezvous(layout, stop, sys.stdin.fileno())
             why = f"backend {rendezvous.backend}, chosen by member 0"
         where = f"member {layout.member} of {layout.members} hosts, " if layout.members > 1 else ""
         _send(
@@ -331,7 +339,12 @@ def _run_ranks(
             env = os.environ | extra | {PARENT_PID_ENV: str(os.getpid())} | threads
             command = [sys.executable, "-m", "matrec.agent.worker", "--task-file", str(task_file)]
             ranks.append(
-                subprocess.Popen([*command, "--events-fd", str(fd)], env=env, pass_fds=(fd,))
+                subprocess.Popen(
+                    [*command, "--events-fd", str(fd)],
+                    env=env,
+                    pass_fds=(fd,),
+                    stdin=subprocess.DEVNULL,
+                )
             )
         return _wait_for_ranks(ranks, stop)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -29,10 +30,13 @@ from matrec.agent.worker_protocol import (
     CheckpointEvent,
     LogEvent,
     MetricsEvent,
+    RendezvousEvent,
     ResultEvent,
     WorkerTask,
+    encode_event,
     parse_event,
 )
+from matrec.common.task_files import SENDING_KINDS, SENT_RESULT_FILES, TASK_FILE_CHUNK_BYTES
 from matrec.v1 import agents_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,8 @@ class TaskRun:
             if env.transfers is not None and env.artifact_home is not None
             else None
         )
+        # Member 0's rendezvous for this gang member's launcher, once the coordinator sent it.
+        self._rendezvous: RendezvousEvent | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -112,6 +118,32 @@ class TaskRun:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
+    @property
+    def _awaits_rendezvous(self) -> bool:
+        return self.assignment.gang.size > 1 and self.assignment.gang.member != 0
+
+    def deliver_rendezvous(self, message: agents_pb2.GangRendezvous) -> None:
+        """Member 0's rendezvous, passed on by the coordinator: to this member's launcher, which
+        waits for it on its standard input. One for another placement is ignored."""
+        if not self._awaits_rendezvous or message.gang_id != self.assignment.gang.id:
+            log.info(
+                "task %s attempt %d: ignored a rendezvous of gang %s", *self.key, message.gang_id
+            )
+            return
+        if self._rendezvous is not None:
+            return  # sent again after a reconnect
+        self._rendezvous = RendezvousEvent(
+            message.gang_id, message.backend, message.address, message.port
+        )
+        self._pass_rendezvous()
+
+    def _pass_rendezvous(self) -> None:
+        process = self.process
+        if self._rendezvous is None or process is None or process.stdin is None:
+            return  # the launcher gets it when it starts
+        with contextlib.suppress(OSError):  # it has exited already
+            process.stdin.write((encode_event(self._rendezvous) + "\n").encode())
+
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -123,6 +155,8 @@ class TaskRun:
             code = await self._run_worker()
             outcome, error = self._outcome(code)
             permanent = code == EXIT_INVALID_TASK and not self.cancel_reason
+            if outcome == agents_pb2.TASK_OUTCOME_SUCCEEDED:
+                self._send_result_files()
             if self.remote is not None:
                 outcome, error = await self._publish(outcome, error)
         except Exception as exc:
@@ -157,6 +191,38 @@ class TaskRun:
             except (TransferError, OSError) as exc:
                 return agents_pb2.TASK_OUTCOME_FAILED, f"could not upload the model: {exc}"
         return outcome, error
+
+    def _send_result_files(self) -> None:
+        """Send the files the result names (a score job's scores) to the coordinator, in
+        chunks, ahead of the result: hosts share no folder."""
+        if self.assignment.kind not in SENDING_KINDS:
+            return
+        for key, name in SENT_RESULT_FILES.items():
+            path = (self._result or {}).get(key)
+            if not isinstance(path, str):
+                continue
+            digest, size, offset = hashlib.sha256(), Path(path).stat().st_size, 0
+            with open(path, "rb") as file:
+                while True:
+                    data = file.read(TASK_FILE_CHUNK_BYTES)
+                    digest.update(data)
+                    last = offset + len(data) >= size or not data  # not data: it shrank
+                    self.emit(
+                        agents_pb2.AgentMessage(
+                            task_file=agents_pb2.TaskFileChunk(
+                                task=self.ref,
+                                name=name,
+                                offset=offset,
+                                data=data,
+                                last=last,
+                                size=size if last else 0,
+                                sha256=digest.hexdigest() if last else "",
+                            )
+                        )
+                    )
+                    offset += len(data)
+                    if last:
+                        break
 
     async def _run_worker(self) -> int:
         a = self.assignment
@@ -209,7 +275,9 @@ class TaskRun:
                 "--events-fd",
                 str(write_fd),
                 pass_fds=(write_fd,),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE
+                if self._awaits_rendezvous
+                else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=work_dir,
@@ -221,6 +289,7 @@ class TaskRun:
             os.close(write_fd)
         log.info("task %s attempt %d started as pid %d", *self.key, self.process.pid)
         self.emit(agents_pb2.AgentMessage(task_started=agents_pb2.TaskStarted(task=self.ref)))
+        self._pass_rendezvous()
         if self.cancel_reason or self.preempting:
             self._signal(signal.SIGTERM)
         assert self.process.stdout is not None
@@ -312,6 +381,19 @@ class TaskRun:
                 self._add_log(text)
             case ResultEvent(result=result):
                 self._result = result
+            case RendezvousEvent(gang_id=gang_id, backend=backend, address=address, port=port):
+                # Member 0's launcher opened it: the coordinator passes it on.
+                self.emit(
+                    agents_pb2.AgentMessage(
+                        gang_rendezvous=agents_pb2.GangRendezvous(
+                            task=self.ref,
+                            gang_id=gang_id,
+                            backend=backend,
+                            address=address,
+                            port=port,
+                        )
+                    )
+                )
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:

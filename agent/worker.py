@@ -169,9 +169,13 @@ def _run(
 
         return run_scoring(config, Path(task.artifact_dir), reporter, stop)
     from matrec.agent.training.finetune import run_finetune
+    from matrec.agent.training.retraining_view import training_view
 
+    # A retraining's labelled pool images join the dataset in a view in this task's private
+    # work folder (one per process: the ranks of a distributed task share the folder).
+    view = Path.cwd() / f"retraining-view-{os.getpid()}"
     return run_finetune(
-        config,
+        training_view(config, view, PathPolicy.from_env()),
         Path(task.artifact_dir),
         reporter,
         resume_from=Path(task.resume_from) if task.resume_from else None,

@@ -3,10 +3,14 @@
 The daemon writes a task file (`WorkerTask`, JSON) and starts
 ``python -m matrec.agent.worker --task-file PATH --events-fd FD``. The worker writes one JSON
 object per line to FD (`encode_event` / `parse_event`) and exits with one of the EXIT_* codes.
+The launcher of a gang's member 0 reports its rendezvous the same way (`RendezvousEvent`); the
+agent writes that event, as passed on by the coordinator, to the other members' launchers on
+their standard input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +133,17 @@ class ResultEvent:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-WorkerEvent = MetricsEvent | CheckpointEvent | LogEvent | ResultEvent
+@dataclass(frozen=True)
+class RendezvousEvent:
+    """Where a gang's ranks meet: opened by member 0's launcher, for one placement (gang id)."""
+
+    gang_id: str
+    backend: str  # "horovod" or "torch"
+    address: str
+    port: int
+
+
+WorkerEvent = MetricsEvent | CheckpointEvent | LogEvent | ResultEvent | RendezvousEvent
 
 
 def encode_event(event: WorkerEvent) -> str:
@@ -144,6 +158,8 @@ def encode_event(event: WorkerEvent) -> str:
             payload = {"type": "log", "text": text}
         case ResultEvent(result=result):
             payload = {"type": "result", "result": result}
+        case RendezvousEvent():
+            payload = {"type": "rendezvous", **dataclasses.asdict(event)}
     return json.dumps(payload, allow_nan=True)
 
 
@@ -174,6 +190,13 @@ def parse_event(line: str) -> WorkerEvent:
         if not isinstance(result, dict):
             raise ValueError(f"result event needs a result object: {line[:200]!r}")
         return ResultEvent(result=result)
+    if kind == "rendezvous":
+        return RendezvousEvent(
+            gang_id=_string(raw, "gang_id"),
+            backend=_string(raw, "backend"),
+            address=_string(raw, "address"),
+            port=_int(raw, "port"),
+        )
     raise ValueError(f"unknown event type {kind!r}")
 
 

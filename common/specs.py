@@ -69,6 +69,36 @@ class SpecError(ValueError):
         self.message = message
 
 
+class FeedbackSample(BaseModel):
+    """One labelled pool image of an active-learning retraining."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_id: str = Field(
+        min_length=1,
+        description="The image's id in pool_path: its path relative to a pool folder, or a "
+        "pool manifest row's id.",
+    )
+    label: str = Field(min_length=1, description="Its class (a class folder name).")
+
+    @field_validator("label")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a usable class folder name")
+        return value
+
+
+class RetrainingFeedback(BaseModel):
+    """Labelled pool images a retraining adds to its dataset: a manifest the agent resolves
+    against its own copy of the pool (hosts share no folder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool_path: str = Field(description="The pool the samples' ids refer to, on the agent.")
+    samples: list[FeedbackSample] = Field(min_length=1)
+
+
 class FinetuneConfig(BaseModel):
     """Fine-tune a torchvision classifier on an ImageFolder dataset.
 
@@ -204,6 +234,12 @@ class FinetuneConfig(BaseModel):
         "of this size with gradient accumulation (same step). 'auto': find the largest that "
         "fits before the first step. Unset: the whole batch, split only on running out of "
         "memory (docs/memory.md).",
+    )
+    feedback: RetrainingFeedback | None = Field(
+        default=None,
+        description="Labelled pool images to train on besides dataset_path's training images "
+        "(set by active learning's retraining): the agent finds each in its own copy of "
+        "feedback.pool_path and trains on a view of both in its private work folder.",
     )
 
     @field_validator("model")

@@ -11,16 +11,19 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from matrec.common.task_files import SENT_RESULT_FILES
 from matrec.common.tls import ROLE_AGENT, peer_common_name, peer_role
 from matrec.coordinator import convert
 from matrec.coordinator.auth import current_identity
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
+from matrec.coordinator.gangs import StaleRendezvous
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rows import new_id
 from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSession, AgentSessions
 from matrec.coordinator.states import AgentState, TaskOutcome
 from matrec.coordinator.store import Store, TaskHolder
+from matrec.coordinator.task_files import ReceivedFiles, TaskFileError
 from matrec.coordinator.telemetry import CoordinatorTelemetry
 from matrec.v1 import agents_pb2, agents_pb2_grpc, artifacts_pb2, common_pb2
 
@@ -64,7 +67,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         artifact_store: artifacts_pb2.ArtifactStoreKind.ValueType = (
             artifacts_pb2.ARTIFACT_STORE_KIND_SHARED
         ),
+        received: ReceivedFiles,
     ) -> None:
+        self.received = received
         self.store = store
         self.sessions = sessions
         self.scheduler = scheduler
@@ -163,7 +168,10 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         session.context = context
         self.store.set_agent_state(agent_id, AgentState.CONNECTED)
         log.info("agent %s connected (%d tasks running)", agent_id, len(first.hello.running))
-        self._renew(session, [(r.task_id, r.attempt) for r in first.hello.running])
+        running = [(r.task_id, r.attempt) for r in first.hello.running]
+        self._renew(session, running)
+        for delivery in self.scheduler.gangs.deliveries_for(agent_id, running):
+            session.send(delivery)
         self.scheduler.wake()
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
@@ -254,8 +262,52 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             )
         elif body == "result":
             self._finish(session, message.result)
+        elif body == "gang_rendezvous":
+            self._pass_on_rendezvous(agent_id, message.gang_rendezvous)
+        elif body == "task_file":
+            self._store_file_chunk(agent_id, message.task_file)
         elif body == "hello":
             log.warning("agent %s sent a second hello; ignored", agent_id)
+
+    def _store_file_chunk(self, agent_id: str, chunk: agents_pb2.TaskFileChunk) -> None:
+        task_id = chunk.task.task_id
+        holder = self.store.task_holder(task_id)
+        if holder is None or holder.agent_id != agent_id or holder.attempt != chunk.task.attempt:
+            self._warn_once(
+                agent_id, task_id, "sent a file of task %s, which it does not hold; dropped"
+            )
+            return
+        try:
+            done = self.received.store_chunk(holder.job_id, chunk)
+        except (TaskFileError, OSError) as error:
+            log.warning("agent %s: %s of %s: %s", agent_id, chunk.name, task_id, error)
+            return
+        if done is not None:
+            log.info(
+                "received %s of %s attempt %d (%d bytes)",
+                chunk.name,
+                task_id,
+                chunk.task.attempt,
+                chunk.size,
+            )
+
+    def _pass_on_rendezvous(self, agent_id: str, rendezvous: agents_pb2.GangRendezvous) -> None:
+        try:
+            deliveries = self.scheduler.gangs.report(agent_id, rendezvous)
+        except StaleRendezvous as stale:
+            log.info("agent %s reported a rendezvous that is not used: %s", agent_id, stale)
+            return
+        for member_agent, delivery in deliveries:
+            # An agent away now gets it again when it reconnects (Connect above).
+            self.sessions.send(member_agent, delivery)
+        log.info(
+            "gang %s meets at %s:%d (%s); passed on to %d member(s)",
+            rendezvous.gang_id,
+            rendezvous.address,
+            rendezvous.port,
+            rendezvous.backend,
+            len(deliveries),
+        )
 
     def _renew(self, session: AgentSession, running: list[tuple[str, int]]) -> None:
         stale, cancelled = self.store.renew_leases(session.agent_id, running, self.lease_ttl)
@@ -342,13 +394,21 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         if outcome is None:
             log.warning("agent %s sent a result without an outcome; ignored", session.agent_id)
             return
+        values = convert.struct_to_dict(result.result) if result.HasField("result") else None
+        if values is not None and SENT_RESULT_FILES.keys() & values.keys():
+            # The files the agent sent came before the result; name the coordinator's copies.
+            holder = self.store.task_holder(result.task.task_id)
+            if holder is not None:
+                values = self.received.substitute(
+                    holder.job_id, result.task.task_id, result.task.attempt, values
+                )
         change = self.store.finish_task(
             result.task.task_id,
             result.task.attempt,
             session.agent_id,
             outcome,
             error=result.error,
-            result=convert.struct_to_dict(result.result) if result.HasField("result") else None,
+            result=values,
             checkpoint_path=result.checkpoint_path,
             permanent=result.permanent,
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 from matrec.coordinator import convert
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS, DatabaseAvailability
-from matrec.coordinator.gangs import gang_size, place_gang
+from matrec.coordinator.gangs import GangMember, GangRendezvousBook, gang_size, place_gang
 from matrec.coordinator.limits import LimitStore, TokenLimits, TokenUsage
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.rows import new_id
@@ -201,6 +201,8 @@ class Scheduler:
         self._stopping: set[tuple[str, int]] = set()
         # Why a queued job waits, as last written to its history (written once per reason).
         self._waiting: dict[str, str] = {}
+        # Each gang's placement and member 0's rendezvous (the agent service passes it on).
+        self.gangs = GangRendezvousBook()
 
     def wake(self) -> None:
         self._wake.set()
@@ -329,13 +331,16 @@ class Scheduler:
             gang_id = new_id("gang")
             if job.owner_token_id is not None:
                 usage.add(job.owner_token_id, members)
+            placed: list[GangMember] = []
             for task in members:
                 claimed = self.store.assign_task(task.id, placement[task.id], self.lease_ttl)
                 if claimed is None:
                     continue
+                placed.append(GangMember(task.id, claimed.attempt, placement[task.id], task.index))
                 gang = agents_pb2.Gang(id=gang_id, member=task.index, size=len(members))
                 self._send_assignment(claimed, job, placement[task.id], used, running, gang)
                 assigned += 1
+            self.gangs.placed(job_id, gang_id, placed)
         return assigned
 
     def _hosts_for(
@@ -433,6 +438,7 @@ class Scheduler:
         jobs: dict[str, JobRecord | None] = {}
         active = self.store.active_tasks()
         self._stopping &= {(t.id, t.attempt) for t in active}
+        self.gangs.retain({t.job_id for t in active})
         for task in active:
             if task.job_id not in jobs:
                 jobs[task.job_id] = self.store.get_job(task.job_id)

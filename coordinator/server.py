@@ -36,6 +36,7 @@ from matrec.coordinator.scheduler import Scheduler
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.settings import CoordinatorSettings
 from matrec.coordinator.store import Store
+from matrec.coordinator.task_files import ReceivedFiles
 from matrec.coordinator.telemetry import CoordinatorTelemetry, LatencyInterceptor
 from matrec.coordinator.token_service import TokenService
 from matrec.v1 import (
@@ -165,6 +166,7 @@ class Coordinator:
                     if share_nothing
                     else artifacts_pb2.ARTIFACT_STORE_KIND_SHARED
                 ),
+                received=ReceivedFiles(s.effective_artifact_root),
             ),
             server,
         )

@@ -2,7 +2,8 @@
 
 `PoolScores` holds, per image, the model's class probabilities, the embedding its head sees and
 (with MC dropout) the probabilities of each stochastic pass; it is saved as one .npz file
-(SCORES_FILE in the task's artifact folder) that selection and drift detection read back.
+(SCORES_FILE in the task's artifact folder); the agent sends it to the coordinator over its
+stream, and selection and drift detection read the coordinator's copy back.
 
 A pool is a folder of images or a manifest file (`list_pool`). numpy only: the coordinator and
 the SDK read scores without torch.
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 from matrec.common.specs import IMAGE_EXTENSIONS
+from matrec.common.task_files import SCORES_FILE
 from numpy.typing import NDArray
 
-SCORES_FILE = "scores.npz"
 #: Bumped when the file's layout changes; `load` refuses versions it does not know.
 SCORES_FORMAT_VERSION = 1
 MANIFEST_SUFFIXES = (".txt", ".csv", ".json")

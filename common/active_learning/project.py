@@ -68,7 +68,8 @@ class ProjectSpecModel(BaseModel):
         if self.strategy == "bald" and self.mc_dropout_passes < 2:
             raise ValueError("mc_dropout_passes: strategy bald needs at least 2 MC-dropout passes")
         unknown = set(self.retrain) - set(FinetuneConfig.model_fields)
-        fixed = {"dataset_path", "pretrained_path", "pretrained_weights"} & set(self.retrain)
+        fixed = {"dataset_path", "pretrained_path", "pretrained_weights", "feedback"}
+        fixed &= set(self.retrain)
         if unknown:
             raise ValueError(f"retrain: unknown finetune fields {', '.join(sorted(unknown))}")
         if fixed:

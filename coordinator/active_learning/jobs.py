@@ -4,11 +4,12 @@ Each spec goes through parse_job_spec, as a submitted job's does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matrec.common.specs import parse_job_spec
-from matrec.coordinator.active_learning.store import ProjectRecord
+from matrec.coordinator.active_learning.store import Label, ProjectRecord
 
 PROJECT_LABEL, ROLE_LABEL = "al-project", "al-role"
 
@@ -58,14 +59,27 @@ def retraining_spec(
     project: ProjectRecord,
     model_job: dict[str, Any],
     model_path: str,
-    dataset_path: Path,
+    labels: Sequence[Label],
     version: int,
 ) -> dict[str, Any]:
-    """A finetune job like the model job, on `dataset_path`, starting from `model_path`, with
-    the project's `retrain` overrides."""
+    """A finetune job like the model job, on the project's dataset plus its labelled pool
+    images, starting from `model_path`, with the project's `retrain` overrides. The labels
+    travel as a manifest in the config (`feedback`): the agent finds the images in its own copy
+    of the pool and builds the training view on its own disk; the coordinator builds nothing."""
     config = dict(model_job.get("config") or {})
     config.update(project.spec.retrain)
-    config.update({"dataset_path": str(dataset_path), "pretrained_path": model_path})
+    config.update(
+        {
+            "dataset_path": project.spec.dataset_path,
+            "pretrained_path": model_path,
+            "feedback": {
+                "pool_path": project.spec.pool_path,
+                "samples": [{"sample_id": x.sample_id, "label": x.label} for x in labels],
+            },
+        }
+    )
+    if not labels:
+        config.pop("feedback")
     config.pop("pretrained_weights", None)
     return _stored(
         {

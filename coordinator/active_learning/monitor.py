@@ -9,7 +9,6 @@ import contextlib
 import logging
 import time
 
-from matrec.coordinator.active_learning.datasets import DatasetBuildError
 from matrec.coordinator.active_learning.projects import ProjectError, ProjectManager
 from matrec.coordinator.active_learning.store import ProjectRecord, TriggerRecord
 from matrec.coordinator.availability import DATABASE_DOWN_ERRORS
@@ -73,7 +72,7 @@ class TriggerMonitor:
     def retrain(self, project: ProjectRecord) -> None:
         try:
             started = self.manager.retrain_if_automatic(project)
-        except (ProjectError, DatasetBuildError) as error:
+        except ProjectError as error:
             log.warning("project %s: automatic retraining not started: %s", project.id, error)
             return
         if started is not None:

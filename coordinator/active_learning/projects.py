@@ -18,7 +18,6 @@ from matrec.common.active_learning.pool_scores import PoolScores
 from matrec.common.active_learning.project import ProjectSpecModel
 from matrec.common.active_learning.selection import MEASURES, select, uncertainty
 from matrec.common.specs import SpecError
-from matrec.coordinator.active_learning.datasets import build_retraining_dataset
 from matrec.coordinator.active_learning.jobs import retraining_spec, scoring_spec
 from matrec.coordinator.active_learning.store import (
     TRIGGER_DONE,
@@ -437,15 +436,13 @@ class ProjectManager:
             raise ProjectError("precondition", "the project has no trained model to start from")
         labels = self.projects.labels(project.id)
         version = versions[-1].version + 1
-        target = self.artifact_root / "active-learning" / project.id / f"dataset-v{version}"
-        dataset = build_retraining_dataset(project.spec.dataset_path, labels, target)
         model_job = self.store.get_job(current.job_id) if current.job_id else None
         try:
             spec = retraining_spec(
                 project,
                 model_job.spec if model_job else {},
                 str(current.job.result["model_path"]),
-                dataset,
+                labels,
                 version,
             )
         except SpecError as error:

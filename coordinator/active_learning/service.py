@@ -12,7 +12,6 @@ from matrec.common.active_learning.project import parse_project_spec
 from matrec.common.specs import SpecError
 from matrec.common.wire import struct_to_dict
 from matrec.coordinator import convert
-from matrec.coordinator.active_learning.datasets import DatasetBuildError
 from matrec.coordinator.active_learning.projects import ProjectError, ProjectManager, ProjectStatus
 from matrec.coordinator.active_learning.store import (
     BATCH_DONE,
@@ -273,7 +272,7 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
         try:
             if self.manager.retrain_if_automatic(project) is not None:
                 self.scheduler.wake()
-        except (ProjectError, DatasetBuildError) as error:
+        except ProjectError as error:
             log.warning("project %s: automatic retraining not started: %s", project.id, error)
         # Re-read: a trigger that started a retraining is in state retraining now.
         fired = [self.manager.projects.get_trigger(t.id) or t for t in fired]
@@ -294,8 +293,6 @@ class ActiveLearningService(active_learning_pb2_grpc.ActiveLearningServiceServic
             job_id, version = self.manager.retrain(project, request.trigger_id)
         except ProjectError as error:
             await _abort(context, error)
-        except DatasetBuildError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         self.scheduler.wake()
         return pb.RetrainResponse(job_id=job_id, version=version)
 

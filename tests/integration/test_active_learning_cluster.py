@@ -1,8 +1,11 @@
 """Active learning end to end on a real coordinator and agent: a project scores its pool, a batch
 is selected and labelled, feedback above the threshold fires a stored trigger, the monitor
 retrains from the latest model with the new labels, and the new model version is recorded with
-its validation accuracy. Bad feedback gets clear errors and changes nothing; the project survives
-a coordinator restart."""
+its validation accuracy. Nothing of it travels as a shared file: the scores reach the coordinator
+over the agent's stream, and the retraining dataset is a manifest the agent resolves on its own
+disk (the agents are given no artifact root, and the coordinator builds no folder for them).
+Bad feedback gets clear errors and changes nothing; the project survives a coordinator
+restart."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+from matrec.common.active_learning.pool_scores import SCORES_FILE
 from matrec.sdk import (
     ActiveLearner,
     Client,
@@ -23,7 +28,7 @@ from matrec.sdk import (
 from matrec.sdk.demo_dataset import DemoDatasetInfo, make_demo_dataset
 from matrec.sdk.local_cluster import LocalCluster
 from PIL import Image
-from support.cluster_jobs import finetune_spec
+from support.cluster_jobs import finetune_spec, job_log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +92,20 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
         project = learner.status()
         assert project.current_version == 1 and project.versions[0].val_accuracy is not None
         assert sorted(project.classes) == sorted(small_dataset.val_counts)
+        # The agent's configuration names no folder of the coordinator's, nor the reverse.
+        agent = psutil.Process(cluster.agent_pid(0))
+        assert str(cluster.artifact_root) not in " ".join(agent.cmdline())
+        assert not any(str(cluster.artifact_root) in v for v in agent.environ().values())
+        assert not cluster.artifact_root.is_relative_to(cluster.workdir / "agent-0")
+
+        # The coordinator selects from its own copy of the scores, sent over the agent's
+        # stream: where the agent's worker wrote them is not read.
+        scoring = learner.client.wait(project.pool_scoring_job_id, 300)
+        assert scoring.state == "succeeded", scoring.error
+        task = scoring.tasks[0]
+        received = cluster.artifact_root / scoring.id / "received" / f"{task.id}-a{task.attempt}"
+        assert scoring.result["scores_path"] == str(received / SCORES_FILE)
+        (Path(task.artifact_dir) / SCORES_FILE).unlink()
 
         batch = learner.select_samples_for_labeling(THRESHOLD, "margin")
         assert len(batch.candidates) == THRESHOLD and batch.state == "open"
@@ -112,10 +131,12 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
         done = learner.client.get_batch(batch.id)
         assert done.state == "done" and done.labelled == THRESHOLD
 
-        # The monitor (every 1 s here) fires the feedback trigger and retrains on its own.
+        # The monitor (every 1 s here) fires the feedback trigger and retrains on its own; on
+        # its next pass after the job succeeded it records the version's accuracy.
         def retrained() -> LearningProject | None:
             current = learner.status()
-            return current if current.current_version == 2 and current.current else None
+            settled = current.current is not None and current.current.val_accuracy is not None
+            return current if current.current_version == 2 and settled else None
 
         project = wait_for(retrained, what="version 2")
         version = project.current
@@ -130,12 +151,24 @@ def test_feedback_fires_a_trigger_that_retrains_a_new_recorded_version(
             what="trigger done",
         )
 
-        # The retraining job trained on the dataset plus the labelled pool images.
+        # The retraining job trained on the dataset plus the labelled pool images: a manifest
+        # in its config, resolved by the agent in its own work folder.
         job = learner.client.get_job(version.job_id)
-        train = Path(job.spec.config["dataset_path"]) / "train"
-        linked = sorted(p.name for p in train.glob("*/feedback-*"))
-        assert len(linked) == THRESHOLD
+        assert Path(job.spec.config["dataset_path"]).resolve() == small_dataset.path.resolve()
+        feedback = job.spec.config["feedback"]
+        assert Path(feedback["pool_path"]).resolve() == pool.resolve()
+        labelled = {(c.sample_id, c.sample_id.split("-", 1)[0]) for c in batch.candidates}
+        assert {(x["sample_id"], x["label"]) for x in feedback["samples"]} == labelled
+        train_size = sum(small_dataset.train_counts.values()) + THRESHOLD
+        assert any(
+            f"{train_size} train / " in line for line in job_log_lines(learner.client, job.id)
+        )
         assert job.spec.config["pretrained_path"]
+        links = [p for p in cluster.artifact_root.rglob("*") if p.is_symlink()]
+        assert not links, f"the coordinator built a dataset of links: {links[:3]}"
+        work = cluster.workdir / "agent-0" / "tasks" / f"{job.tasks[0].id}-a{job.tasks[0].attempt}"
+        views = list(work.glob("retraining-view-*/train/*/feedback-*"))
+        assert len(views) == THRESHOLD, views
         assert project.pending_feedback == 0 and project.total_feedback == THRESHOLD
 
         # The new model gets its own pool scoring.

@@ -1,10 +1,13 @@
 """Multi-host fine-tunes: a job with `hosts: 2` is one gang of two tasks, placed all at once on
-two agents whose ranks train together (no SSH: the rendezvous goes through the shared artifact
-storage). Two agents x one rank take the same steps as one process; killing one agent of the
-gang stops the other's ranks and the gang resumes from rank 0's checkpoint on the agents left."""
+two agents whose ranks train together (no SSH, no shared folder: member 0's agent reports the
+rendezvous to the coordinator, which passes it on to the other member's agent). Two agents x one
+rank take the same steps as one process; killing one agent of the gang stops the other's ranks
+and the gang resumes from rank 0's checkpoint on the agents left."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -101,9 +104,39 @@ def test_distributed_jobs_take_the_same_steps_as_one_process(
     assert [m.step for m in metrics] == list(range(1, 10))
     for mine, theirs in zip(metrics, single_metrics, strict=True):
         assert mine.value == pytest.approx(theirs.value, rel=1e-4)
+    assert_same_weights(single_job, job)
+
+
+def assert_same_weights(single_job: Job, job: Job) -> None:
     ones, twos = weights(single_job.result["model_path"]), weights(job.result["model_path"])
     for name, tensor in ones.items():
         torch.testing.assert_close(twos[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_two_host_gang_meets_through_the_coordinator_not_a_folder(
+    cluster: LocalCluster, single: tuple[Job, dict[int, list[int]]], small_dataset: DemoDatasetInfo
+) -> None:
+    """The members' agents each keep a private data dir; the rendezvous travels over their
+    streams: no file of it is written anywhere, and the gang still matches one process."""
+    single_job, _ = single
+    spec = exact_spec(small_dataset, backend="torch", hosts=2, network_interface="lo")
+    spec["resources"] = {"cpus": 1}
+    log_before = len(cluster.coordinator_log.read_text())
+    with cluster.client() as client:
+        job = client.wait(client.submit_job(spec).id, 240)
+        lines = job_log_lines(client, job.id)
+    assert job.state == "succeeded", job.error
+    assert len({t.agent_id for t in job.tasks}) == 2, "both members on one agent"
+    folders = [cluster.workdir / "agent-0", cluster.workdir / "agent-1", cluster.artifact_root]
+    for one, other in itertools.permutations(folders, 2):
+        assert not other.is_relative_to(one), f"{other} lies in {one}"
+    written = [p for p in cluster.workdir.rglob("*") if "rendezvous" in p.name]
+    assert not written, f"a rendezvous was written to disk: {written}"
+    # The coordinator passed member 0's rendezvous on; member 1 used member 0's choice.
+    log = cluster.coordinator_log.read_text()[log_before:]
+    assert re.search(r"gang gang-\S+ meets at 127\.0\.0\.1:\d+ \(torch\); passed on to 1 ", log)
+    assert any("member 1 of 2 hosts" in line and "chosen by member 0" in line for line in lines)
+    assert_same_weights(single_job, job)
 
 
 def test_killing_one_agent_of_a_gang_stops_the_other_and_the_gang_resumes(

@@ -1,5 +1,6 @@
 """The `score` job kind through a real coordinator and agent: a finetune's model.pt scores a pool
-folder, and the scores come back as a recorded "scores" artifact."""
+folder, and the scores come back as a recorded "scores" artifact: sent over the agent's stream
+into the coordinator's own folder, not read from where the agent wrote them."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ def test_a_score_job_scores_a_finetunes_model_over_a_pool(
         assert result["embedding_dim"] == 512 and result["mc_dropout_passes"] == 2
         assert result["scored_model_path"] == model_path
         assert Path(result["scores_path"]).name == SCORES_FILE
+        task = scored.tasks[0]
+        received = cluster.artifact_root / scored.id / "received" / f"{task.id}-a{task.attempt}"
+        assert result["scores_path"] == str(received / SCORES_FILE)
+        written = Path(task.artifact_dir) / SCORES_FILE  # where the agent's worker wrote them
+        assert written.read_bytes() == Path(result["scores_path"]).read_bytes()
 
         # The scores file is the job's only artifact: the model it ran is an input.
         assert [a.kind for a in client.list_artifacts(scored.id)] == ["scores"]

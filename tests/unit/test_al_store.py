@@ -1,6 +1,5 @@
-"""The active-learning store on SQLite and PostgreSQL, and the retraining dataset builder: the
-feedback rules, trigger de-duplication, one transaction per job and its row, and datasets of
-links that never touch the originals."""
+"""The active-learning store on SQLite and PostgreSQL: the feedback rules, trigger
+de-duplication, one transaction per job and its row."""
 
 from __future__ import annotations
 
@@ -11,15 +10,12 @@ from pathlib import Path
 import pytest
 from matrec.common.active_learning.project import parse_project_spec
 from matrec.common.specs import SpecError
-from matrec.coordinator.active_learning.datasets import DatasetBuildError, build_retraining_dataset
 from matrec.coordinator.active_learning.store import (
     ActiveLearningStore,
     CandidateRecord,
     FeedbackError,
-    Label,
 )
 from matrec.coordinator.store import Store
-from PIL import Image
 
 
 @pytest.fixture
@@ -133,40 +129,6 @@ def test_project_specs_name_the_bad_field() -> None:
         with pytest.raises(SpecError) as caught:
             parse_project_spec(good | change)
         assert caught.value.field == field, (change, caught.value)
-
-
-def image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4)).save(path)
-    return path
-
-
-def test_the_retraining_dataset_links_the_data_and_the_labels(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for split in ("train", "val"):
-        for name in ("oak", "steel"):
-            image(data / split / name / "0.png")
-    labelled = image(tmp_path / "pool" / "sub" / "x.png")
-    now = datetime.now(UTC)
-    labels = [Label("sub/x.png", str(labelled), "oak", now)]
-
-    built = build_retraining_dataset(str(data), labels, tmp_path / "v2")
-    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*.png"))
-    assert len(files) == 5 and "val/oak/0.png" in files
-    feedback = [p for p in (built / "train" / "oak").iterdir() if p.name.startswith("feedback-")]
-    assert len(feedback) == 1 and feedback[0].resolve() == labelled.resolve()
-    assert all(p.is_symlink() for p in built.rglob("*.png"))
-
-    # A new class has no validation images: no val split, the fine-tune holds some out.
-    new_class = [*labels, Label("y.png", str(image(tmp_path / "pool" / "y.png")), "glass", now)]
-    built = build_retraining_dataset(str(data), new_class, tmp_path / "v3")
-    assert not (built / "val").exists() and (built / "train" / "glass").is_dir()
-
-    gone = [Label("gone.png", str(tmp_path / "pool" / "gone.png"), "oak", now)]
-    with pytest.raises(DatasetBuildError, match=r"gone\.png"):
-        build_retraining_dataset(str(data), gone, tmp_path / "v4")
-    assert not (tmp_path / "v4").exists() and not (tmp_path / "v4.partial").exists()
-    assert labelled.is_file()  # the originals are never touched
 
 
 def test_a_project_records_who_did_what(

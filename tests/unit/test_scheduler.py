@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 from matrec.coordinator.availability import DatabaseAvailability
+from matrec.coordinator.gangs import StaleRendezvous
 from matrec.coordinator.notifier import JobNotifier
 from matrec.coordinator.scheduler import Scheduler, fits, free_resources
 from matrec.coordinator.sessions import AgentSessions
 from matrec.coordinator.states import JobState, TaskOutcome
 from matrec.coordinator.store import Store
 from matrec.coordinator.telemetry import CoordinatorTelemetry
-from matrec.v1 import common_pb2
+from matrec.v1 import agents_pb2, common_pb2
 
 
 def test_fits_checks_every_resource() -> None:
@@ -162,6 +163,88 @@ def test_a_gang_is_placed_all_at_once_and_stopped_all_at_once(store: Store, tmp_
         assert stop.cancel.requeue is False, "a member of an ended job must not be requeued"
         assert "failed" in stop.cancel.reason
         assert session_0.outbox.empty(), "told twice"
+
+    asyncio.run(scenario())
+
+
+def test_member_0s_rendezvous_reaches_the_other_members_of_the_current_gang_only(
+    store: Store, tmp_path: Path
+) -> None:
+    """Member 0's report is passed on to member 1's agent for member 1's attempt, and again when
+    that agent reconnects; a report of an earlier placement, or from another member, is not."""
+
+    async def scenario() -> None:
+        sessions = AgentSessions()
+        for name in ("a", "b"):
+            store.upsert_agent(
+                f"agent-{name}", name=name, hostname="h", version="t",
+                resources={"cpus": 1.0, "gpus": 0, "memory_bytes": 0}, gpus=[],
+            )  # fmt: skip
+            sessions.open(f"agent-{name}")
+        telemetry = CoordinatorTelemetry()
+        availability = DatabaseAvailability(object(), (), telemetry)
+        scheduler = Scheduler(store, sessions, JobNotifier(), telemetry, availability, lease_ttl=30)
+        store.create_job(
+            name="gang", kind="finetune",
+            spec={"config": {"dataset_path": "/d", "hosts": 2}},
+            resources={"cpus": 1.0, "gpus": 0}, max_attempts=3, artifact_root=tmp_path,
+            num_tasks=2,
+        )  # fmt: skip
+        assert scheduler.schedule_once() == 2
+        first, second = sorted(store.active_tasks(), key=lambda t: t.index)
+        a0, a1 = first.agent_id or "", second.agent_id or ""
+        gang_1 = sessions.get(a0).outbox.get_nowait().assignment.gang.id  # type: ignore[union-attr]
+
+        def report(
+            task_id: str, attempt: int, gang_id: str, port: int
+        ) -> agents_pb2.GangRendezvous:
+            return agents_pb2.GangRendezvous(
+                task=agents_pb2.TaskRef(task_id=task_id, attempt=attempt),
+                gang_id=gang_id, backend="torch", address="10.0.0.7", port=port,
+            )  # fmt: skip
+
+        with pytest.raises(StaleRendezvous):  # member 1 does not host the rendezvous
+            scheduler.gangs.report(a1, report(second.id, 1, gang_1, 4001))
+        [(to, delivery)] = scheduler.gangs.report(a0, report(first.id, 1, gang_1, 4000))
+        assert to == a1
+        passed = delivery.gang_rendezvous
+        assert (passed.task.task_id, passed.task.attempt) == (second.id, 1)
+        assert (passed.gang_id, passed.backend, passed.address, passed.port) == (
+            gang_1, "torch", "10.0.0.7", 4000,
+        )  # fmt: skip
+        assert scheduler.gangs.deliveries_for(a1, [(second.id, 1)]) == [delivery]
+        assert scheduler.gangs.deliveries_for(a0, [(first.id, 1)]) == []
+
+        # Member 1 is lost; the gang is placed again with a new id.
+        store.mark_running(first.id, 1, a0)
+        store.mark_running(second.id, 1, a1)
+        store.finish_task(second.id, 1, a1, TaskOutcome.FAILED, error="boom")
+        scheduler.supervise_gangs()
+        store.finish_task(first.id, 1, a0, TaskOutcome.PREEMPTED)
+        for session in sessions.all():
+            while not session.outbox.empty():
+                session.outbox.get_nowait()
+        assert scheduler.schedule_once() == 2
+        again = sorted(store.active_tasks(), key=lambda t: t.index)
+        holder = {t.index: t.agent_id or "" for t in again}
+        gang_2 = sessions.get(holder[0]).outbox.get_nowait().assignment.gang.id  # type: ignore[union-attr]
+        assert gang_2 != gang_1
+        # The earlier placement's rendezvous is neither accepted nor delivered again.
+        with pytest.raises(StaleRendezvous):
+            scheduler.gangs.report(a0, report(first.id, 1, gang_1, 4000))
+        assert scheduler.gangs.deliveries_for(a1, [(second.id, 1)]) == []
+        assert scheduler.gangs.deliveries_for(holder[1], [(second.id, 2)]) == []  # not yet known
+        [(to, delivery)] = scheduler.gangs.report(holder[0], report(first.id, 2, gang_2, 5000))
+        assert to == holder[1]
+        assert (delivery.gang_rendezvous.gang_id, delivery.gang_rendezvous.port) == (gang_2, 5000)
+        assert delivery.gang_rendezvous.task.attempt == 2
+
+        # Once the gang's tasks have ended, it is forgotten.
+        for task in again:
+            store.mark_running(task.id, 2, holder[task.index])
+            store.finish_task(task.id, 2, holder[task.index], TaskOutcome.SUCCEEDED)
+        scheduler.supervise_gangs()
+        assert scheduler.gangs.deliveries_for(holder[1], [(second.id, 2)]) == []
 
     asyncio.run(scenario())
 

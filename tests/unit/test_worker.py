@@ -21,6 +21,7 @@ from matrec.agent.worker_protocol import (
     CheckpointEvent,
     LogEvent,
     MetricsEvent,
+    RendezvousEvent,
     ResultEvent,
     WorkerEvent,
     WorkerTask,
@@ -217,6 +218,7 @@ def test_a_worker_past_its_memory_bound_exits_3_with_the_numbers(
         CheckpointEvent(path="/a/last.pt", epoch=1, step=9),
         LogEvent(text="hello\nworld"),
         ResultEvent(result={"val_accuracy": 0.9, "classes": ["a", "b"]}),
+        RendezvousEvent(gang_id="gang-1", backend="torch", address="10.0.0.7", port=29500),
     ],
 )
 def test_events_round_trip(event: WorkerEvent) -> None:

@@ -115,7 +115,7 @@ class TaskCheckpoint(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., path: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("seq", "hello", "heartbeat", "task_started", "metrics", "logs", "result", "checkpoint")
+    __slots__ = ("seq", "hello", "heartbeat", "task_started", "metrics", "logs", "result", "checkpoint", "gang_rendezvous", "task_file")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,8 @@ class AgentMessage(_message.Message):
     LOGS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    GANG_RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FILE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     hello: Hello
     heartbeat: Heartbeat
@@ -132,7 +134,41 @@ class AgentMessage(_message.Message):
     logs: _common_pb2.LogBatch
     result: TaskResult
     checkpoint: TaskCheckpoint
-    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.MetricBatch, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogBatch, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., checkpoint: _Optional[_Union[TaskCheckpoint, _Mapping]] = ...) -> None: ...
+    gang_rendezvous: GangRendezvous
+    task_file: TaskFileChunk
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.MetricBatch, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogBatch, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., checkpoint: _Optional[_Union[TaskCheckpoint, _Mapping]] = ..., gang_rendezvous: _Optional[_Union[GangRendezvous, _Mapping]] = ..., task_file: _Optional[_Union[TaskFileChunk, _Mapping]] = ...) -> None: ...
+
+class TaskFileChunk(_message.Message):
+    __slots__ = ("task", "name", "offset", "data", "last", "size", "sha256")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    name: str
+    offset: int
+    data: bytes
+    last: bool
+    size: int
+    sha256: str
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class GangRendezvous(_message.Message):
+    __slots__ = ("task", "gang_id", "backend", "address", "port")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    GANG_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    gang_id: str
+    backend: str
+    address: str
+    port: int
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., gang_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("task", "job_id", "kind", "config", "resources", "artifact_dir", "resume_from", "lease_expires_at", "gang")
@@ -183,11 +219,13 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("assignment", "cancel", "ack")
+    __slots__ = ("assignment", "cancel", "ack", "gang_rendezvous")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    GANG_RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
     assignment: Assignment
     cancel: CancelTask
     ack: Ack
-    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    gang_rendezvous: GangRendezvous
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., gang_rendezvous: _Optional[_Union[GangRendezvous, _Mapping]] = ...) -> None: ...
